@@ -1,1 +1,25 @@
-fn main() {}
+//! The `xmpp-ring` binary: parses the command line and hands over to the
+//! library crates. Exit codes: 0 success, 1 runtime failure, 2 bad usage.
+
+mod cli;
+
+use clap::Parser;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = stdout.write_all(out.as_bytes());
+            let _ = stdout.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xmpp-ring: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -24,13 +24,29 @@ pub enum EnvelopeKind {
     /// An envelope that could not be delivered, on its way back to its
     /// origin. Bounces are never bounced themselves.
     Bounce(BounceReason),
+    /// Delivery receipts on their way back to an origin: the payload is a
+    /// list of big-endian u64 envelope ids that reached their responsible
+    /// node. Lets the origin account for every envelope it sent.
+    Receipt,
 }
 
 impl EnvelopeKind {
     /// Whether the responsible node may receive this kind more than once
     /// without harm (replies and bounces are matched by id at the origin).
     pub fn is_reply(&self) -> bool {
-        matches!(self, EnvelopeKind::ProbeReply | EnvelopeKind::Bounce(_))
+        matches!(
+            self,
+            EnvelopeKind::ProbeReply | EnvelopeKind::Bounce(_) | EnvelopeKind::Receipt
+        )
+    }
+
+    /// Whether the origin tracks this kind until a receipt or a bounce
+    /// (everything the application sends; not probes or replies).
+    pub fn wants_receipt(&self) -> bool {
+        matches!(
+            self,
+            EnvelopeKind::Stanza | EnvelopeKind::Record | EnvelopeKind::Service(_)
+        )
     }
 }
 
@@ -51,13 +67,18 @@ pub enum BounceReason {
     /// The node was shutting down and could not hand it off
     /// (XMPP: `remote-server-timeout`).
     ShuttingDown,
+    /// Neither a receipt nor a bounce reached the origin in time: the
+    /// envelope vanished with a crashed node (XMPP: `remote-server-timeout`).
+    NoReceipt,
 }
 
 impl BounceReason {
     /// The RFC 6120 stanza error condition a bounce maps to.
     pub fn xmpp_condition(&self) -> &'static str {
         match self {
-            BounceReason::Timeout | BounceReason::ShuttingDown => "remote-server-timeout",
+            BounceReason::Timeout | BounceReason::ShuttingDown | BounceReason::NoReceipt => {
+                "remote-server-timeout"
+            }
             BounceReason::Unreachable | BounceReason::TtlExpired => "recipient-unavailable",
             BounceReason::Overloaded => "resource-constraint",
         }
@@ -112,7 +133,10 @@ mod serde_bytes_bytes {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        let v: serde_bytes::ByteBuf = serde_bytes::deserialize(d)?;
-        Ok(Bytes::from(v.into_vec()))
+        let v: std::borrow::Cow<'de, [u8]> = serde_bytes::deserialize(d)?;
+        Ok(match v {
+            std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
+            std::borrow::Cow::Owned(v) => Bytes::from(v),
+        })
     }
 }

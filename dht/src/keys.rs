@@ -134,7 +134,14 @@ mod tests {
 
     #[test]
     fn invalid_jids_are_errors() {
-        for bad in ["", "@example.com", "a@", "a@b@c", "a b@example.com", "a@/res"] {
+        for bad in [
+            "",
+            "@example.com",
+            "a@",
+            "a@b@c",
+            "a b@example.com",
+            "a@/res",
+        ] {
             assert!(jid_key(bad).is_err(), "{bad:?} should be rejected");
         }
     }

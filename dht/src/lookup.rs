@@ -36,6 +36,14 @@ pub enum LookupGoal {
     },
 }
 
+/// Queries a bucket-refresh lookup may send.
+const FILL_BUCKET_MAX_QUERIES: usize = 6;
+
+/// A bucket-refresh lookup that found no member yet stops only once this many
+/// of the closest nodes it knows have answered without naming one: a single
+/// neighbour may share the owner's blind spot.
+const FILL_BUCKET_CONFIRM: usize = 3;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum QueryState {
     NotAsked,
@@ -67,19 +75,37 @@ pub struct Lookup<A> {
 
 impl<A: Clone> Lookup<A> {
     /// Starts a lookup of `target` by `own`, seeded with known contacts.
-    pub fn new(target: Key, own: NodeId, k: usize, alpha: usize, goal: LookupGoal, seeds: Vec<Contact<A>>) -> Self {
+    /// A `FillBucket` lookup asks one node at a time: its first answer
+    /// usually fills the bucket, and parallel queries would be wasted.
+    pub fn new(
+        target: Key,
+        own: NodeId,
+        k: usize,
+        alpha: usize,
+        goal: LookupGoal,
+        seeds: Vec<Contact<A>>,
+    ) -> Self {
+        let alpha = match goal {
+            LookupGoal::Closest => alpha.max(1),
+            LookupGoal::FillBucket { .. } => 1,
+        };
         let mut l = Lookup {
             target,
             own,
             k: k.max(1),
-            alpha: alpha.max(1),
+            alpha,
             goal,
             candidates: BTreeMap::new(),
             in_flight: 0,
             queries_sent: 0,
             // A lookup converges in O(log n) rounds; this only stops a
             // pathological one (a flood of made-up contacts) from running on.
-            max_queries: 8 * k.max(1) + 32,
+            // A refresh need not be exhaustive: a few answers from inside
+            // the bucket fill it.
+            max_queries: match goal {
+                LookupGoal::Closest => 8 * k.max(1) + 32,
+                LookupGoal::FillBucket { .. } => FILL_BUCKET_MAX_QUERIES,
+            },
             in_bucket: 0,
         };
         for s in seeds {
@@ -111,10 +137,7 @@ impl<A: Clone> Lookup<A> {
         if self.candidates.contains_key(&d) {
             return;
         }
-        if let LookupGoal::FillBucket { owner, bits, row, col, .. } = self.goal
-            && owner.shared_digits(&c.id, bits) == row
-            && c.id.digit(row, bits) == col
-        {
+        if self.in_goal_bucket(&c.id) {
             self.in_bucket += 1;
         }
         self.candidates.insert(
@@ -193,13 +216,48 @@ impl<A: Clone> Lookup<A> {
         }
     }
 
+    fn in_goal_bucket(&self, id: &NodeId) -> bool {
+        match self.goal {
+            LookupGoal::FillBucket {
+                owner,
+                bits,
+                row,
+                col,
+                ..
+            } => owner.shared_digits(id, bits) == row && id.digit(row, bits) == col,
+            LookupGoal::Closest => false,
+        }
+    }
+
     /// Whether the lookup is over: nothing in flight and nothing worth asking.
     pub fn is_finished(&self) -> bool {
-        if let LookupGoal::FillBucket { want, .. } = self.goal
-            && self.in_bucket >= want
-            && self.in_flight == 0
-        {
-            return true;
+        if let LookupGoal::FillBucket { want, .. } = self.goal {
+            // Done once the bucket could be filled; otherwise once the
+            // closest nodes known have answered (they know their
+            // surroundings best: if the bucket's subtree had members, they
+            // would have named them) and every node known inside the bucket
+            // has been asked.
+            if self.in_flight > 0 {
+                return false;
+            }
+            if self.in_bucket >= want || self.queries_sent >= self.max_queries {
+                return true;
+            }
+            let mut closest = self
+                .candidates
+                .values()
+                .filter(|c| c.state != QueryState::Failed)
+                .take(FILL_BUCKET_CONFIRM)
+                .peekable();
+            if closest.peek().is_none() {
+                return true;
+            }
+            let confirmed = closest.all(|c| c.state == QueryState::Answered);
+            let unasked_inside = self
+                .candidates
+                .values()
+                .any(|c| c.state == QueryState::NotAsked && self.in_goal_bucket(&c.contact.id));
+            return confirmed && !unasked_inside;
         }
         let pending = self
             .candidates
@@ -223,7 +281,9 @@ impl<A: Clone> Lookup<A> {
 
     /// Whether any node answered at all.
     pub fn any_answered(&self) -> bool {
-        self.candidates.values().any(|c| c.state == QueryState::Answered)
+        self.candidates
+            .values()
+            .any(|c| c.state == QueryState::Answered)
     }
 }
 
@@ -250,7 +310,13 @@ mod tests {
         let now = Instant::now();
         let tables: Vec<RoutingTable<u32>> = (0..n)
             .map(|i| {
-                let mut t = RoutingTable::new(id(i), TableConfig { k, ..TableConfig::default() });
+                let mut t = RoutingTable::new(
+                    id(i),
+                    TableConfig {
+                        k,
+                        ..TableConfig::default()
+                    },
+                );
                 for j in 0..n {
                     t.insert(c(j), now);
                 }
@@ -273,7 +339,8 @@ mod tests {
                 if dead.contains(&q.addr) {
                     l.handle_failure(&q.id);
                 } else {
-                    let answer = tables[q.addr as usize].closest(&target, k, |e| !dead.contains(&e.contact.addr));
+                    let answer = tables[q.addr as usize]
+                        .closest(&target, k, |e| !dead.contains(&e.contact.addr));
                     l.handle_response(&q.id, answer);
                 }
             }
@@ -328,6 +395,7 @@ mod tests {
         };
         let mut l = Lookup::new(t, own, 8, 3, goal, vec![c(1), c(2), c(3), c(4)]);
         let q = l.poll_query().unwrap();
+        assert!(l.poll_query().is_none(), "one query at a time");
         let same_bucket: Vec<Contact<u32>> = (10..400)
             .map(c)
             .filter(|x| x.id.digit(0, 4) == t.digit(0, 4) && x.id != own)

@@ -131,7 +131,11 @@ mod tests {
         for bits in 1..=8u8 {
             let own = k(&[0b0000_0000]);
             let ids: Vec<Key> = (1u8..=255).map(|b| k(&[b, b.wrapping_mul(7)])).collect();
-            let mut view = ListView { own, bits, ids: ids.clone() };
+            let mut view = ListView {
+                own,
+                bits,
+                ids: ids.clone(),
+            };
             for t in [0x13u8, 0x80, 0xff, 0x01, 0x40] {
                 let key = k(&[t, 0x55]);
                 let got = next_hop(&mut view, &key, &mut |_| true).map(|(_, id)| id);
@@ -147,17 +151,31 @@ mod tests {
         let own = k(&[0x00]);
         let a = k(&[0xf0]);
         let b = k(&[0xf8]);
-        let mut view = ListView { own, bits: 4, ids: vec![a, b] };
+        let mut view = ListView {
+            own,
+            bits: 4,
+            ids: vec![a, b],
+        };
         let key = k(&[0xf1]);
-        assert_eq!(next_hop(&mut view, &key, &mut |_| true).map(|x| x.1), Some(a));
-        assert_eq!(next_hop(&mut view, &key, &mut |id| *id != a).map(|x| x.1), Some(b));
+        assert_eq!(
+            next_hop(&mut view, &key, &mut |_| true).map(|x| x.1),
+            Some(a)
+        );
+        assert_eq!(
+            next_hop(&mut view, &key, &mut |id| *id != a).map(|x| x.1),
+            Some(b)
+        );
         assert_eq!(next_hop(&mut view, &key, &mut |_| false), None);
     }
 
     #[test]
     fn owner_responsible_for_its_own_id() {
         let own = k(&[0x42]);
-        let mut view = ListView { own, bits: 1, ids: vec![k(&[0x43])] };
+        let mut view = ListView {
+            own,
+            bits: 1,
+            ids: vec![k(&[0x43])],
+        };
         assert!(next_hop(&mut view, &own, &mut |_| true).is_none());
     }
 }

@@ -203,7 +203,11 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         let idle = self.cfg.ping_if_idle;
         let bucket = self.bucket_mut(row, col);
         bucket.touched = Some(now);
-        if let Some(pos) = bucket.entries.iter().position(|e| e.contact.id == contact.id) {
+        if let Some(pos) = bucket
+            .entries
+            .iter()
+            .position(|e| e.contact.id == contact.id)
+        {
             let mut e = bucket.entries.remove(pos);
             e.contact = contact;
             e.last_seen = now;
@@ -334,26 +338,106 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
     }
 
     /// The `n` contacts closest to `key` that `filter` accepts, closest first.
-    pub fn closest(&self, key: &Key, n: usize, filter: impl Fn(&Entry<A>) -> bool) -> Vec<Contact<A>> {
-        let mut all: Vec<(Distance, &Entry<A>)> = self
-            .iter()
-            .filter(|e| filter(e))
-            .map(|e| (e.contact.id.distance(key), e))
-            .collect();
-        if all.len() > n && n > 0 {
-            all.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
-            all.truncate(n);
-        } else if n == 0 {
-            all.clear();
+    ///
+    /// Buckets are visited in order of distance to `key` (all members of a
+    /// bucket are uniformly closer or farther than all members of another,
+    /// see [`crate::route`]), so only the buckets that contribute are read.
+    pub fn closest(
+        &self,
+        key: &Key,
+        n: usize,
+        filter: impl Fn(&Entry<A>) -> bool,
+    ) -> Vec<Contact<A>> {
+        let mut out = Vec::with_capacity(n.min(self.len));
+        if n == 0 {
+            return out;
         }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        all.into_iter().map(|(_, e)| e.contact.clone()).collect()
+        let mut scratch: Vec<(Distance, &Entry<A>)> = Vec::with_capacity(self.cfg.k);
+        self.visit_buckets_by_distance(key, &mut |b| {
+            scratch.clear();
+            scratch.extend(
+                b.entries
+                    .iter()
+                    .filter(|e| filter(e))
+                    .map(|e| (e.contact.id.distance(key), e)),
+            );
+            scratch.sort_unstable_by_key(|a| a.0);
+            for (_, e) in scratch.iter() {
+                out.push(e.contact.clone());
+                if out.len() >= n {
+                    return false;
+                }
+            }
+            true
+        });
+        out
+    }
+
+    /// Calls `f` on every existing bucket, nearest to `key` first, until it
+    /// returns false.
+    fn visit_buckets_by_distance<'a>(
+        &'a self,
+        key: &Key,
+        f: &mut dyn FnMut(&'a Bucket<A>) -> bool,
+    ) {
+        let rows = self.rows.len();
+        let bits = self.cfg.bits;
+        let first = self.own.shared_digits(key, bits).min(rows);
+        // Rows from `first` down hold everything closer than the rows above.
+        if !self.visit_from_row(first, key, f) {
+            return;
+        }
+        // Rows above `first`: members differ from `key` at a shallower digit
+        // the shallower the row, so farther; deepest of them first.
+        for row in (0..first).rev() {
+            let kd = key.digit(row, bits);
+            for v in 1..self.row_width(row) {
+                if let Some(b) = self.bucket(row, v ^ kd)
+                    && !f(b)
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Visits rows `row..` in distance order: in each row the columns by
+    /// ascending digit distance to `key`, with the deeper rows (the owner's
+    /// own subtree) slotted in at the owner's own digit distance.
+    fn visit_from_row<'a>(
+        &'a self,
+        row: usize,
+        key: &Key,
+        f: &mut dyn FnMut(&'a Bucket<A>) -> bool,
+    ) -> bool {
+        if row >= self.rows.len() {
+            return true;
+        }
+        let bits = self.cfg.bits;
+        let kd = key.digit(row, bits);
+        let own_dd = self.own.digit(row, bits) ^ kd;
+        for v in 0..self.row_width(row) {
+            if v == own_dd {
+                if !self.visit_from_row(row + 1, key, f) {
+                    return false;
+                }
+            } else if let Some(b) = self.bucket(row, v ^ kd)
+                && !f(b)
+            {
+                return false;
+            }
+        }
+        true
     }
 
     /// The greedy next hop towards `key`: the closest contact that is closer
     /// than the owner, responsible-capable (not a router) and accepted by
     /// `accept`. `None` means the owner is the closest node it knows.
-    pub fn next_hop(&self, key: &Key, accept: &mut dyn FnMut(&NodeId) -> bool) -> Option<&Contact<A>> {
+    pub fn next_hop(
+        &self,
+        key: &Key,
+        accept: &mut dyn FnMut(&NodeId) -> bool,
+    ) -> Option<&Contact<A>> {
         let mut view = TableView { table: self };
         let (_, (row, col, idx)) = route::next_hop(&mut view, key, accept)?;
         Some(&self.rows[row][col as usize].entries[idx].contact)
@@ -361,7 +445,11 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
 
     /// The closest responsible-capable contact regardless of whether it is
     /// closer than the owner. Routers use this: they never keep an envelope.
-    pub fn closest_responsible(&self, key: &Key, accept: &mut dyn FnMut(&NodeId) -> bool) -> Option<&Contact<A>> {
+    pub fn closest_responsible(
+        &self,
+        key: &Key,
+        accept: &mut dyn FnMut(&NodeId) -> bool,
+    ) -> Option<&Contact<A>> {
         self.iter()
             .filter(|e| e.contact.role.takes_responsibility() && accept(&e.contact.id))
             .min_by_key(|e| e.contact.id.distance(key))
@@ -430,6 +518,40 @@ impl<A: Clone + PartialEq> RoutingTable<A> {
         self.own
             .with_suffix_from(start, &Key(fill))
             .with_bits(start, width, col)
+    }
+
+    /// Liveness scan: looks at up to `budget` entries, bucket by bucket from
+    /// `cursor` (which it advances, wrapping around), and returns those
+    /// silent for at least `silence`.
+    pub fn scan_silent(
+        &self,
+        cursor: &mut usize,
+        budget: usize,
+        now: Instant,
+        silence: Duration,
+    ) -> Vec<Contact<A>> {
+        let width = 1usize << self.cfg.bits;
+        let total = self.rows.len() * width;
+        let mut out = Vec::new();
+        let mut examined = 0;
+        for _ in 0..total {
+            if examined >= budget {
+                break;
+            }
+            *cursor %= total;
+            let (row, col) = (*cursor / width, *cursor % width);
+            *cursor += 1;
+            let Some(b) = self.rows[row].get(col) else {
+                continue;
+            };
+            for e in &b.entries {
+                examined += 1;
+                if now.saturating_duration_since(e.last_seen) >= silence {
+                    out.push(e.contact.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Whether the bucket that would hold `id` is full.

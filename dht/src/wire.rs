@@ -136,9 +136,8 @@ fn config() -> impl bincode::config::Config {
 pub fn encode_into<A: Serialize>(frame: &Frame<A>, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     let start = out.len();
     out.push(WIRE_VERSION);
-    bincode::serde::encode_into_std_write(frame, out, config()).map_err(|e| {
-        EncodeError::Failed(e.to_string())
-    })?;
+    bincode::serde::encode_into_std_write(frame, out, config())
+        .map_err(|e| EncodeError::Failed(e.to_string()))?;
     let len = out.len() - start;
     if len > MAX_FRAME_BYTES {
         out.truncate(start);
@@ -163,7 +162,9 @@ pub fn decode<A: DeserializeOwned>(bytes: &[u8]) -> Result<Frame<A>, DecodeError
     if version != WIRE_VERSION {
         return Err(DecodeError::Version(version));
     }
-    let (frame, used): (Frame<A>, usize) = bincode::serde::decode_from_slice(body, config())
+    // The borrowing decoder hands byte strings (keys, payloads) over as
+    // slices of `bytes`, so keys are copied without an allocation.
+    let (frame, used): (Frame<A>, usize) = bincode::serde::borrow_decode_from_slice(body, config())
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if used != body.len() {
         return Err(DecodeError::Trailing(body.len() - used));

@@ -80,6 +80,19 @@ impl<A> Link<A> {
     }
 }
 
+/// What the origin remembers of an envelope until its receipt or bounce:
+/// enough to hand the original back to the application if it fails.
+#[derive(Clone, Debug)]
+pub(crate) struct Outstanding {
+    key: crate::id::Key,
+    kind: EnvelopeKind,
+    payload: bytes::Bytes,
+    ttl: u8,
+}
+
+/// Most envelope ids carried by one receipt envelope.
+const MAX_IDS_PER_RECEIPT: usize = 4096;
+
 /// Remembers recently delivered (origin, id, kind) triples so a duplicate
 /// (possible after a reroute whose first copy did arrive) is delivered once.
 /// Bounded: the oldest entries are forgotten first.
@@ -103,6 +116,7 @@ impl Dedup {
         let class = match env.kind {
             EnvelopeKind::Bounce(_) => 1,
             EnvelopeKind::ProbeReply => 2,
+            EnvelopeKind::Receipt => 3,
             _ => 0,
         };
         let key = (env.origin, env.id, class);
@@ -126,9 +140,8 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         let responsible_capable = self.me.role.takes_responsibility() && !self.leaving;
         let tried = &p.tried;
         let table = &self.table;
-        let mut accept = |id: &NodeId| {
-            !tried.contains(id) && table.get(id).is_some_and(|e| e.failures == 0)
-        };
+        let mut accept =
+            |id: &NodeId| !tried.contains(id) && table.get(id).is_some_and(|e| e.failures == 0);
         let hop = if responsible_capable {
             self.table.next_hop(&key, &mut accept)
         } else {
@@ -142,7 +155,9 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 self.stats.ttl_expired += 1;
                 self.bounce(now, p.env, BounceReason::TtlExpired)
             }
-            Some(_) if p.attempts >= self.cfg.max_attempts => self.bounce(now, p.env, BounceReason::Timeout),
+            Some(_) if p.attempts >= self.cfg.max_attempts => {
+                self.bounce(now, p.env, BounceReason::Timeout)
+            }
             Some(next) => {
                 if p.attempts > 0 {
                     self.stats.rerouted += 1;
@@ -170,7 +185,8 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             let t = send_now(link, now, p);
             if !link.timer_armed {
                 link.timer_armed = true;
-                self.timers.push(now + self.cfg.ack_timeout, Timer::Ack(link.contact.id));
+                self.timers
+                    .push(now + self.cfg.ack_timeout, Timer::Ack(link.contact.id));
             }
             self.transmits.push_back(t);
         } else {
@@ -232,14 +248,18 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         if link.unacked.front().is_some_and(|f| f.seq >= first) {
             while link.unacked.front().is_some_and(|f| f.seq <= last) {
                 if let Some(f) = link.unacked.pop_front() {
-                    self.stats.hop_rtt_us.record(now.saturating_duration_since(f.sent_at).as_micros() as u64);
+                    self.stats
+                        .hop_rtt_us
+                        .record(now.saturating_duration_since(f.sent_at).as_micros() as u64);
                 }
             }
         } else {
             let mut kept = VecDeque::with_capacity(link.unacked.len());
             for f in link.unacked.drain(..) {
                 if f.seq >= first && f.seq <= last {
-                    self.stats.hop_rtt_us.record(now.saturating_duration_since(f.sent_at).as_micros() as u64);
+                    self.stats
+                        .hop_rtt_us
+                        .record(now.saturating_duration_since(f.sent_at).as_micros() as u64);
                 } else {
                     kept.push_back(f);
                 }
@@ -252,7 +272,9 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         // Refill the window from the waiting queue.
         let window = self.cfg.window;
         while link.unacked.len() < window {
-            let Some(p) = link.waiting.pop_front() else { break };
+            let Some(p) = link.waiting.pop_front() else {
+                break;
+            };
             let t = send_now(link, now, p);
             self.transmits.push_back(t);
         }
@@ -310,8 +332,14 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                     self.stats.duplicates += 1;
                     return;
                 }
-                self.stats.bounces_received += 1;
                 let (key, kind) = env.orig.unwrap_or((env.key, EnvelopeKind::Stanza));
+                if kind.wants_receipt() && self.outstanding.remove(&env.id).is_none() {
+                    // Already settled: a receipt came (the envelope was
+                    // delivered after all) or the origin gave up on it.
+                    self.stats.late_bounces += 1;
+                    return;
+                }
+                self.stats.bounces_received += 1;
                 let envelope = Envelope {
                     key,
                     kind,
@@ -331,7 +359,11 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 }
                 let key = env.orig.map(|o| o.0).unwrap_or(env.key);
                 let path = decode_path(&env.payload);
-                self.events.push_back(Event::ProbeDone { id: env.id, key, path });
+                self.events.push_back(Event::ProbeDone {
+                    id: env.id,
+                    key,
+                    path,
+                });
             }
             EnvelopeKind::Probe => {
                 if !self.dedup.first_time(&env) {
@@ -354,6 +386,20 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 };
                 self.dispatch(now, Pending::new(reply));
             }
+            EnvelopeKind::Receipt => {
+                if env.key != self.me.id {
+                    self.stats.orphaned_replies += 1;
+                    return;
+                }
+                for chunk in env.payload.chunks_exact(8) {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(chunk);
+                    if self.outstanding.remove(&u64::from_be_bytes(b)).is_some() {
+                        self.stats.receipts_received += 1;
+                    }
+                }
+                self.settle_front();
+            }
             EnvelopeKind::Stanza | EnvelopeKind::Record | EnvelopeKind::Service(_) => {
                 if !self.dedup.first_time(&env) {
                     self.stats.duplicates += 1;
@@ -361,6 +407,10 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 }
                 self.stats.delivered += 1;
                 self.stats.delivered_hops += env.hops as u64;
+                self.receipts_owed
+                    .entry(env.origin)
+                    .or_default()
+                    .push(env.id);
                 self.events.push_back(Event::Delivered(env));
             }
         }
@@ -392,6 +442,110 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         }
     }
 
+    /// Starts tracking an envelope this node originated.
+    pub(super) fn track(&mut self, now: Instant, env: &Envelope) {
+        self.outstanding.insert(
+            env.id,
+            Outstanding {
+                key: env.key,
+                kind: env.kind,
+                payload: env.payload.clone(),
+                ttl: env.ttl,
+            },
+        );
+        let deadline = now + self.cfg.receipt_timeout;
+        self.receipt_deadlines.push_back((deadline, env.id));
+        if !self.receipt_timer_armed {
+            self.receipt_timer_armed = true;
+            self.timers.push(deadline, Timer::Receipt);
+        }
+    }
+
+    /// Drops settled entries from the front of the deadline queue.
+    fn settle_front(&mut self) {
+        while let Some((_, id)) = self.receipt_deadlines.front() {
+            if self.outstanding.contains_key(id) {
+                break;
+            }
+            self.receipt_deadlines.pop_front();
+        }
+    }
+
+    /// Reports every envelope whose receipt deadline passed.
+    pub(super) fn on_receipt_timer(&mut self, now: Instant) {
+        self.receipt_timer_armed = false;
+        while let Some(&(deadline, id)) = self.receipt_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.receipt_deadlines.pop_front();
+            if let Some(o) = self.outstanding.remove(&id) {
+                self.stats.receipt_timeouts += 1;
+                self.report_failed(id, o, BounceReason::NoReceipt);
+            }
+        }
+        self.settle_front();
+        if let Some(&(deadline, _)) = self.receipt_deadlines.front() {
+            self.receipt_timer_armed = true;
+            self.timers.push(deadline, Timer::Receipt);
+        }
+    }
+
+    /// Gives up on everything outstanding (shutdown).
+    pub(super) fn expire_outstanding(&mut self, _now: Instant, reason: BounceReason) {
+        let all: Vec<(u64, Outstanding)> = self.outstanding.drain().collect();
+        self.receipt_deadlines.clear();
+        for (id, o) in all {
+            self.report_failed(id, o, reason);
+        }
+    }
+
+    fn report_failed(&mut self, id: u64, o: Outstanding, reason: BounceReason) {
+        let envelope = Envelope {
+            key: o.key,
+            kind: o.kind,
+            origin: self.me.id,
+            id,
+            ttl: o.ttl,
+            hops: 0,
+            trace: None,
+            orig: None,
+            payload: o.payload,
+        };
+        self.events.push_back(Event::Bounced { reason, envelope });
+    }
+
+    /// Sends the receipts owed, one envelope per origin (split if long).
+    pub(super) fn flush_receipts(&mut self, now: Instant) {
+        if self.receipts_owed.is_empty() {
+            return;
+        }
+        let owed: Vec<(NodeId, Vec<u64>)> = self.receipts_owed.drain().collect();
+        for (origin, ids) in owed {
+            for chunk in ids.chunks(MAX_IDS_PER_RECEIPT) {
+                let mut payload = Vec::with_capacity(chunk.len() * 8);
+                for id in chunk {
+                    payload.extend_from_slice(&id.to_be_bytes());
+                }
+                let id = self.next_msg_id;
+                self.next_msg_id = self.next_msg_id.wrapping_add(1);
+                let env = Envelope {
+                    key: origin,
+                    kind: EnvelopeKind::Receipt,
+                    origin: self.me.id,
+                    id,
+                    ttl: self.cfg.ttl,
+                    hops: 0,
+                    trace: None,
+                    orig: None,
+                    payload: payload.into(),
+                };
+                self.stats.receipts_sent += 1;
+                self.dispatch(now, Pending::new(env));
+            }
+        }
+    }
+
     /// `peer` is leaving the ring.
     pub(super) fn on_goodbye(&mut self, now: Instant, peer: NodeId) {
         self.stats.goodbyes_received += 1;
@@ -407,7 +561,11 @@ fn send_now<A: Clone>(link: &mut Link<A>, now: Instant, p: Pending) -> Transmit<
     let mut wire = p.env.clone();
     wire.ttl = wire.ttl.saturating_sub(1);
     wire.hops = wire.hops.saturating_add(1);
-    link.unacked.push_back(InFlight { seq, sent_at: now, p });
+    link.unacked.push_back(InFlight {
+        seq,
+        sent_at: now,
+        p,
+    });
     Transmit {
         to: link.contact.clone(),
         msg: Message::Route { seq, env: wire },

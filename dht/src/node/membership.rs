@@ -32,7 +32,10 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     /// as [`Event::Joined`] or [`Event::JoinFailed`].
     pub fn join(&mut self, now: Instant, bootstrap: Vec<Contact<A>>) {
         self.leaving = false;
-        let mut seeds: Vec<Contact<A>> = bootstrap.into_iter().filter(|c| c.id != self.me.id).collect();
+        let mut seeds: Vec<Contact<A>> = bootstrap
+            .into_iter()
+            .filter(|c| c.id != self.me.id)
+            .collect();
         if !seeds.is_empty() {
             self.bootstrap = seeds.clone();
         } else {
@@ -40,7 +43,10 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         }
         if !self.refresh_armed {
             self.refresh_armed = true;
-            self.timers.push(now + self.cfg.refresh_interval, Timer::Refresh);
+            self.timers
+                .push(now + self.cfg.refresh_interval, Timer::Refresh);
+            self.timers
+                .push(now + self.cfg.liveness_tick, Timer::Liveness);
         }
         let own = self.me.id;
         self.start_lookup(now, own, LookupGoal::Closest, LookupPurpose::Join, seeds);
@@ -62,7 +68,8 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     fn ping(&mut self, now: Instant, to: Contact<A>) {
         let nonce: u64 = self.rng.random();
         self.pings.insert(nonce, to.id);
-        self.timers.push(now + self.cfg.ping_timeout, Timer::Ping(nonce));
+        self.timers
+            .push(now + self.cfg.ping_timeout, Timer::Ping(nonce));
         self.stats.pings_sent += 1;
         self.push_to(to, Message::Ping { nonce });
     }
@@ -74,13 +81,47 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         }
     }
 
+    /// The paced liveness scan: pings contacts that have been silent for
+    /// `liveness_interval`, looking at just enough of the table per tick to
+    /// cover all of it once per interval.
+    pub(super) fn on_liveness(&mut self, now: Instant) {
+        self.timers
+            .push(now + self.cfg.liveness_tick, Timer::Liveness);
+        if self.leaving || self.table.is_empty() {
+            return;
+        }
+        let ticks = (self.cfg.liveness_interval.as_secs_f64()
+            / self.cfg.liveness_tick.as_secs_f64().max(1e-3))
+        .max(1.0);
+        let budget = ((self.table.len() as f64 / ticks).ceil() as usize).max(1);
+        let silent = self.table.scan_silent(
+            &mut self.liveness_cursor,
+            budget,
+            now,
+            self.cfg.liveness_interval,
+        );
+        for c in silent {
+            if !self.pings.values().any(|id| *id == c.id) {
+                self.ping(now, c);
+            }
+        }
+    }
+
     pub(super) fn on_find_node(&mut self, from: Contact<A>, req: u64, target: Key) {
         let n = self.cfg.table.k.min(MAX_CONTACTS_PER_ANSWER);
-        let contacts = self.table.closest(&target, n, |e| e.failures == 0 && e.contact.id != from.id);
+        let contacts = self
+            .table
+            .closest(&target, n, |e| e.failures == 0 && e.contact.id != from.id);
         self.push_to(from, Message::Nodes { req, contacts });
     }
 
-    pub(super) fn on_nodes(&mut self, now: Instant, peer: NodeId, req: u64, contacts: Vec<Contact<A>>) {
+    pub(super) fn on_nodes(
+        &mut self,
+        now: Instant,
+        peer: NodeId,
+        req: u64,
+        contacts: Vec<Contact<A>>,
+    ) {
         let Some(&(lookup_id, asked)) = self.queries.get(&req) else {
             return;
         };
@@ -160,7 +201,8 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             let req = self.next_req;
             self.next_req += 1;
             self.queries.insert(req, (id, c.id));
-            self.timers.push(now + self.cfg.query_timeout, Timer::Query(req));
+            self.timers
+                .push(now + self.cfg.query_timeout, Timer::Query(req));
             self.stats.lookup_queries += 1;
             self.push_to(c, Message::FindNode { req, target });
         }
@@ -191,7 +233,8 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     }
 
     pub(super) fn on_refresh(&mut self, now: Instant) {
-        self.timers.push(now + self.cfg.refresh_interval, Timer::Refresh);
+        self.timers
+            .push(now + self.cfg.refresh_interval, Timer::Refresh);
         if self.leaving {
             return;
         }

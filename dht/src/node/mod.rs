@@ -70,6 +70,19 @@ pub struct NodeConfig {
     pub dedup_capacity: usize,
     /// Longest trace kept on an envelope.
     pub max_trace: usize,
+    /// How long the origin waits for a delivery receipt (or a bounce)
+    /// before it reports an envelope undelivered with `NoReceipt`.
+    pub receipt_timeout: Duration,
+    /// Envelopes this node originated and still awaits a receipt for; past
+    /// it [`RingNode::route`] refuses new ones.
+    pub max_outstanding: usize,
+    /// Contacts silent for this long are pinged (paced, see
+    /// `liveness_tick`) so dead ones leave the table before routing trips
+    /// over them.
+    pub liveness_interval: Duration,
+    /// How often the liveness scan runs; each run looks at the share of the
+    /// table that spreads the pings evenly over `liveness_interval`.
+    pub liveness_tick: Duration,
     /// This node's role.
     pub role: Role,
 }
@@ -91,6 +104,10 @@ impl Default for NodeConfig {
             max_pending: 200_000,
             dedup_capacity: 65_536,
             max_trace: 64,
+            receipt_timeout: Duration::from_secs(30),
+            max_outstanding: 200_000,
+            liveness_interval: Duration::from_secs(10 * 60),
+            liveness_tick: Duration::from_secs(10),
             role: Role::Application,
         }
     }
@@ -184,6 +201,16 @@ pub struct RingNode<A> {
     queries: IdMap<u64, (u64, NodeId)>,
     /// Outstanding pings: nonce → pinged node.
     pings: IdMap<u64, NodeId>,
+    /// Envelopes originated here that await a receipt or a bounce.
+    outstanding: IdMap<u64, forward::Outstanding>,
+    /// Receipt deadlines in send order (entries already settled are
+    /// skipped lazily).
+    receipt_deadlines: VecDeque<(Instant, u64)>,
+    receipt_timer_armed: bool,
+    /// Receipts owed to origins, flushed as one envelope per origin.
+    receipts_owed: IdMap<NodeId, Vec<u64>>,
+    /// Bucket cursor of the liveness scan.
+    liveness_cursor: usize,
     dedup: Dedup,
     next_msg_id: u64,
     next_req: u64,
@@ -203,7 +230,10 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     /// latter); `seed` makes every random choice reproducible.
     pub fn new(cfg: NodeConfig, me: Contact<A>, seed: u64, now: Instant, unix_us: u64) -> Self {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
-        let me = Contact { role: cfg.role, ..me };
+        let me = Contact {
+            role: cfg.role,
+            ..me
+        };
         let table = RoutingTable::new(me.id, cfg.table.clone());
         let next_msg_id = rand::RngExt::random::<u64>(&mut rng) >> 1;
         let dedup = Dedup::new(cfg.dedup_capacity);
@@ -223,6 +253,11 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             lookups: IdMap::default(),
             queries: IdMap::default(),
             pings: IdMap::default(),
+            outstanding: IdMap::default(),
+            receipt_deadlines: VecDeque::new(),
+            receipt_timer_armed: false,
+            receipts_owed: IdMap::default(),
+            liveness_cursor: 0,
             dedup,
             next_msg_id,
             next_req: 1,
@@ -289,8 +324,17 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         self.me.addr = addr;
     }
 
-    /// The next message to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Transmit<A>> {
+    /// Envelopes originated here still awaiting a receipt or a bounce.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// The next message to send, if any. Acks and receipts owed are
+    /// batched until this is called, so a driver that handles a burst of
+    /// input before polling sends one ack per link and one receipt envelope
+    /// per origin for the whole burst.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit<A>> {
+        self.flush_receipts(now);
         self.flush_acks();
         let t = self.transmits.pop_front()?;
         if t.msg.is_data() {
@@ -319,6 +363,8 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 Timer::Query(req) => self.on_query_timeout(now, req),
                 Timer::Ping(nonce) => self.on_ping_timeout(now, nonce),
                 Timer::Refresh => self.on_refresh(now),
+                Timer::Receipt => self.on_receipt_timer(now),
+                Timer::Liveness => self.on_liveness(now),
             }
         }
     }
@@ -359,12 +405,22 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
 
     /// Sends an envelope of `kind` towards `key`'s responsible node and
     /// returns its id. With `trace`, every hop records itself.
-    pub fn route(&mut self, now: Instant, key: Key, kind: EnvelopeKind, payload: bytes::Bytes, trace: bool) -> Result<u64, RouteError> {
+    pub fn route(
+        &mut self,
+        now: Instant,
+        key: Key,
+        kind: EnvelopeKind,
+        payload: bytes::Bytes,
+        trace: bool,
+    ) -> Result<u64, RouteError> {
         if self.leaving {
             return Err(RouteError::ShuttingDown);
         }
         if self.pending >= self.cfg.max_pending {
             return Err(RouteError::Overloaded(self.pending));
+        }
+        if kind.wants_receipt() && self.outstanding.len() >= self.cfg.max_outstanding {
+            return Err(RouteError::Overloaded(self.outstanding.len()));
         }
         let id = self.next_msg_id;
         self.next_msg_id = self.next_msg_id.wrapping_add(1);
@@ -385,6 +441,9 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             payload,
         };
         self.stats.originated += 1;
+        if kind.wants_receipt() {
+            self.track(now, &env);
+        }
         self.dispatch(now, forward::Pending::new(env));
         Ok(id)
     }
@@ -430,6 +489,9 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         for p in all {
             self.bounce(now, p.env, BounceReason::ShuttingDown);
         }
+        // What this node sent and never heard back about: tell the
+        // application now, there will be no later chance.
+        self.expire_outstanding(now, BounceReason::ShuttingDown);
     }
 
     fn push_to(&mut self, to: Contact<A>, msg: Message<A>) {

@@ -90,6 +90,14 @@ pub struct Stats {
     pub orphaned_replies: u64,
     /// Bounces and probe answers that could not be routed at all.
     pub dropped_replies: u64,
+    /// Receipt envelopes sent (each acknowledges one or more deliveries).
+    pub receipts_sent: u64,
+    /// Envelopes of ours confirmed delivered by a receipt.
+    pub receipts_received: u64,
+    /// Envelopes of ours reported undelivered because no receipt came.
+    pub receipt_timeouts: u64,
+    /// Bounces for envelopes already settled (receipted or timed out).
+    pub late_bounces: u64,
     /// Envelopes bounced because their TTL ran out.
     pub ttl_expired: u64,
     /// Envelopes bounced because the node was full.
@@ -134,6 +142,10 @@ impl Stats {
         self.bounces_received += o.bounces_received;
         self.orphaned_replies += o.orphaned_replies;
         self.dropped_replies += o.dropped_replies;
+        self.receipts_sent += o.receipts_sent;
+        self.receipts_received += o.receipts_received;
+        self.receipt_timeouts += o.receipt_timeouts;
+        self.late_bounces += o.late_bounces;
         self.ttl_expired += o.ttl_expired;
         self.overloaded += o.overloaded;
         self.ack_timeouts += o.ack_timeouts;

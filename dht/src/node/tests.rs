@@ -52,14 +52,17 @@ impl Net {
         loop {
             for i in dirty.drain(..) {
                 let node = &mut self.nodes[i as usize];
-                while let Some(t) = node.poll_transmit() {
-                    self.queue.push_back((t.to.addr, node.contact().clone(), t.msg));
+                while let Some(t) = node.poll_transmit(self.now) {
+                    self.queue
+                        .push_back((t.to.addr, node.contact().clone(), t.msg));
                 }
                 while let Some(e) = node.poll_event() {
                     self.events.push((i, e));
                 }
             }
-            let Some((to, from, msg)) = self.queue.pop_front() else { break };
+            let Some((to, from, msg)) = self.queue.pop_front() else {
+                break;
+            };
             guard += 1;
             assert!(guard < 50_000_000, "network does not settle");
             if self.alive[to as usize] && !self.blackhole.contains(&to) {
@@ -99,7 +102,10 @@ impl Net {
 
     fn closest_live(&self, key: &Key) -> u32 {
         (0..self.nodes.len() as u32)
-            .filter(|i| self.alive[*i as usize] && self.nodes[*i as usize].config().role.takes_responsibility())
+            .filter(|i| {
+                self.alive[*i as usize]
+                    && self.nodes[*i as usize].config().role.takes_responsibility()
+            })
             .min_by_key(|i| node_id(*i).distance(key))
             .expect("a live node")
     }
@@ -137,7 +143,13 @@ fn two_hundred_nodes_join_and_route_to_the_closest() {
         let key = record_key(&format!("target-{m}"));
         let now = net.now;
         let id = net.nodes[src as usize]
-            .route(now, key, EnvelopeKind::Stanza, Bytes::from(m.to_be_bytes().to_vec()), false)
+            .route(
+                now,
+                key,
+                EnvelopeKind::Stanza,
+                Bytes::from(m.to_be_bytes().to_vec()),
+                false,
+            )
             .unwrap();
         expected.push((id, key, net.closest_live(&key)));
     }
@@ -150,7 +162,11 @@ fn two_hundred_nodes_join_and_route_to_the_closest() {
             _ => None,
         })
         .collect();
-    assert_eq!(delivered.len(), 1000, "each envelope delivered exactly once");
+    assert_eq!(
+        delivered.len(),
+        1000,
+        "each envelope delivered exactly once"
+    );
     for (id, key, want) in expected {
         let (at, env) = delivered
             .iter()
@@ -159,7 +175,11 @@ fn two_hundred_nodes_join_and_route_to_the_closest() {
         assert_eq!(*at, want, "delivered at the globally closest node");
         assert!(env.hops <= 8, "hops {}", env.hops);
     }
-    assert!(!events.iter().any(|(_, e)| matches!(e, Event::Bounced { .. })));
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Bounced { .. }))
+    );
 }
 
 #[test]
@@ -175,13 +195,20 @@ fn probes_report_their_path() {
     let (at, path) = events
         .iter()
         .find_map(|(i, e)| match e {
-            Event::ProbeDone { id: pid, path, key: k } if *pid == id && *k == key => Some((*i, path.clone())),
+            Event::ProbeDone {
+                id: pid,
+                path,
+                key: k,
+            } if *pid == id && *k == key => Some((*i, path.clone())),
             _ => None,
         })
         .expect("probe answered");
     assert_eq!(at, 3, "the answer comes back to the prober");
     assert_eq!(path.first().map(|h| h.node), Some(node_id(3)));
-    assert_eq!(path.last().map(|h| h.node), Some(node_id(net.closest_live(&key))));
+    assert_eq!(
+        path.last().map(|h| h.node),
+        Some(node_id(net.closest_live(&key)))
+    );
     // Every hop on the path is strictly closer to the key than the one before.
     for w in path.windows(2) {
         assert!(w[1].node.distance(&key) < w[0].node.distance(&key));
@@ -198,9 +225,19 @@ fn dead_next_hop_is_rerouted_around() {
     let key = record_key("victim-key");
     let victim = net.closest_live(&key);
     net.alive[victim as usize] = false;
-    let src = (0..60).find(|i| *i != victim && net.nodes[*i as usize].table().contains(&node_id(victim))).unwrap();
+    let src = (0..60)
+        .find(|i| *i != victim && net.nodes[*i as usize].table().contains(&node_id(victim)))
+        .unwrap();
     let now = net.now;
-    let id = net.nodes[src as usize].route(now, key, EnvelopeKind::Stanza, Bytes::from_static(b"x"), false).unwrap();
+    let id = net.nodes[src as usize]
+        .route(
+            now,
+            key,
+            EnvelopeKind::Stanza,
+            Bytes::from_static(b"x"),
+            false,
+        )
+        .unwrap();
     net.pump();
     net.advance(Duration::from_secs(10));
     let events = net.take_events();
@@ -209,7 +246,11 @@ fn dead_next_hop_is_rerouted_around() {
         .find_map(|(i, e)| matches!(e, Event::Delivered(env) if env.id == id).then_some(*i))
         .expect("delivered despite the dead node");
     assert_eq!(at, net.closest_live(&key));
-    let rerouted: u64 = net.nodes.iter().map(|n| n.stats().rerouted + n.stats().ack_timeouts).sum();
+    let rerouted: u64 = net
+        .nodes
+        .iter()
+        .map(|n| n.stats().rerouted + n.stats().ack_timeouts)
+        .sum();
     assert!(rerouted > 0, "a reroute happened");
 }
 
@@ -226,11 +267,21 @@ fn ttl_exhaustion_bounces_to_origin_with_payload() {
         let key = record_key(&format!("far-{m}"));
         let src = m % 80;
         let now = net.now;
-        let id = net.nodes[src as usize].route(now, key, EnvelopeKind::Stanza, Bytes::from_static(b"payload"), false).unwrap();
+        let id = net.nodes[src as usize]
+            .route(
+                now,
+                key,
+                EnvelopeKind::Stanza,
+                Bytes::from_static(b"payload"),
+                false,
+            )
+            .unwrap();
         net.pump();
         let events = net.take_events();
         if let Some((at, reason, env)) = events.iter().find_map(|(i, e)| match e {
-            Event::Bounced { reason, envelope } if envelope.id == id => Some((*i, *reason, envelope.clone())),
+            Event::Bounced { reason, envelope } if envelope.id == id => {
+                Some((*i, *reason, envelope.clone()))
+            }
             _ => None,
         }) {
             assert_eq!(at, src, "bounce reaches the origin");
@@ -242,7 +293,11 @@ fn ttl_exhaustion_bounces_to_origin_with_payload() {
             break;
         }
         // Otherwise it was delivered within one hop; either way it is accounted for.
-        assert!(events.iter().any(|(_, e)| matches!(e, Event::Delivered(env) if env.id == id)));
+        assert!(
+            events
+                .iter()
+                .any(|(_, e)| matches!(e, Event::Delivered(env) if env.id == id))
+        );
     }
     assert!(done, "some envelope needed more than one hop");
 }
@@ -260,12 +315,18 @@ fn exhausted_attempts_bounce_with_timeout() {
     let src = (0..40u32)
         .find(|i| {
             *i != target
-                && net.nodes[*i as usize].table().next_hop(&key, &mut |_| true).map(|c| c.id) == Some(node_id(target))
+                && net.nodes[*i as usize]
+                    .table()
+                    .next_hop(&key, &mut |_| true)
+                    .map(|c| c.id)
+                    == Some(node_id(target))
         })
         .expect("some node knows the target");
     net.blackhole.push(target);
     let now = net.now;
-    let id = net.nodes[src as usize].route(now, key, EnvelopeKind::Stanza, Bytes::new(), false).unwrap();
+    let id = net.nodes[src as usize]
+        .route(now, key, EnvelopeKind::Stanza, Bytes::new(), false)
+        .unwrap();
     net.pump();
     net.advance(Duration::from_secs(3));
     let events = net.take_events();
@@ -284,14 +345,21 @@ fn goodbye_drops_contact_at_once() {
     // The leaver's neighbours: the nodes in its own table.
     let knowing: Vec<usize> = (0..30)
         .filter(|i| net.nodes[*i].table().contains(&node_id(leaver)))
-        .filter(|i| net.nodes[leaver as usize].table().contains(&node_id(*i as u32)))
+        .filter(|i| {
+            net.nodes[leaver as usize]
+                .table()
+                .contains(&node_id(*i as u32))
+        })
         .collect();
     assert!(!knowing.is_empty());
     let now = net.now;
     net.nodes[leaver as usize].leave(now);
     net.pump();
     for i in knowing {
-        assert!(!net.nodes[i].table().contains(&node_id(leaver)), "node {i} still knows the leaver");
+        assert!(
+            !net.nodes[i].table().contains(&node_id(leaver)),
+            "node {i} still knows the leaver"
+        );
     }
     assert_eq!(
         net.nodes[leaver as usize].route(now, Key::ZERO, EnvelopeKind::Stanza, Bytes::new(), false),
@@ -304,24 +372,38 @@ fn window_holds_back_and_acks_release() {
     let mut cfg = small_cfg();
     cfg.window = 2;
     let now = Instant::now();
-    let mut a = RingNode::new(cfg.clone(), Contact::new(node_id(0), 0u32, Role::Application), 1, now, 0);
+    let mut a = RingNode::new(
+        cfg.clone(),
+        Contact::new(node_id(0), 0u32, Role::Application),
+        1,
+        now,
+        0,
+    );
     let b = Contact::new(node_id(1), 1u32, Role::Application);
     a.handle_message(now, b.clone(), Message::Pong { nonce: 0 }); // a now knows b
     // Route to b's own id: b is closer than a, so everything goes to b.
     for _ in 0..10 {
-        a.route(now, b.id, EnvelopeKind::Stanza, Bytes::new(), false).unwrap();
+        a.route(now, b.id, EnvelopeKind::Stanza, Bytes::new(), false)
+            .unwrap();
     }
     let mut seqs = Vec::new();
-    while let Some(t) = a.poll_transmit() {
+    while let Some(t) = a.poll_transmit(now) {
         if let Message::Route { seq, .. } = t.msg {
             seqs.push(seq);
         }
     }
     assert_eq!(seqs.len(), 2, "only the window is in flight");
     assert_eq!(a.pending(), 10);
-    a.handle_message(now, b.clone(), Message::Ack { first: seqs[0], last: seqs[1] });
+    a.handle_message(
+        now,
+        b.clone(),
+        Message::Ack {
+            first: seqs[0],
+            last: seqs[1],
+        },
+    );
     let mut more = 0;
-    while let Some(t) = a.poll_transmit() {
+    while let Some(t) = a.poll_transmit(now) {
         if matches!(t.msg, Message::Route { .. }) {
             more += 1;
         }
@@ -335,11 +417,18 @@ fn overload_is_refused_not_dropped() {
     let mut cfg = small_cfg();
     cfg.max_pending = 4;
     let now = Instant::now();
-    let mut a = RingNode::new(cfg, Contact::new(node_id(0), 0u32, Role::Application), 1, now, 0);
+    let mut a = RingNode::new(
+        cfg,
+        Contact::new(node_id(0), 0u32, Role::Application),
+        1,
+        now,
+        0,
+    );
     let b = Contact::new(node_id(1), 1u32, Role::Application);
     a.handle_message(now, b.clone(), Message::Pong { nonce: 0 });
     for _ in 0..4 {
-        a.route(now, b.id, EnvelopeKind::Stanza, Bytes::new(), false).unwrap();
+        a.route(now, b.id, EnvelopeKind::Stanza, Bytes::new(), false)
+            .unwrap();
     }
     assert!(a.is_congested());
     assert_eq!(
@@ -367,7 +456,13 @@ fn overload_is_refused_not_dropped() {
 #[test]
 fn duplicates_are_delivered_once() {
     let now = Instant::now();
-    let mut a = RingNode::new(small_cfg(), Contact::new(node_id(0), 0u32, Role::Application), 1, now, 0);
+    let mut a = RingNode::new(
+        small_cfg(),
+        Contact::new(node_id(0), 0u32, Role::Application),
+        1,
+        now,
+        0,
+    );
     let c = Contact::new(node_id(2), 2u32, Role::Application);
     let env = Envelope {
         key: node_id(0),
@@ -380,7 +475,14 @@ fn duplicates_are_delivered_once() {
         orig: None,
         payload: Bytes::new(),
     };
-    a.handle_message(now, c.clone(), Message::Route { seq: 0, env: env.clone() });
+    a.handle_message(
+        now,
+        c.clone(),
+        Message::Route {
+            seq: 0,
+            env: env.clone(),
+        },
+    );
     a.handle_message(now, c.clone(), Message::Route { seq: 1, env });
     let delivered = std::iter::from_fn(|| a.poll_event())
         .filter(|e| matches!(e, Event::Delivered(_)))
@@ -388,7 +490,7 @@ fn duplicates_are_delivered_once() {
     assert_eq!(delivered, 1);
     assert_eq!(a.stats().duplicates, 1);
     // Both copies are acknowledged, in one range.
-    let acks: Vec<_> = std::iter::from_fn(|| a.poll_transmit())
+    let acks: Vec<_> = std::iter::from_fn(|| a.poll_transmit(now))
         .filter_map(|t| match t.msg {
             Message::Ack { first, last } => Some((first, last)),
             _ => None,
@@ -401,18 +503,41 @@ fn duplicates_are_delivered_once() {
 fn routers_never_keep_envelopes() {
     let cfg = small_cfg();
     let now = Instant::now();
-    let router_cfg = NodeConfig { role: Role::Router, ..cfg.clone() };
-    let mut r = RingNode::new(router_cfg, Contact::new(node_id(0), 0u32, Role::Router), 1, now, 0);
+    let router_cfg = NodeConfig {
+        role: Role::Router,
+        ..cfg.clone()
+    };
+    let mut r = RingNode::new(
+        router_cfg,
+        Contact::new(node_id(0), 0u32, Role::Router),
+        1,
+        now,
+        0,
+    );
     // Alone, a router cannot deliver: the envelope bounces (to itself as origin).
-    r.route(now, node_id(0), EnvelopeKind::Stanza, Bytes::new(), false).unwrap();
+    r.route(now, node_id(0), EnvelopeKind::Stanza, Bytes::new(), false)
+        .unwrap();
     let ev: Vec<_> = std::iter::from_fn(|| r.poll_event()).collect();
-    assert!(matches!(ev.as_slice(), [Event::Bounced { reason: BounceReason::Unreachable, .. }]), "{ev:?}");
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [Event::Bounced {
+                reason: BounceReason::Unreachable,
+                ..
+            }]
+        ),
+        "{ev:?}"
+    );
     // With an application contact, even a farther one, it forwards.
     let app = Contact::new(node_id(5), 5u32, Role::Application);
     r.handle_message(now, app.clone(), Message::Pong { nonce: 0 });
-    r.route(now, node_id(0), EnvelopeKind::Stanza, Bytes::new(), false).unwrap();
-    let sent: Vec<_> = std::iter::from_fn(|| r.poll_transmit()).collect();
-    assert!(sent.iter().any(|t| t.to.id == app.id && matches!(t.msg, Message::Route { .. })));
+    r.route(now, node_id(0), EnvelopeKind::Stanza, Bytes::new(), false)
+        .unwrap();
+    let sent: Vec<_> = std::iter::from_fn(|| r.poll_transmit(now)).collect();
+    assert!(
+        sent.iter()
+            .any(|t| t.to.id == app.id && matches!(t.msg, Message::Route { .. }))
+    );
 }
 
 #[test]
@@ -420,7 +545,171 @@ fn same_seed_same_run() {
     let run = || {
         let mut net = Net::new(40, small_cfg());
         net.join_all();
-        net.nodes.iter().map(|n| (n.table().len(), n.stats().maintenance_msgs_sent)).collect::<Vec<_>>()
+        net.nodes
+            .iter()
+            .map(|n| (n.table().len(), n.stats().maintenance_msgs_sent))
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn receipts_settle_every_delivered_envelope() {
+    let mut net = Net::new(60, small_cfg());
+    net.join_all();
+    net.take_events();
+    for m in 0..300u32 {
+        let now = net.now;
+        let key = record_key(&format!("r-{m}"));
+        net.nodes[(m % 60) as usize]
+            .route(now, key, EnvelopeKind::Stanza, Bytes::new(), false)
+            .unwrap();
+    }
+    net.pump();
+    assert!(
+        net.nodes.iter().all(|n| n.outstanding() == 0),
+        "every origin got its receipts"
+    );
+    let received: u64 = net.nodes.iter().map(|n| n.stats().receipts_received).sum();
+    assert_eq!(received, 300);
+    // Receipts are batched per origin: fewer receipt envelopes than deliveries
+    // is allowed, more is not.
+    let sent: u64 = net.nodes.iter().map(|n| n.stats().receipts_sent).sum();
+    assert!(sent <= 300 && sent > 0);
+    // Nothing times out later.
+    net.advance(Duration::from_secs(40));
+    assert!(
+        !net.take_events()
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Bounced { .. }))
+    );
+}
+
+#[test]
+fn vanished_envelope_is_reported_to_its_origin() {
+    // B acknowledges the envelope and then never forwards it (it crashed
+    // right after the ack): the origin must still hear about it.
+    let cfg = small_cfg();
+    let t0 = Instant::now();
+    let mut a = RingNode::new(
+        cfg.clone(),
+        Contact::new(node_id(0), 0u32, Role::Application),
+        1,
+        t0,
+        0,
+    );
+    let b = Contact::new(node_id(1), 1u32, Role::Application);
+    a.handle_message(t0, b.clone(), Message::Pong { nonce: 0 });
+    let id = a
+        .route(
+            t0,
+            b.id,
+            EnvelopeKind::Stanza,
+            Bytes::from_static(b"hello"),
+            false,
+        )
+        .unwrap();
+    let seq = std::iter::from_fn(|| a.poll_transmit(t0))
+        .find_map(|t| match t.msg {
+            Message::Route { seq, .. } => Some(seq),
+            _ => None,
+        })
+        .expect("sent to b");
+    a.handle_message(
+        t0,
+        b,
+        Message::Ack {
+            first: seq,
+            last: seq,
+        },
+    );
+    assert_eq!(a.pending(), 0);
+    assert_eq!(a.outstanding(), 1);
+    let later = t0 + cfg.receipt_timeout;
+    assert!(a.poll_timeout().is_some_and(|t| t <= later));
+    a.handle_timeout(later);
+    let ev: Vec<_> = std::iter::from_fn(|| a.poll_event()).collect();
+    let bounced = ev.iter().find_map(|e| match e {
+        Event::Bounced { reason, envelope } => {
+            Some((*reason, envelope.id, envelope.payload.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(
+        bounced,
+        Some((BounceReason::NoReceipt, id, Bytes::from_static(b"hello")))
+    );
+    assert_eq!(a.outstanding(), 0);
+    assert_eq!(a.stats().receipt_timeouts, 1);
+}
+
+#[test]
+fn a_bounce_after_the_receipt_is_ignored() {
+    let now = Instant::now();
+    let mut a = RingNode::new(
+        small_cfg(),
+        Contact::new(node_id(0), 0u32, Role::Application),
+        1,
+        now,
+        0,
+    );
+    // Alone: the envelope is delivered locally and receipted at once.
+    let id = a
+        .route(now, Key::ZERO, EnvelopeKind::Stanza, Bytes::new(), false)
+        .unwrap();
+    while a.poll_transmit(now).is_some() {}
+    assert_eq!(a.outstanding(), 0);
+    // A late bounce for it (from a duplicate copy somewhere) must not
+    // produce a second, contradictory outcome.
+    let c = Contact::new(node_id(3), 3u32, Role::Application);
+    let bounce = Envelope {
+        key: node_id(0),
+        kind: EnvelopeKind::Bounce(BounceReason::Timeout),
+        origin: node_id(0),
+        id,
+        ttl: 5,
+        hops: 1,
+        trace: None,
+        orig: Some((Key::ZERO, EnvelopeKind::Stanza)),
+        payload: Bytes::new(),
+    };
+    a.handle_message(
+        now,
+        c,
+        Message::Route {
+            seq: 0,
+            env: bounce,
+        },
+    );
+    assert!(!std::iter::from_fn(|| a.poll_event()).any(|e| matches!(e, Event::Bounced { .. })));
+    assert_eq!(a.stats().late_bounces, 1);
+}
+
+#[test]
+fn silent_contacts_are_pinged_and_dead_ones_dropped() {
+    let mut cfg = small_cfg();
+    cfg.liveness_interval = Duration::from_secs(60);
+    cfg.liveness_tick = Duration::from_secs(5);
+    let mut net = Net::new(40, cfg);
+    net.join_all();
+    let victim = 9u32;
+    let knowing = (0..40)
+        .filter(|i| net.nodes[*i].table().contains(&node_id(victim)))
+        .count();
+    assert!(knowing > 0);
+    net.alive[victim as usize] = false;
+    // Nobody routes anything: only the liveness scan can notice.
+    net.advance(Duration::from_secs(4 * 60));
+    let still = (0..40)
+        .filter(|i| *i != victim as usize)
+        .filter(|i| {
+            net.nodes[*i]
+                .table()
+                .get(&node_id(victim))
+                .is_some_and(|e| e.failures == 0)
+        })
+        .count();
+    assert_eq!(still, 0, "every node noticed the dead contact");
+    let pings: u64 = net.nodes.iter().map(|n| n.stats().pings_sent).sum();
+    assert!(pings > 0);
 }

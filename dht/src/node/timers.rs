@@ -21,6 +21,10 @@ pub(crate) enum Timer {
     Ping(u64),
     /// The periodic bucket refresh.
     Refresh,
+    /// The oldest receipt deadline.
+    Receipt,
+    /// The paced liveness scan.
+    Liveness,
 }
 
 #[derive(Default, Debug)]
@@ -46,5 +50,4 @@ impl Timers {
             _ => None,
         }
     }
-
 }

@@ -34,12 +34,19 @@ fn check_invariants(t: &RoutingTable<u32>) {
             assert!(b.replacements.len() <= t.cfg.replacements);
             for e in &b.entries {
                 assert_ne!(e.contact.id, t.own, "owner in its own table");
-                assert_eq!(t.bucket_index(&e.contact.id), Some((r, c as u32)), "misfiled contact");
+                assert_eq!(
+                    t.bucket_index(&e.contact.id),
+                    Some((r, c as u32)),
+                    "misfiled contact"
+                );
                 assert!(seen.insert(e.contact.id), "duplicate contact");
                 count += 1;
             }
             for rep in &b.replacements {
-                assert!(!b.entries.iter().any(|e| e.contact.id == rep.id), "replacement also live");
+                assert!(
+                    !b.entries.iter().any(|e| e.contact.id == rep.id),
+                    "replacement also live"
+                );
             }
         }
     }
@@ -62,7 +69,10 @@ fn fills_then_asks_to_ping_oldest() {
     assert_eq!(t.insert(contact(c), t0), InsertOutcome::Cached);
     // A minute later the oldest (a) is idle: ping it.
     let later = t0 + Duration::from_secs(61);
-    assert_eq!(t.insert(contact(d), later), InsertOutcome::PingOldest(contact(a)));
+    assert_eq!(
+        t.insert(contact(d), later),
+        InsertOutcome::PingOldest(contact(a))
+    );
     // While the ping is pending no second ping is asked for.
     assert_eq!(t.insert(contact(c), later), InsertOutcome::Cached);
     // a answers: it becomes the newest; b is now the oldest.
@@ -81,9 +91,15 @@ fn failed_ping_evicts_and_promotes_newest_replacement() {
     t.insert(contact(a), t0);
     t.insert(contact(b), t0);
     let later = t0 + Duration::from_secs(120);
-    assert_eq!(t.insert(contact(c), later), InsertOutcome::PingOldest(contact(a)));
+    assert_eq!(
+        t.insert(contact(c), later),
+        InsertOutcome::PingOldest(contact(a))
+    );
     t.insert(contact(d), later);
-    assert_eq!(t.record_failure(&a), FailureOutcome::Removed { promoted: Some(d) });
+    assert_eq!(
+        t.record_failure(&a),
+        FailureOutcome::Removed { promoted: Some(d) }
+    );
     assert!(!t.contains(&a));
     assert!(t.contains(&d));
     assert_eq!(t.len(), 2);
@@ -103,7 +119,10 @@ fn failures_counted_without_replacement() {
     assert_eq!(t.get(&a).map(|e| e.failures), Some(0));
     assert_eq!(t.record_failure(&a), FailureOutcome::Counted(1));
     assert_eq!(t.record_failure(&a), FailureOutcome::Counted(2));
-    assert_eq!(t.record_failure(&a), FailureOutcome::Removed { promoted: None });
+    assert_eq!(
+        t.record_failure(&a),
+        FailureOutcome::Removed { promoted: None }
+    );
     assert_eq!(t.record_failure(&a), FailureOutcome::Unknown);
     assert!(t.is_empty());
 }
@@ -112,7 +131,10 @@ fn failures_counted_without_replacement() {
 fn owner_is_never_inserted() {
     let own = key(&[7]);
     let mut t: RoutingTable<u32> = RoutingTable::new(own, cfg(4, 2));
-    assert_eq!(t.insert(contact(own), Instant::now()), InsertOutcome::Ignored);
+    assert_eq!(
+        t.insert(contact(own), Instant::now()),
+        InsertOutcome::Ignored
+    );
     assert!(t.is_empty());
 }
 
@@ -129,7 +151,11 @@ fn random_key_lands_in_its_bucket() {
                     continue;
                 }
                 let k = t.random_key_in_bucket(row, col, &mut rng);
-                assert_eq!(t.bucket_index(&k), Some((row, col)), "bits={bits} row={row} col={col}");
+                assert_eq!(
+                    t.bucket_index(&k),
+                    Some((row, col)),
+                    "bits={bits} row={row} col={col}"
+                );
             }
         }
     }
@@ -148,7 +174,10 @@ fn stale_buckets_cover_depth_and_respect_touch() {
     assert!(stale.contains(&(1, 1)));
     assert!(!stale.iter().any(|(r, _)| *r >= 2));
     let later = t0 + Duration::from_secs(11);
-    assert!(t.stale_buckets(later, Duration::from_secs(10)).contains(&(0, 3)));
+    assert!(
+        t.stale_buckets(later, Duration::from_secs(10))
+            .contains(&(0, 3))
+    );
 }
 
 #[test]
@@ -162,7 +191,10 @@ fn routers_are_not_next_hops() {
     t.insert(Contact::new(app, 2, Role::Application), t0);
     let target = key(&[0xf1]);
     assert_eq!(t.next_hop(&target, &mut |_| true).map(|c| c.id), Some(app));
-    assert_eq!(t.closest_responsible(&target, &mut |_| true).map(|c| c.id), Some(app));
+    assert_eq!(
+        t.closest_responsible(&target, &mut |_| true).map(|c| c.id),
+        Some(app)
+    );
     // closest() lists routers too: they answer lookups.
     assert_eq!(t.closest(&target, 1, |_| true)[0].id, router);
 }
@@ -232,12 +264,20 @@ proptest! {
 
     #[test]
     fn closest_matches_brute_force(
-        ids in proptest::collection::vec(any::<[u8; 32]>(), 0..60),
-        target in any::<[u8; 32]>(), n in 0usize..30,
+        bits in 1u8..=8,
+        own in any::<[u8; 32]>(),
+        ids in proptest::collection::vec((any::<[u8; 32]>(), 0usize..24), 0..60),
+        target in any::<[u8; 32]>(), n in 0usize..30, target_near_own in any::<bool>(),
     ) {
-        let own = Key([0x11; 32]);
-        let target = Key(target);
-        let mut t = RoutingTable::new(own, cfg(1000, 4));
+        let own = Key(own);
+        // Some ids (and sometimes the target) share a long prefix with the
+        // owner, so deep rows and the owner's own subtree are exercised.
+        let ids: Vec<[u8; 32]> = ids.into_iter().map(|(mut b, z)| {
+            b[..z / 8].copy_from_slice(&own.0[..z / 8]);
+            b
+        }).collect();
+        let target = if target_near_own { own.with_suffix_from(20, &Key(target)) } else { Key(target) };
+        let mut t = RoutingTable::new(own, cfg(1000, bits));
         let now = Instant::now();
         for id in &ids { t.insert(contact(Key(*id)), now); }
         let got: Vec<Key> = t.closest(&target, n, |_| true).into_iter().map(|c| c.id).collect();

@@ -16,7 +16,10 @@ fn envelope(payload: &[u8]) -> Envelope {
         id: 42,
         ttl: 31,
         hops: 1,
-        trace: Some(vec![TraceHop { node: key(3), at_us: 1_700_000_000_000_000 }]),
+        trace: Some(vec![TraceHop {
+            node: key(3),
+            at_us: 1_700_000_000_000_000,
+        }]),
         orig: None,
         payload: Bytes::copy_from_slice(payload),
     }
@@ -28,12 +31,21 @@ fn samples() -> Vec<Frame<u32>> {
         Frame::Hello(Contact::new(key(9), 7, Role::Edge)),
         Frame::Msg(Message::Ping { nonce: 1 }),
         Frame::Msg(Message::Pong { nonce: u64::MAX }),
-        Frame::Msg(Message::FindNode { req: 5, target: key(4) }),
+        Frame::Msg(Message::FindNode {
+            req: 5,
+            target: key(4),
+        }),
         Frame::Msg(Message::Nodes {
             req: 5,
-            contacts: vec![Contact::new(key(5), 1, Role::Application), Contact::new(key(6), 2, Role::Router)],
+            contacts: vec![
+                Contact::new(key(5), 1, Role::Application),
+                Contact::new(key(6), 2, Role::Router),
+            ],
         }),
-        Frame::Msg(Message::Route { seq: 0, env: envelope(b"<message/>") }),
+        Frame::Msg(Message::Route {
+            seq: 0,
+            env: envelope(b"<message/>"),
+        }),
         Frame::Msg(Message::Route {
             seq: 9,
             env: Envelope {
@@ -78,12 +90,21 @@ fn invalid_input_table() {
     trailing.push(0);
     let mut bad_variant = good.clone();
     bad_variant[1] = 0xfa; // not a valid enum discriminant
-    let cases: Vec<(&str, Vec<u8>, fn(&DecodeError) -> bool)> = vec![
+    type Check = fn(&DecodeError) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         ("empty", vec![], |e| matches!(e, DecodeError::Empty)),
-        ("version", wrong_version, |e| matches!(e, DecodeError::Version(99))),
-        ("trailing", trailing, |e| matches!(e, DecodeError::Trailing(1))),
-        ("variant", bad_variant, |e| matches!(e, DecodeError::Malformed(_))),
-        ("oversized", vec![WIRE_VERSION; MAX_FRAME_BYTES + 1], |e| matches!(e, DecodeError::TooLarge(_))),
+        ("version", wrong_version, |e| {
+            matches!(e, DecodeError::Version(99))
+        }),
+        ("trailing", trailing, |e| {
+            matches!(e, DecodeError::Trailing(1))
+        }),
+        ("variant", bad_variant, |e| {
+            matches!(e, DecodeError::Malformed(_))
+        }),
+        ("oversized", vec![WIRE_VERSION; MAX_FRAME_BYTES + 1], |e| {
+            matches!(e, DecodeError::TooLarge(_))
+        }),
     ];
     for (name, bytes, ok) in cases {
         let err = decode::<u32>(&bytes).expect_err(name);
@@ -95,7 +116,11 @@ fn invalid_input_table() {
 fn forged_length_prefix_does_not_allocate() {
     // A Route whose payload claims 2^62 bytes: bincode's varint for u64
     // (tag 253) followed by the length. Decoding must fail fast.
-    let mut bytes = encode(&Frame::<u32>::Msg(Message::Route { seq: 0, env: envelope(b"") })).unwrap();
+    let mut bytes = encode(&Frame::<u32>::Msg(Message::Route {
+        seq: 0,
+        env: envelope(b""),
+    }))
+    .unwrap();
     // Replace the trailing empty-payload length (a single 0 byte) by a huge one.
     assert_eq!(bytes.pop(), Some(0));
     bytes.push(253);
@@ -110,16 +135,24 @@ fn too_many_contacts_rejected() {
         .map(|i| Contact::new(key(i as u8), i, Role::Application))
         .collect();
     let bytes = encode(&Frame::Msg(Message::Nodes { req: 1, contacts })).unwrap();
-    assert!(matches!(decode::<u32>(&bytes), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode::<u32>(&bytes),
+        Err(DecodeError::Malformed(_))
+    ));
 }
 
 #[test]
 fn oversized_encode_refused() {
     let env = envelope(&vec![0u8; MAX_FRAME_BYTES]);
     let mut out = vec![1, 2, 3];
-    let err = encode_into(&Frame::<u32>::Msg(Message::Route { seq: 1, env }), &mut out).unwrap_err();
+    let err =
+        encode_into(&Frame::<u32>::Msg(Message::Route { seq: 1, env }), &mut out).unwrap_err();
     assert!(matches!(err, EncodeError::TooLarge(_)));
-    assert_eq!(out, vec![1, 2, 3], "a refused frame leaves the buffer as it was");
+    assert_eq!(
+        out,
+        vec![1, 2, 3],
+        "a refused frame leaves the buffer as it was"
+    );
 }
 
 fn arb_kind() -> impl Strategy<Value = EnvelopeKind> {

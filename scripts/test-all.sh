@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI and a newcomer run it:
+#   formatting, lints (warnings are errors), docs (warnings are errors), and
+#   every test of the workspace: unit, property, multi-node and process-level
+#   integration tests.
+# It installs what the tests need when it is missing (Debian, apt-get).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_pkg() {
+  # need_pkg COMMAND PACKAGE...: install PACKAGEs with apt-get unless COMMAND exists.
+  local cmd=$1; shift
+  if ! command -v "$cmd" >/dev/null 2>&1; then
+    step "installing $* (needed by the tests)"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+  fi
+}
+
+step "toolchain: $(cargo --version)"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+step "cargo test"
+cargo test --workspace --locked
+
+step "all checks passed"

@@ -1,0 +1,285 @@
+//! `xmpp-ring simulate`: hop counts, table sizes and protocol behaviour of
+//! a ring before it is deployed (DESIGN.md, "Command line").
+
+use super::{Format, UsageError};
+use clap::{Args, ValueEnum};
+use simulator::protocol::{self, ProtocolParams};
+use simulator::static_ring::{self, StaticParams};
+use simulator::{Progress, Report, plot, sweep};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which simulation to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Converged tables computed directly (scales to 10^6 nodes).
+    Static,
+    /// The real state machines over a simulated network.
+    Protocol,
+}
+
+/// Options of `xmpp-ring simulate`.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Number of nodes in the ring.
+    #[arg(long, default_value_t = 10_000)]
+    pub nodes: usize,
+    /// Routed lookups (static) or messages (protocol) to measure.
+    #[arg(long, default_value_t = 10_000)]
+    pub lookups: usize,
+    /// Bucket size; a comma-separated list with --sweep-nodes.
+    #[arg(long, value_delimiter = ',', default_value = "20")]
+    pub k: Vec<usize>,
+    /// Bits per digit (1 = plain Kademlia); a list with --sweep-nodes.
+    #[arg(long, value_delimiter = ',', default_value = "4")]
+    pub bits: Vec<u8>,
+    /// Seed: the same seed gives the same numbers.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Simulation mode.
+    #[arg(long, value_enum, default_value_t = Mode::Static)]
+    pub mode: Mode,
+    /// Write the hop histogram of the run as an SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Run a series over these ring sizes (for every k and bits given).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    pub sweep_nodes: Vec<usize>,
+    /// Where a sweep writes STEM.json, STEM.csv and STEM.svg.
+    #[arg(long, value_name = "STEM", default_value = "sweep")]
+    pub sweep_out: PathBuf,
+    /// Worker threads for static mode (results do not depend on it).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Protocol mode: median one-way link latency, ms.
+    #[arg(long, default_value_t = 20.0, help_heading = "Protocol mode")]
+    pub latency_ms: f64,
+    /// Protocol mode: log-normal spread of link latencies.
+    #[arg(long, default_value_t = 0.5, help_heading = "Protocol mode")]
+    pub latency_sigma: f64,
+    /// Protocol mode: probability that a message is lost.
+    #[arg(long, default_value_t = 0.0, help_heading = "Protocol mode")]
+    pub loss: f64,
+    /// Protocol mode: joins per simulated second while the ring forms.
+    #[arg(long, default_value_t = 100.0, help_heading = "Protocol mode")]
+    pub join_rate: f64,
+    /// Protocol mode: simulated seconds between formation and measurement.
+    #[arg(long, default_value_t = 60.0, help_heading = "Protocol mode")]
+    pub settle_s: f64,
+    /// Protocol mode: simulated seconds of the measured phase.
+    #[arg(long, default_value_t = 600.0, help_heading = "Protocol mode")]
+    pub duration_s: f64,
+    /// Protocol mode: churn with this median session length, s
+    /// (exponential sessions; crashed nodes are replaced by new ones).
+    #[arg(long, help_heading = "Protocol mode")]
+    pub churn_median_session_s: Option<f64>,
+    /// Protocol mode: next-hop ack timeout, ms.
+    #[arg(long, help_heading = "Protocol mode")]
+    pub ack_timeout_ms: Option<u64>,
+    /// Protocol mode: next hops tried per node before bouncing.
+    #[arg(long, help_heading = "Protocol mode")]
+    pub max_attempts: Option<u8>,
+    /// Protocol mode: bucket refresh interval, s.
+    #[arg(long, help_heading = "Protocol mode")]
+    pub refresh_interval_s: Option<f64>,
+    /// Protocol mode: contacts silent this long are pinged, s.
+    #[arg(long, help_heading = "Protocol mode")]
+    pub liveness_interval_s: Option<f64>,
+}
+
+fn secs(name: &str, v: f64) -> Result<Duration, UsageError> {
+    if !v.is_finite() || v < 0.0 {
+        return Err(UsageError(format!(
+            "--{name} must be a non-negative number of seconds, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+impl SimulateArgs {
+    fn validate(&self) -> Result<(), UsageError> {
+        let sizes: Vec<usize> = if self.sweep_nodes.is_empty() {
+            vec![self.nodes]
+        } else {
+            self.sweep_nodes.clone()
+        };
+        if sizes.contains(&0) {
+            return Err(UsageError("--nodes must be at least 1".into()));
+        }
+        if self.mode == Mode::Static && sizes.iter().any(|n| *n > 50_000_000) {
+            return Err(UsageError(
+                "--nodes above 50000000 does not fit static mode's memory budget".into(),
+            ));
+        }
+        if let Some(b) = self.bits.iter().find(|b| !(1..=8).contains(*b)) {
+            return Err(UsageError(format!(
+                "--bits must be between 1 and 8, got {b}"
+            )));
+        }
+        if let Some(k) = self.k.iter().find(|k| **k == 0 || **k > 1024) {
+            return Err(UsageError(format!(
+                "--k must be between 1 and 1024, got {k}"
+            )));
+        }
+        if self.sweep_nodes.is_empty() && (self.k.len() > 1 || self.bits.len() > 1) {
+            return Err(UsageError(
+                "lists of --k or --bits need --sweep-nodes".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.loss) {
+            return Err(UsageError(format!(
+                "--loss must be in [0, 1), got {}",
+                self.loss
+            )));
+        }
+        if !(self.join_rate > 0.0 && self.join_rate.is_finite()) {
+            return Err(UsageError(format!(
+                "--join-rate must be positive, got {}",
+                self.join_rate
+            )));
+        }
+        if !(self.latency_ms > 0.0 && self.latency_ms.is_finite()) {
+            return Err(UsageError(format!(
+                "--latency-ms must be positive, got {}",
+                self.latency_ms
+            )));
+        }
+        if !(self.latency_sigma >= 0.0 && self.latency_sigma <= 3.0) {
+            return Err(UsageError(format!(
+                "--latency-sigma must be in [0, 3], got {}",
+                self.latency_sigma
+            )));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(UsageError("--max-attempts must be at least 1".into()));
+        }
+        if self.ack_timeout_ms == Some(0) {
+            return Err(UsageError("--ack-timeout-ms must be positive".into()));
+        }
+        if self.mode == Mode::Static && (self.churn_median_session_s.is_some() || self.loss > 0.0) {
+            return Err(UsageError(
+                "churn and loss flags need --mode protocol".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn protocol_params(
+        &self,
+        nodes: usize,
+        k: usize,
+        bits: u8,
+    ) -> Result<ProtocolParams, UsageError> {
+        let mut p = ProtocolParams::new(nodes, self.lookups);
+        p.k = k;
+        p.bits = bits;
+        p.seed = self.seed;
+        p.median_latency = secs("latency-ms", self.latency_ms / 1000.0)?;
+        p.latency_sigma = self.latency_sigma;
+        p.loss = self.loss;
+        p.join_rate = self.join_rate;
+        p.settle = secs("settle-s", self.settle_s)?;
+        p.duration = secs("duration-s", self.duration_s)?;
+        p.churn_median_session = match self.churn_median_session_s {
+            Some(v) if v > 0.0 => Some(secs("churn-median-session-s", v)?),
+            Some(v) => {
+                return Err(UsageError(format!(
+                    "--churn-median-session-s must be positive, got {v}"
+                )));
+            }
+            None => None,
+        };
+        if let Some(ms) = self.ack_timeout_ms {
+            p.node.ack_timeout = Duration::from_millis(ms);
+        }
+        if let Some(a) = self.max_attempts {
+            p.node.max_attempts = a;
+        }
+        if let Some(v) = self.refresh_interval_s {
+            p.node.refresh_interval = secs("refresh-interval-s", v)?.max(Duration::from_secs(1));
+        }
+        if let Some(v) = self.liveness_interval_s {
+            p.node.liveness_interval = secs("liveness-interval-s", v)?.max(Duration::from_secs(1));
+        }
+        Ok(p)
+    }
+
+    fn run_one(
+        &self,
+        nodes: usize,
+        k: usize,
+        bits: u8,
+        progress: &Progress,
+    ) -> Result<Report, UsageError> {
+        Ok(match self.mode {
+            Mode::Static => {
+                let threads = self.threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                });
+                let p = StaticParams {
+                    nodes,
+                    lookups: self.lookups,
+                    k,
+                    bits,
+                    seed: self.seed,
+                    threads,
+                };
+                static_ring::run(&p, progress)
+            }
+            Mode::Protocol => protocol::run(&self.protocol_params(nodes, k, bits)?, progress),
+        })
+    }
+}
+
+/// Runs the subcommand; returns what to print on stdout.
+pub fn run(args: &SimulateArgs) -> Result<String, UsageError> {
+    args.validate()?;
+    let progress = Progress::stderr();
+    if args.sweep_nodes.is_empty() {
+        let r = args.run_one(args.nodes, args.k[0], args.bits[0], &progress)?;
+        if let Some(path) = &args.plot {
+            plot::hop_histogram(path, &r).map_err(|e| UsageError(e.to_string()))?;
+        }
+        return Ok(match args.format {
+            Format::Json => {
+                serde_json::to_string(&r).map_err(|e| UsageError(e.to_string()))? + "\n"
+            }
+            Format::Text => {
+                let mut s = r.to_text();
+                if let Some(path) = &args.plot {
+                    s.push_str(&format!("\nhistogram written to {}\n", path.display()));
+                }
+                s
+            }
+        });
+    }
+    let mut reports = Vec::new();
+    for &k in &args.k {
+        for &bits in &args.bits {
+            for &n in &args.sweep_nodes {
+                reports.push(args.run_one(n, k, bits, &progress)?);
+            }
+        }
+    }
+    let files = sweep::write_outputs(&args.sweep_out, &reports).map_err(UsageError)?;
+    Ok(match args.format {
+        Format::Json => {
+            let v = serde_json::json!({ "runs": reports, "files": files });
+            serde_json::to_string(&v).map_err(|e| UsageError(e.to_string()))? + "\n"
+        }
+        Format::Text => {
+            let mut s = sweep::to_table(&reports);
+            s.push('\n');
+            for f in files {
+                s.push_str(&format!("wrote {}\n", f.display()));
+            }
+            s
+        }
+    })
+}

@@ -40,13 +40,16 @@ impl EnvelopeKind {
         )
     }
 
-    /// Whether the origin tracks this kind until a receipt or a bounce
-    /// (everything the application sends; not probes or replies).
+    /// Whether the responsible node sends a delivery receipt back
+    /// (everything the application sends; probes answer with their reply).
     pub fn wants_receipt(&self) -> bool {
-        matches!(
-            self,
-            EnvelopeKind::Stanza | EnvelopeKind::Record | EnvelopeKind::Service(_)
-        )
+        matches!(self, EnvelopeKind::Stanza | EnvelopeKind::Record | EnvelopeKind::Service(_))
+    }
+
+    /// Whether the origin tracks this kind until it is settled (receipt,
+    /// probe answer or bounce) and reports it failed when nothing comes back.
+    pub fn is_tracked(&self) -> bool {
+        self.wants_receipt() || matches!(self, EnvelopeKind::Probe)
     }
 }
 

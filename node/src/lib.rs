@@ -1,1 +1,21 @@
-//! placeholder
+//! # node: a real xmpp-ring node
+//!
+//! Drives the dht crate's ring-node state machine over libp2p (see
+//! [`transport`]), keeps the node's identity and configuration, and serves
+//! the admin HTTP interface (`/status`, `/metrics`, `/trace`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod admin;
+pub mod addr;
+pub mod address_book;
+pub mod api;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod psk;
+pub mod runtime;
+// The derive generates an undocumented event enum.
+#[allow(missing_docs)]
+pub mod transport;

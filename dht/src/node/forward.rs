@@ -333,7 +333,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                     return;
                 }
                 let (key, kind) = env.orig.unwrap_or((env.key, EnvelopeKind::Stanza));
-                if kind.wants_receipt() && self.outstanding.remove(&env.id).is_none() {
+                if kind.is_tracked() && self.outstanding.remove(&env.id).is_none() {
                     // Already settled: a receipt came (the envelope was
                     // delivered after all) or the origin gave up on it.
                     self.stats.late_bounces += 1;
@@ -357,6 +357,13 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                     self.stats.duplicates += 1;
                     return;
                 }
+                if self.outstanding.remove(&env.id).is_none() {
+                    // Already reported failed (it took longer than the
+                    // receipt timeout): one outcome per probe.
+                    self.stats.late_bounces += 1;
+                    return;
+                }
+                self.settle_front();
                 let key = env.orig.map(|o| o.0).unwrap_or(env.key);
                 let path = decode_path(&env.payload);
                 self.events.push_back(Event::ProbeDone {
@@ -394,8 +401,10 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 for chunk in env.payload.chunks_exact(8) {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(chunk);
-                    if self.outstanding.remove(&u64::from_be_bytes(b)).is_some() {
+                    let id = u64::from_be_bytes(b);
+                    if self.outstanding.remove(&id).is_some() {
                         self.stats.receipts_received += 1;
+                        self.events.push_back(Event::Receipt { id });
                     }
                 }
                 self.settle_front();

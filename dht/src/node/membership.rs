@@ -48,6 +48,12 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             self.timers
                 .push(now + self.cfg.liveness_tick, Timer::Liveness);
         }
+        if seeds.is_empty() && self.table.is_empty() {
+            // Nobody to ask: this node founds a new ring.
+            self.joined = true;
+            self.events.push_back(Event::Joined { contacts: 0 });
+            return;
+        }
         let own = self.me.id;
         self.start_lookup(now, own, LookupGoal::Closest, LookupPurpose::Join, seeds);
     }

@@ -156,6 +156,12 @@ pub enum Event<A> {
     /// A new contact entered the routing table (the driver may want to
     /// connect to it early).
     ContactAdded(Contact<A>),
+    /// An envelope this node originated was confirmed delivered by its
+    /// responsible node.
+    Receipt {
+        /// The envelope's id.
+        id: u64,
+    },
 }
 
 /// Why [`RingNode::route`] refused an envelope.
@@ -419,7 +425,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         if self.pending >= self.cfg.max_pending {
             return Err(RouteError::Overloaded(self.pending));
         }
-        if kind.wants_receipt() && self.outstanding.len() >= self.cfg.max_outstanding {
+        if kind.is_tracked() && self.outstanding.len() >= self.cfg.max_outstanding {
             return Err(RouteError::Overloaded(self.outstanding.len()));
         }
         let id = self.next_msg_id;
@@ -441,7 +447,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             payload,
         };
         self.stats.originated += 1;
-        if kind.wants_receipt() {
+        if kind.is_tracked() {
             self.track(now, &env);
         }
         self.dispatch(now, forward::Pending::new(env));

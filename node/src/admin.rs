@@ -1,0 +1,96 @@
+//! The admin HTTP server: `GET /status`, `GET /metrics`, `GET /trace?jid=J`,
+//! and `GET /load?count=N&...` for tests and benchmarks. It binds to
+//! loopback by default (see [`crate::config`]) and only ever talks to the
+//! core task through its inbox.
+
+use crate::api::{LoadReport, StatusReport, TraceReport};
+use crate::runtime::{Command, Input, LoadSpec};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use std::future::Future;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Clone)]
+struct AppState {
+    inbox: mpsc::Sender<Input>,
+    metrics: PrometheusHandle,
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+async fn ask<T>(inbox: &mpsc::Sender<Input>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    inbox
+        .send(Input::Command(make(tx)))
+        .await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down"))?;
+    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down"))
+}
+
+async fn status(State(s): State<AppState>) -> Response {
+    match ask::<StatusReport>(&s.inbox, Command::Status).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e,
+    }
+}
+
+async fn render_metrics(State(s): State<AppState>) -> Response {
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+}
+
+#[derive(Deserialize)]
+struct TraceQuery {
+    jid: Option<String>,
+}
+
+async fn trace(State(s): State<AppState>, Query(q): Query<TraceQuery>) -> Response {
+    let Some(jid) = q.jid.filter(|j| !j.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "missing jid parameter");
+    };
+    if jid.len() > 3071 {
+        return error(StatusCode::BAD_REQUEST, "jid longer than 3071 bytes");
+    }
+    if let Err(e) = dht::keys::jid_key(&jid) {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
+    }
+    match ask::<TraceReport>(&s.inbox, |reply| Command::Trace { jid, reply }).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e,
+    }
+}
+
+async fn load(State(s): State<AppState>, Query(spec): Query<LoadSpec>) -> Response {
+    if let Err(e) = spec.validate() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    match ask::<Result<LoadReport, String>>(&s.inbox, |reply| Command::Load { spec, reply }).await {
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(e) => e,
+    }
+}
+
+/// Serves until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    inbox: mpsc::Sender<Input>,
+    metrics: PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let app = Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(render_metrics))
+        .route("/trace", get(trace))
+        .route("/load", get(load))
+        .with_state(AppState { inbox, metrics });
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+        tracing::error!("admin server failed: {e}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The admin interface's JSON documents, shared by the server (the node)
+//! and its clients (`xmpp-ring status`, `xmpp-ring trace`, `xmpp-ring local`,
+//! tests and benches).
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /status`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    /// Ring id (hex).
+    pub node_id: String,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Listen addresses, each ending in `/p2p/<peer id>`.
+    pub addresses: Vec<String>,
+    /// Role.
+    pub role: String,
+    /// Served XMPP domains.
+    pub domains: Vec<String>,
+    /// Edge s2s address, if any.
+    pub s2s_listen: Option<String>,
+    /// Whether the join lookup completed.
+    pub joined: bool,
+    /// Contacts in the routing table.
+    pub table_size: usize,
+    /// Non-empty buckets.
+    pub buckets: Vec<BucketReport>,
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Envelopes queued in this node.
+    pub pending: usize,
+    /// Envelopes originated here awaiting their outcome.
+    pub outstanding: usize,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Counters.
+    pub counters: Counters,
+}
+
+/// One routing-table bucket.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BucketReport {
+    /// Row (shared digits with this node).
+    pub row: usize,
+    /// Column (next digit).
+    pub col: u32,
+    /// Contacts.
+    pub size: usize,
+}
+
+/// Counters in `/status` (the same as in `/metrics`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Envelopes created here.
+    pub routed: u64,
+    /// Envelopes delivered here.
+    pub delivered: u64,
+    /// Envelopes passed to a next hop.
+    pub forwarded: u64,
+    /// Bounces generated here.
+    pub bounced: u64,
+    /// Sends to a second or later next hop.
+    pub rerouted: u64,
+    /// Duplicates suppressed.
+    pub duplicates: u64,
+    /// Next-hop ack timeouts.
+    pub ack_timeouts: u64,
+    /// Lookups started.
+    pub lookups: u64,
+    /// Delivery receipts received for our envelopes.
+    pub receipts: u64,
+    /// Our envelopes reported failed for lack of a receipt.
+    pub receipt_timeouts: u64,
+    /// Inbound connections refused (handshake failures: wrong ring key,
+    /// not an xmpp-ring node, ...).
+    pub refused_incoming: u64,
+    /// Outbound connections that failed.
+    pub failed_outgoing: u64,
+    /// Ring streams closed for bad input.
+    pub bad_streams: u64,
+}
+
+/// `GET /trace?jid=...`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TraceReport {
+    /// The JID as asked.
+    pub jid: String,
+    /// Its key (hex).
+    pub key: String,
+    /// The node that took responsibility (hex id), when the trace succeeded.
+    pub responsible: Option<String>,
+    /// Hops from the entry node.
+    pub hops: usize,
+    /// Every node on the path, entry first.
+    pub path: Vec<TraceHopReport>,
+    /// Whether the probe reached a responsible node.
+    pub ok: bool,
+    /// Why not, when it did not.
+    pub error: Option<String>,
+    /// Round trip of the whole probe, µs.
+    pub rtt_us: u64,
+}
+
+/// One node of a trace.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TraceHopReport {
+    /// Node id (hex).
+    pub node: String,
+    /// Time since the previous node of the path had it, µs (0 for the entry).
+    pub latency_us: u64,
+}
+
+/// `GET /load?...`: a load run's outcome (used by tests and benchmarks).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct LoadReport {
+    /// Envelopes sent.
+    pub sent: u64,
+    /// Confirmed delivered (receipt or probe answer).
+    pub delivered: u64,
+    /// Reported failed, by reason.
+    pub bounced: std::collections::BTreeMap<String, u64>,
+    /// Refused at once by the local node (overload).
+    pub refused: u64,
+    /// Seconds from the first send to the last outcome.
+    pub elapsed_s: f64,
+    /// Delivered envelopes per second.
+    pub rate: f64,
+    /// Mean hops of answered probes.
+    pub mean_hops: f64,
+}
+
+impl LoadReport {
+    /// Envelopes with an outcome (delivered or bounced).
+    pub fn settled(&self) -> u64 {
+        self.delivered + self.bounced.values().sum::<u64>()
+    }
+}

@@ -1,0 +1,307 @@
+//! Node configuration: a TOML file whose every key is also a command-line
+//! flag (`psk_file` ↔ `--psk-file`). Flags override the file. Validation
+//! turns the raw strings into typed values and names the offending key in
+//! every error, so a typo costs one glance.
+
+use dht::Role;
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {key}: {message}")]
+pub struct ConfigError {
+    /// The TOML key (the flag is the same with dashes).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Configuration as written: every field optional, merged from the file and
+/// the flags, validated by [`RawConfig::validate`].
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// libp2p listen multiaddr.
+    pub listen: Option<String>,
+    /// Bootstrap multiaddrs ending in `/p2p/<peer id>`.
+    pub bootstrap: Option<Vec<String>>,
+    /// Path of the ring's pre-shared key file.
+    pub psk_file: Option<PathBuf>,
+    /// Where the node keeps its identity (and later its records).
+    pub data_dir: Option<PathBuf>,
+    /// `application`, `router` or `edge`.
+    pub role: Option<String>,
+    /// XMPP domains the ring serves.
+    pub domain: Option<Vec<String>>,
+    /// Edge: the s2s listen address (host:port).
+    pub s2s_listen: Option<String>,
+    /// Admin HTTP address (host:port; port 0 picks a free one).
+    pub admin: Option<String>,
+    /// Log level or filter (`info`, `node=debug`, ...).
+    pub log_level: Option<String>,
+    /// Bucket size.
+    pub k: Option<usize>,
+    /// Bits per digit.
+    pub bits: Option<u8>,
+    /// Next-hop ack timeout in milliseconds.
+    pub ack_timeout_ms: Option<u64>,
+    /// Most simultaneous libp2p connections.
+    pub max_connections: Option<u32>,
+    /// If set, only these peers may be contacts (static topologies, tests).
+    pub allow_peers: Option<Vec<String>>,
+    /// Runtime worker threads (1 runs everything on one thread).
+    pub threads: Option<usize>,
+}
+
+impl RawConfig {
+    /// Parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", path.display(), e.to_string().trim())))
+    }
+
+    /// `self` with every value set in `over` replaced by it.
+    pub fn merged(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            listen: over.listen.or(self.listen),
+            bootstrap: over.bootstrap.or(self.bootstrap),
+            psk_file: over.psk_file.or(self.psk_file),
+            data_dir: over.data_dir.or(self.data_dir),
+            role: over.role.or(self.role),
+            domain: over.domain.or(self.domain),
+            s2s_listen: over.s2s_listen.or(self.s2s_listen),
+            admin: over.admin.or(self.admin),
+            log_level: over.log_level.or(self.log_level),
+            k: over.k.or(self.k),
+            bits: over.bits.or(self.bits),
+            ack_timeout_ms: over.ack_timeout_ms.or(self.ack_timeout_ms),
+            max_connections: over.max_connections.or(self.max_connections),
+            allow_peers: over.allow_peers.or(self.allow_peers),
+            threads: over.threads.or(self.threads),
+        }
+    }
+
+    /// Checks every value and builds the typed configuration.
+    pub fn validate(self) -> Result<NodeSettings, ConfigError> {
+        let listen: Multiaddr = self
+            .listen
+            .as_deref()
+            .unwrap_or("/ip4/127.0.0.1/tcp/0")
+            .parse()
+            .map_err(|e| err("listen", format!("not a multiaddr: {e}")))?;
+        if !listen.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
+            return Err(err("listen", "must be a TCP multiaddr such as /ip4/127.0.0.1/tcp/7600"));
+        }
+        let mut bootstrap = Vec::new();
+        for b in self.bootstrap.unwrap_or_default() {
+            let addr: Multiaddr = b.parse().map_err(|e| err("bootstrap", format!("{b:?} is not a multiaddr: {e}")))?;
+            let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+                return Err(err("bootstrap", format!("{b:?} must end in /p2p/<peer id>")));
+            };
+            bootstrap.push((peer, addr));
+        }
+        let psk_file = self.psk_file.ok_or_else(|| err("psk_file", "missing (create one with `xmpp-ring psk generate FILE`)"))?;
+        let psk = crate::psk::read(&psk_file).map_err(|m| err("psk_file", m))?;
+        let data_dir = self.data_dir.ok_or_else(|| err("data_dir", "missing"))?;
+        let role: Role = self.role.as_deref().unwrap_or("application").parse().map_err(|m: String| err("role", m))?;
+        let mut domains = Vec::new();
+        for d in self.domain.unwrap_or_default() {
+            let norm = d.trim_end_matches('.').to_ascii_lowercase();
+            if jid::BareJid::new(&norm).map(|j| j.node().is_some()).unwrap_or(true) {
+                return Err(err("domain", format!("{d:?} is not a domain name")));
+            }
+            domains.push(norm);
+        }
+        let s2s_listen = match self.s2s_listen {
+            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| err("s2s_listen", format!("{s:?}: {e}")))?),
+            None => None,
+        };
+        if role == Role::Edge && s2s_listen.is_none() {
+            return Err(err("s2s_listen", "an edge needs its s2s listen address"));
+        }
+        if role == Role::Edge && domains.is_empty() {
+            return Err(err("domain", "an edge needs at least one domain"));
+        }
+        let admin: SocketAddr = self
+            .admin
+            .as_deref()
+            .unwrap_or("127.0.0.1:0")
+            .parse()
+            .map_err(|e| err("admin", format!("not host:port: {e}")))?;
+        let mut dht = dht::NodeConfig { role, ..dht::NodeConfig::default() };
+        if let Some(k) = self.k {
+            if !(1..=256).contains(&k) {
+                return Err(err("k", format!("must be 1..=256, got {k}")));
+            }
+            dht.table.k = k;
+        }
+        if let Some(b) = self.bits {
+            if !(1..=8).contains(&b) {
+                return Err(err("bits", format!("must be 1..=8, got {b}")));
+            }
+            dht.table.bits = b;
+        }
+        if let Some(ms) = self.ack_timeout_ms {
+            if !(10..=60_000).contains(&ms) {
+                return Err(err("ack_timeout_ms", format!("must be 10..=60000, got {ms}")));
+            }
+            dht.ack_timeout = Duration::from_millis(ms);
+        }
+        let max_connections = self.max_connections.unwrap_or(512);
+        if max_connections == 0 {
+            return Err(err("max_connections", "must be positive"));
+        }
+        let allow_peers = match self.allow_peers {
+            Some(list) => Some(
+                list.iter()
+                    .map(|p| p.parse::<PeerId>().map_err(|e| err("allow_peers", format!("{p:?}: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => None,
+        };
+        let log_level = self.log_level.unwrap_or_else(|| "info".into());
+        let threads = self.threads.unwrap_or(1);
+        if !(1..=64).contains(&threads) {
+            return Err(err("threads", format!("must be 1..=64, got {threads}")));
+        }
+        Ok(NodeSettings {
+            listen,
+            bootstrap,
+            psk,
+            psk_file,
+            data_dir,
+            role,
+            domains,
+            s2s_listen,
+            admin,
+            log_level,
+            dht,
+            max_connections,
+            allow_peers,
+            threads,
+        })
+    }
+}
+
+/// A validated node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// libp2p listen address.
+    pub listen: Multiaddr,
+    /// Bootstrap peers with their addresses.
+    pub bootstrap: Vec<(PeerId, Multiaddr)>,
+    /// The ring key.
+    pub psk: libp2p::pnet::PreSharedKey,
+    /// Where the key came from.
+    pub psk_file: PathBuf,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Role.
+    pub role: Role,
+    /// Served domains (lowercase, no trailing dot).
+    pub domains: Vec<String>,
+    /// Edge s2s address.
+    pub s2s_listen: Option<SocketAddr>,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Log filter.
+    pub log_level: String,
+    /// dht parameters.
+    pub dht: dht::NodeConfig,
+    /// Connection limit.
+    pub max_connections: u32,
+    /// Contact allow-list, if any.
+    pub allow_peers: Option<Vec<PeerId>>,
+    /// Runtime worker threads.
+    pub threads: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> RawConfig {
+        let psk = dir.join("ring.psk");
+        if !psk.exists() {
+            crate::psk::generate_file(&psk).unwrap();
+        }
+        RawConfig {
+            psk_file: Some(psk),
+            data_dir: Some(dir.join("data")),
+            ..RawConfig::default()
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = base(dir.path()).validate().unwrap();
+        assert_eq!(s.role, Role::Application);
+        assert_eq!(s.admin.to_string(), "127.0.0.1:0");
+        assert_eq!(s.listen.to_string(), "/ip4/127.0.0.1/tcp/0");
+        assert!(s.bootstrap.is_empty());
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RawConfig { role: Some("router".into()), k: Some(8), ..base(dir.path()) };
+        let flags = RawConfig { role: Some("application".into()), ..RawConfig::default() };
+        let s = file.merged(flags).validate().unwrap();
+        assert_eq!(s.role, Role::Application);
+        assert_eq!(s.dht.table.k, 8);
+    }
+
+    #[test]
+    fn toml_file_round_trip_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.toml");
+        std::fs::write(&p, "listen = \"/ip4/127.0.0.1/tcp/7600\"\nrole = \"edge\"\ndomain = [\"ring.test\"]\ns2s_listen = \"127.0.0.1:5269\"\n").unwrap();
+        let raw = RawConfig::from_file(&p).unwrap();
+        assert_eq!(raw.role.as_deref(), Some("edge"));
+        std::fs::write(&p, "lisen = \"x\"\n").unwrap();
+        let e = RawConfig::from_file(&p).unwrap_err();
+        assert_eq!(e.key, "config");
+        assert!(e.message.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn every_bad_value_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = || base(dir.path());
+        let cases: Vec<(RawConfig, &str)> = vec![
+            (RawConfig { listen: Some("nonsense".into()), ..b() }, "listen"),
+            (RawConfig { listen: Some("/ip4/127.0.0.1/udp/1".into()), ..b() }, "listen"),
+            (RawConfig { bootstrap: Some(vec!["/ip4/127.0.0.1/tcp/1".into()]), ..b() }, "bootstrap"),
+            (RawConfig { psk_file: None, ..b() }, "psk_file"),
+            (RawConfig { psk_file: Some(dir.path().join("nope")), ..b() }, "psk_file"),
+            (RawConfig { data_dir: None, ..b() }, "data_dir"),
+            (RawConfig { role: Some("king".into()), ..b() }, "role"),
+            (RawConfig { domain: Some(vec!["user@host".into()]), ..b() }, "domain"),
+            (RawConfig { role: Some("edge".into()), domain: Some(vec!["ring.test".into()]), ..b() }, "s2s_listen"),
+            (RawConfig { s2s_listen: Some("nowhere".into()), ..b() }, "s2s_listen"),
+            (RawConfig { admin: Some("localhost".into()), ..b() }, "admin"),
+            (RawConfig { k: Some(0), ..b() }, "k"),
+            (RawConfig { bits: Some(9), ..b() }, "bits"),
+            (RawConfig { ack_timeout_ms: Some(1), ..b() }, "ack_timeout_ms"),
+            (RawConfig { max_connections: Some(0), ..b() }, "max_connections"),
+            (RawConfig { allow_peers: Some(vec!["nobody".into()]), ..b() }, "allow_peers"),
+            (RawConfig { threads: Some(0), ..b() }, "threads"),
+        ];
+        for (raw, key) in cases {
+            let e = raw.validate().unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The node's ed25519 identity, kept in its data directory so the node id
+//! survives restarts (its place in the ring, and so the keys it is
+//! responsible for, depend on it).
+
+use libp2p::identity::Keypair;
+use std::io::Write;
+use std::path::Path;
+
+/// File name of the key inside the data directory.
+pub const KEY_FILE: &str = "node.key";
+
+/// Loads the key from `data_dir`, creating the directory and a new key on
+/// first start. The key file is written with mode 0600.
+pub fn load_or_create(data_dir: &Path) -> Result<Keypair, String> {
+    let path = data_dir.join(KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| format!("{} is not a valid node key: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            let kp = Keypair::generate_ed25519();
+            write_key(&path, &kp)?;
+            Ok(kp)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Writes `kp` to `path` (mode 0600, created exclusively).
+pub fn write_key(path: &Path, kp: &Keypair) -> Result<(), String> {
+    let bytes = kp
+        .to_protobuf_encoding()
+        .map_err(|e| format!("cannot encode node key: {e}"))?;
+    write_private(path, &bytes)
+}
+
+/// Writes a secret file readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_identity_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create(&dir.path().join("data")).unwrap();
+        let b = load_or_create(&dir.path().join("data")).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("data").join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn corrupt_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), b"not a key").unwrap();
+        let e = load_or_create(dir.path()).unwrap_err();
+        assert!(e.contains("not a valid node key"), "{e}");
+    }
+}

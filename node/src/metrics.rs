@@ -1,0 +1,105 @@
+//! Prometheus metrics (`GET /metrics`).
+//!
+//! The dht state machine keeps plain counters; once a second the core copies
+//! them into the `metrics` facade as absolute values, so the hot path pays
+//! nothing for metrics. Hop counts of delivered envelopes are recorded as
+//! they happen; per-hop latency (forward to ack) comes from the state
+//! machine's power-of-two histogram, whose new samples are replayed into the
+//! exporter's histogram with matching bucket bounds.
+
+use crate::addr::PeerAddr;
+use crate::api::Counters;
+use dht::RingNode;
+use dht::node::{Histogram, Stats};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// The process-wide exporter handle (one recorder per process).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let hop_buckets: Vec<f64> = (0..=16).map(|h| h as f64).collect();
+            // 1 µs .. 8 s in powers of two, in seconds.
+            let rtt_buckets: Vec<f64> = (0..24).map(|i| (1u64 << i) as f64 / 1e6).collect();
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full("xmpp_ring_envelope_hops".into()), &hop_buckets)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("xmpp_ring_hop_latency_seconds".into()), &rtt_buckets));
+            match builder.map(|b| b.install_recorder()) {
+                Ok(Ok(h)) => h,
+                // A recorder was already installed (or buckets were refused):
+                // fall back to an unattached recorder so /metrics still answers.
+                _ => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Copies state-machine figures into the exporter.
+#[derive(Default)]
+pub(crate) struct Exporter {
+    last_rtt: Option<Histogram>,
+}
+
+impl Exporter {
+    pub(crate) fn delivered_hops(&self, hops: u8) {
+        histogram!("xmpp_ring_envelope_hops").record(hops as f64);
+    }
+
+    pub(crate) fn update(&mut self, node: &RingNode<PeerAddr>, net: &Counters, connections: usize, inbox_depth: usize) {
+        let s = node.stats();
+        let c = counters(s, net);
+        counter!("xmpp_ring_envelopes_routed_total").absolute(c.routed);
+        counter!("xmpp_ring_envelopes_delivered_total").absolute(c.delivered);
+        counter!("xmpp_ring_envelopes_forwarded_total").absolute(c.forwarded);
+        counter!("xmpp_ring_envelopes_bounced_total").absolute(c.bounced);
+        counter!("xmpp_ring_envelopes_rerouted_total").absolute(c.rerouted);
+        counter!("xmpp_ring_envelope_duplicates_total").absolute(c.duplicates);
+        counter!("xmpp_ring_ack_timeouts_total").absolute(c.ack_timeouts);
+        counter!("xmpp_ring_receipts_total").absolute(c.receipts);
+        counter!("xmpp_ring_receipt_timeouts_total").absolute(c.receipt_timeouts);
+        counter!("xmpp_ring_lookups_total").absolute(c.lookups);
+        counter!("xmpp_ring_lookup_queries_total").absolute(s.lookup_queries);
+        counter!("xmpp_ring_pings_total").absolute(s.pings_sent);
+        counter!("xmpp_ring_connections_refused_total", "direction" => "incoming").absolute(c.refused_incoming);
+        counter!("xmpp_ring_connections_failed_total", "direction" => "outgoing").absolute(c.failed_outgoing);
+        counter!("xmpp_ring_bad_streams_total").absolute(c.bad_streams);
+        gauge!("xmpp_ring_connections").set(connections as f64);
+        gauge!("xmpp_ring_routing_table_contacts").set(node.table().len() as f64);
+        gauge!("xmpp_ring_queue_pending_envelopes").set(node.pending() as f64);
+        gauge!("xmpp_ring_queue_outstanding_envelopes").set(node.outstanding() as f64);
+        gauge!("xmpp_ring_queue_inbox_batches").set(inbox_depth as f64);
+        // New per-hop latency samples since the last update.
+        let h = &s.hop_rtt_us;
+        let hist = histogram!("xmpp_ring_hop_latency_seconds");
+        for (i, &n) in h.buckets.iter().enumerate() {
+            let before = self.last_rtt.as_ref().map(|l| l.buckets[i]).unwrap_or(0);
+            if n > before {
+                // Bucket i holds values in [2^(i-1), 2^i) µs.
+                let lower_us = if i == 0 { 0.0 } else { (1u64 << (i - 1)) as f64 };
+                hist.record_many(lower_us / 1e6, (n - before) as usize);
+            }
+        }
+        self.last_rtt = Some(h.clone());
+    }
+}
+
+/// The counters of `/status`.
+pub(crate) fn counters(s: &Stats, net: &Counters) -> Counters {
+    Counters {
+        routed: s.originated,
+        delivered: s.delivered,
+        forwarded: s.forwarded,
+        bounced: s.bounced,
+        rerouted: s.rerouted,
+        duplicates: s.duplicates,
+        ack_timeouts: s.ack_timeouts,
+        lookups: s.lookups_started,
+        receipts: s.receipts_received,
+        receipt_timeouts: s.receipt_timeouts,
+        refused_incoming: net.refused_incoming,
+        failed_outgoing: net.failed_outgoing,
+        bad_streams: net.bad_streams,
+    }
+}

@@ -1,0 +1,203 @@
+//! The node's tokio runtime: three kinds of tasks around the dht state
+//! machine.
+//!
+//! * the **swarm task** owns the libp2p swarm (connections, identify, ping)
+//!   and reports connection events;
+//! * the **core task** owns the [`dht::RingNode`] and is the only place that
+//!   touches it: inputs arrive on one bounded inbox, outputs leave as framed
+//!   byte batches to writer tasks, timers come from the state machine;
+//! * **link tasks** ([`links`]) move bytes between streams and the core.
+//!
+//! Start-up: listen, learn our own address, start the tasks, join through
+//! the bootstrap peers, bind the admin server, write `ready.json` in the
+//! data directory. Shutdown (the `shutdown` future resolves): stop
+//! accepting streams, tell neighbours goodbye, give in-flight envelopes a
+//! grace period to be acknowledged, bounce whatever is left to its origin.
+
+mod core;
+mod links;
+mod load;
+mod swarm_task;
+
+use crate::addr::{PeerAddr, node_id};
+use crate::api::{LoadReport, StatusReport, TraceReport};
+use crate::config::NodeSettings;
+use crate::transport::{self, RING_PROTOCOL};
+use dht::wire::Message;
+use dht::{Contact, NodeId};
+use futures::StreamExt;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+pub use load::LoadSpec;
+
+/// Capacity of the core's inbox (batches, not messages).
+const INBOX: usize = 1024;
+/// How long a graceful shutdown waits for in-flight envelopes.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Something for the core task.
+pub(crate) enum Input {
+    /// Messages read from `from`'s stream.
+    Frames {
+        from: Contact<PeerAddr>,
+        msgs: Vec<Message<PeerAddr>>,
+    },
+    /// Our stream to `peer` could not be opened or broke.
+    WriterDown { peer: PeerId, node: NodeId },
+    /// Network events from the swarm task.
+    Net(NetEvent),
+    /// An admin request.
+    Command(Command),
+}
+
+/// Connection-level events the swarm task reports.
+pub(crate) enum NetEvent {
+    Connected(PeerId),
+    Disconnected(PeerId),
+    RefusedIncoming,
+    FailedOutgoing,
+    BadStream,
+    ListenAddr(Multiaddr),
+}
+
+/// Admin requests served by the core.
+pub(crate) enum Command {
+    Status(oneshot::Sender<StatusReport>),
+    Trace { jid: String, reply: oneshot::Sender<TraceReport> },
+    Load { spec: LoadSpec, reply: oneshot::Sender<Result<LoadReport, String>> },
+}
+
+/// Requests for the swarm task.
+pub(crate) enum SwarmCmd {
+    /// Remember these addresses for `peer` (before a stream is opened to it).
+    AddAddrs(PeerId, Vec<Multiaddr>),
+}
+
+/// What a started node tells its operator (also written as `ready.json`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Ready {
+    /// Ring id (hex).
+    pub node_id: String,
+    /// libp2p peer id.
+    pub peer_id: String,
+    /// Listen addresses with `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// Admin HTTP address.
+    pub admin: String,
+    /// Process id.
+    pub pid: u32,
+    /// Role.
+    pub role: String,
+}
+
+/// Name of the readiness file in the data directory.
+pub const READY_FILE: &str = "ready.json";
+
+/// Runs a node until `shutdown` resolves. `on_ready` is called once the node
+/// listens and its admin server is up.
+pub async fn run(
+    settings: NodeSettings,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<(), String> {
+    let settings = Arc::new(settings);
+    let keypair = crate::identity::load_or_create(&settings.data_dir)?;
+    let peer_id = keypair.public().to_peer_id();
+    let me_id = node_id(&peer_id);
+    let agent = format!("xmpp-ring/{} role={}", env!("CARGO_PKG_VERSION"), settings.role);
+    let mut swarm = transport::build_swarm(keypair, settings.psk, agent)?;
+    let metrics = crate::metrics::handle();
+
+    swarm
+        .listen_on(settings.listen.clone())
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+    // Our own contact needs a concrete listen address: wait for the first.
+    let first_addr = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr { address, .. } => return Ok(address),
+                SwarmEvent::ListenerError { error, .. } => return Err(format!("listener failed: {error}")),
+                SwarmEvent::ListenerClosed { reason: Err(e), .. } => return Err(format!("listener closed: {e}")),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .map_err(|_| format!("no listen address on {} after 10 s", settings.listen))??;
+
+    let mut control = swarm.behaviour().stream.new_control();
+    let incoming = control
+        .accept(RING_PROTOCOL)
+        .map_err(|e| format!("cannot register the ring protocol: {e}"))?;
+    for (peer, addr) in &settings.bootstrap {
+        swarm.add_peer_address(*peer, addr.clone());
+    }
+
+    let s2s = settings.s2s_listen.map(|a| a.to_string());
+    let me = Contact::new(me_id, PeerAddr::new(&peer_id, std::slice::from_ref(&first_addr), s2s), settings.role);
+    let (inbox_tx, inbox_rx) = mpsc::channel::<Input>(INBOX);
+    let (swarm_tx, swarm_rx) = mpsc::unbounded_channel::<SwarmCmd>();
+
+    let swarm_handle = tokio::spawn(swarm_task::run(swarm, swarm_rx, inbox_tx.clone(), settings.max_connections));
+    let accept_handle = tokio::spawn(accept_streams(incoming, inbox_tx.clone(), settings.clone()));
+
+    // Admin server.
+    let admin_listener = tokio::net::TcpListener::bind(settings.admin)
+        .await
+        .map_err(|e| format!("cannot bind admin address {}: {e}", settings.admin))?;
+    let admin_addr: SocketAddr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+    let admin_handle = tokio::spawn(crate::admin::serve(admin_listener, inbox_tx.clone(), metrics.clone(), async {
+        let _ = admin_stop_rx.await;
+    }));
+
+    let ready = Ready {
+        node_id: me_id.to_hex(),
+        peer_id: peer_id.to_string(),
+        listen: vec![format!("{first_addr}/p2p/{peer_id}")],
+        admin: admin_addr.to_string(),
+        pid: std::process::id(),
+        role: settings.role.to_string(),
+    };
+    let ready_json = serde_json::to_string_pretty(&ready).map_err(|e| e.to_string())?;
+    std::fs::write(settings.data_dir.join(READY_FILE), ready_json)
+        .map_err(|e| format!("cannot write {}: {e}", settings.data_dir.join(READY_FILE).display()))?;
+    on_ready(&ready);
+
+    let core = core::Core::new(settings.clone(), me, first_addr, control, inbox_tx.clone(), swarm_tx, Instant::now());
+    drop(inbox_tx);
+    let result = core.run(inbox_rx, shutdown).await;
+
+    accept_handle.abort();
+    let _ = admin_stop_tx.send(());
+    let _ = admin_handle.await;
+    swarm_handle.abort();
+    let _ = std::fs::remove_file(settings.data_dir.join(READY_FILE));
+    result
+}
+
+/// Accepts inbound ring streams and starts a reader for each.
+async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, inbox: mpsc::Sender<Input>, settings: Arc<NodeSettings>) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let inbox = inbox.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let allowed = |p: &PeerId| settings.allow_peers.as_ref().is_none_or(|list| list.contains(p));
+            match links::read_stream(peer, stream, inbox.clone(), allowed).await {
+                Ok(()) => {}
+                Err(links::StreamError::Io(e)) => tracing::debug!(%peer, "ring stream ended: {e}"),
+                Err(e) => {
+                    tracing::warn!(%peer, "closing ring stream: {e}");
+                    let _ = inbox.send(Input::Net(NetEvent::BadStream)).await;
+                }
+            }
+        });
+    }
+}

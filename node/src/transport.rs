@@ -1,0 +1,72 @@
+//! The libp2p stack of a ring node: TCP, the ring's pre-shared key (pnet),
+//! noise, yamux; identify, ping, and a plain stream protocol for the ring
+//! messages.
+//!
+//! pnet runs first on the raw TCP stream: a peer without the key sees
+//! nothing but noise and the connection fails in its first handshake, before
+//! any ring protocol is reachable. Envelopes travel on one long-lived stream
+//! per neighbour and direction (libp2p-stream), not request-response, which
+//! measured about sixty times slower for forwarding (../shared/PERFORMANCE.md).
+
+use libp2p::core::transport::upgrade::Version;
+use libp2p::core::Transport;
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
+use std::time::Duration;
+
+/// The ring protocol's stream name.
+pub const RING_PROTOCOL: StreamProtocol = StreamProtocol::new("/xmpp-ring/ring/1.0.0");
+
+/// identify's protocol version: nodes of other rings or versions are told apart.
+pub const IDENTIFY_PROTOCOL: &str = "/xmpp-ring/1.0.0";
+
+/// The node's network behaviour.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Tells peers our listen addresses and learns theirs.
+    pub identify: identify::Behaviour,
+    /// Keeps connections alive and measures round trips.
+    pub ping: ping::Behaviour,
+    /// Raw streams for the ring protocol.
+    pub stream: libp2p_stream::Behaviour,
+    /// Where peers listen (for dialling them when a stream needs it).
+    pub addresses: crate::address_book::AddressBook,
+}
+
+/// Builds the swarm for `keypair` in the ring keyed by `psk`.
+pub fn build_swarm(keypair: Keypair, psk: PreSharedKey, agent: String) -> Result<Swarm<Behaviour>, String> {
+    let swarm = SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let noise = noise::Config::new(key)?;
+            let mut yamux = yamux::Config::default();
+            yamux.set_max_num_streams(1024);
+            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux)
+                .timeout(Duration::from_secs(10)))
+        })
+        .map_err(|e| format!("cannot build the transport: {e}"))?
+        .with_behaviour(|key| {
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                    .with_agent_version(agent)
+                    .with_interval(Duration::from_secs(300)),
+            );
+            let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
+            Behaviour {
+                identify,
+                ping,
+                stream: libp2p_stream::Behaviour::new(),
+                addresses: crate::address_book::AddressBook::new(std::num::NonZeroUsize::new(8192).expect("non-zero")),
+            }
+        })
+        .map_err(|e| format!("cannot build the behaviour: {e}"))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}

@@ -1,0 +1,133 @@
+//! `xmpp-ring node`: runs one ring node until SIGTERM or Ctrl-C.
+
+use super::CliError;
+use clap::Args;
+use node::config::RawConfig;
+use std::path::PathBuf;
+
+/// Options of `xmpp-ring node`; each is also a key of the config file.
+#[derive(Args, Debug, Default)]
+pub struct NodeArgs {
+    /// TOML configuration file (flags override its keys).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// libp2p listen multiaddr [default: /ip4/127.0.0.1/tcp/0].
+    #[arg(long, value_name = "MULTIADDR")]
+    pub listen: Option<String>,
+    /// A bootstrap peer, ending in /p2p/<peer id> (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    pub bootstrap: Vec<String>,
+    /// The ring's pre-shared key file.
+    #[arg(long, value_name = "FILE")]
+    pub psk_file: Option<PathBuf>,
+    /// Data directory (identity; later, records).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// application, router or edge [default: application].
+    #[arg(long)]
+    pub role: Option<String>,
+    /// An XMPP domain the ring serves (repeatable).
+    #[arg(long)]
+    pub domain: Vec<String>,
+    /// Edge: s2s listen address (host:port).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub s2s_listen: Option<String>,
+    /// Admin HTTP address [default: 127.0.0.1:0, a free port].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin: Option<String>,
+    /// Log level or filter [default: info; RUST_LOG wins when set].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Bucket size [default: 20].
+    #[arg(long)]
+    pub k: Option<usize>,
+    /// Bits per digit [default: 4].
+    #[arg(long)]
+    pub bits: Option<u8>,
+    /// Next-hop ack timeout, ms [default: 1000].
+    #[arg(long)]
+    pub ack_timeout_ms: Option<u64>,
+    /// Most simultaneous connections [default: 512].
+    #[arg(long)]
+    pub max_connections: Option<u32>,
+    /// Only these peers may be contacts (repeatable; default: anyone with the key).
+    #[arg(long, value_name = "PEER_ID")]
+    pub allow_peer: Vec<String>,
+    /// Runtime worker threads [default: 1].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl NodeArgs {
+    fn as_raw(&self) -> RawConfig {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        RawConfig {
+            listen: self.listen.clone(),
+            bootstrap: list(&self.bootstrap),
+            psk_file: self.psk_file.clone(),
+            data_dir: self.data_dir.clone(),
+            role: self.role.clone(),
+            domain: list(&self.domain),
+            s2s_listen: self.s2s_listen.clone(),
+            admin: self.admin.clone(),
+            log_level: self.log_level.clone(),
+            k: self.k,
+            bits: self.bits,
+            ack_timeout_ms: self.ack_timeout_ms,
+            max_connections: self.max_connections,
+            allow_peers: list(&self.allow_peer),
+            threads: self.threads,
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the node.
+pub fn run(args: &NodeArgs) -> Result<String, CliError> {
+    let file = match &args.config {
+        Some(p) => RawConfig::from_file(p).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => RawConfig::default(),
+    };
+    let settings = file.merged(args.as_raw()).validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    super::init_logging(&settings.log_level);
+    let rt = if settings.threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(settings.threads).enable_all().build()
+    }
+    .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(node::runtime::run(settings, shutdown_signal(), |ready| {
+        println!(
+            "xmpp-ring node {} ({}) listening on {} admin http://{}",
+            &ready.node_id[..16],
+            ready.role,
+            ready.listen.join(" "),
+            ready.admin
+        );
+    }))
+    .map_err(CliError::Failed)?;
+    Ok(String::new())
+}

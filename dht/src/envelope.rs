@@ -43,7 +43,10 @@ impl EnvelopeKind {
     /// Whether the responsible node sends a delivery receipt back
     /// (everything the application sends; probes answer with their reply).
     pub fn wants_receipt(&self) -> bool {
-        matches!(self, EnvelopeKind::Stanza | EnvelopeKind::Record | EnvelopeKind::Service(_))
+        matches!(
+            self,
+            EnvelopeKind::Stanza | EnvelopeKind::Record | EnvelopeKind::Service(_)
+        )
     }
 
     /// Whether the origin tracks this kind until it is settled (receipt,

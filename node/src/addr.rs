@@ -107,15 +107,27 @@ mod tests {
         let forged = Contact::new(Key([7; 32]), a, Role::Application);
         assert!(!is_valid_contact(&forged));
         // Garbage peer bytes are rejected.
-        let junk = PeerAddr(Arc::new(Inner { peer: vec![1, 2, 3], addrs: vec![], s2s: None }));
-        assert!(!is_valid_contact(&Contact::new(node_id_from_peer_bytes(&[1, 2, 3]), junk, Role::Router)));
+        let junk = PeerAddr(Arc::new(Inner {
+            peer: vec![1, 2, 3],
+            addrs: vec![],
+            s2s: None,
+        }));
+        assert!(!is_valid_contact(&Contact::new(
+            node_id_from_peer_bytes(&[1, 2, 3]),
+            junk,
+            Role::Router
+        )));
     }
 
     #[test]
     fn round_trips_through_the_wire_codec() {
         let kp = libp2p::identity::Keypair::generate_ed25519();
         let peer = kp.public().to_peer_id();
-        let a = PeerAddr::new(&peer, &["/ip4/127.0.0.1/tcp/1".parse().unwrap()], Some("127.0.0.1:5269".into()));
+        let a = PeerAddr::new(
+            &peer,
+            &["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+            Some("127.0.0.1:5269".into()),
+        );
         let frame = dht::wire::Frame::Hello(Contact::new(node_id(&peer), a, Role::Edge));
         let bytes = dht::wire::encode(&frame).unwrap();
         assert_eq!(dht::wire::decode::<PeerAddr>(&bytes).unwrap(), frame);

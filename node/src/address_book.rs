@@ -8,8 +8,8 @@
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
 use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, PeerAddresses, THandler, THandlerInEvent,
-    THandlerOutEvent, ToSwarm, dummy,
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, PeerAddresses, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
 };
 use libp2p::{Multiaddr, PeerId};
 use std::num::NonZeroUsize;
@@ -50,7 +50,9 @@ impl NetworkBehaviour for AddressBook {
         _: &[Multiaddr],
         _: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        Ok(peer.map(|p| self.addrs.get(&p).collect()).unwrap_or_default())
+        Ok(peer
+            .map(|p| self.addrs.get(&p).collect())
+            .unwrap_or_default())
     }
 
     fn handle_established_outbound_connection(
@@ -68,7 +70,12 @@ impl NetworkBehaviour for AddressBook {
         self.addrs.on_swarm_event(&event);
     }
 
-    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, ev: THandlerOutEvent<Self>) {
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        ev: THandlerOutEvent<Self>,
+    ) {
         match ev {}
     }
 

@@ -25,13 +25,17 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-async fn ask<T>(inbox: &mpsc::Sender<Input>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Response> {
+async fn ask<T>(
+    inbox: &mpsc::Sender<Input>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Command,
+) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
     inbox
         .send(Input::Command(make(tx)))
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down"))?;
-    rx.await.map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down"))
+    rx.await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down"))
 }
 
 async fn status(State(s): State<AppState>) -> Response {
@@ -42,7 +46,11 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> Response {
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -90,7 +98,10 @@ pub(crate) async fn serve(
         .route("/trace", get(trace))
         .route("/load", get(load))
         .with_state(AppState { inbox, metrics });
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         tracing::error!("admin server failed: {e}");
     }
 }

@@ -62,13 +62,26 @@ pub struct RawConfig {
     pub allow_peers: Option<Vec<String>>,
     /// Runtime worker threads (1 runs everything on one thread).
     pub threads: Option<usize>,
+    /// How long an originated envelope may go without receipt or bounce
+    /// before it is reported failed, in milliseconds.
+    pub receipt_timeout_ms: Option<u64>,
 }
 
 impl RawConfig {
     /// Parses a TOML file.
     pub fn from_file(path: &Path) -> Result<RawConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| err("config", format!("{}: {}", path.display(), e.to_string().trim())))
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
+            err(
+                "config",
+                format!("{}:{at} {}", path.display(), e.message().trim()),
+            )
+        })
     }
 
     /// `self` with every value set in `over` replaced by it.
@@ -89,6 +102,7 @@ impl RawConfig {
             max_connections: over.max_connections.or(self.max_connections),
             allow_peers: over.allow_peers.or(self.allow_peers),
             threads: over.threads.or(self.threads),
+            receipt_timeout_ms: over.receipt_timeout_ms.or(self.receipt_timeout_ms),
         }
     }
 
@@ -101,30 +115,54 @@ impl RawConfig {
             .parse()
             .map_err(|e| err("listen", format!("not a multiaddr: {e}")))?;
         if !listen.iter().any(|p| matches!(p, Protocol::Tcp(_))) {
-            return Err(err("listen", "must be a TCP multiaddr such as /ip4/127.0.0.1/tcp/7600"));
+            return Err(err(
+                "listen",
+                "must be a TCP multiaddr such as /ip4/127.0.0.1/tcp/7600",
+            ));
         }
         let mut bootstrap = Vec::new();
         for b in self.bootstrap.unwrap_or_default() {
-            let addr: Multiaddr = b.parse().map_err(|e| err("bootstrap", format!("{b:?} is not a multiaddr: {e}")))?;
+            let addr: Multiaddr = b
+                .parse()
+                .map_err(|e| err("bootstrap", format!("{b:?} is not a multiaddr: {e}")))?;
             let Some(Protocol::P2p(peer)) = addr.iter().last() else {
-                return Err(err("bootstrap", format!("{b:?} must end in /p2p/<peer id>")));
+                return Err(err(
+                    "bootstrap",
+                    format!("{b:?} must end in /p2p/<peer id>"),
+                ));
             };
             bootstrap.push((peer, addr));
         }
-        let psk_file = self.psk_file.ok_or_else(|| err("psk_file", "missing (create one with `xmpp-ring psk generate FILE`)"))?;
+        let psk_file = self.psk_file.ok_or_else(|| {
+            err(
+                "psk_file",
+                "missing (create one with `xmpp-ring psk generate FILE`)",
+            )
+        })?;
         let psk = crate::psk::read(&psk_file).map_err(|m| err("psk_file", m))?;
         let data_dir = self.data_dir.ok_or_else(|| err("data_dir", "missing"))?;
-        let role: Role = self.role.as_deref().unwrap_or("application").parse().map_err(|m: String| err("role", m))?;
+        let role: Role = self
+            .role
+            .as_deref()
+            .unwrap_or("application")
+            .parse()
+            .map_err(|m: String| err("role", m))?;
         let mut domains = Vec::new();
         for d in self.domain.unwrap_or_default() {
             let norm = d.trim_end_matches('.').to_ascii_lowercase();
-            if jid::BareJid::new(&norm).map(|j| j.node().is_some()).unwrap_or(true) {
+            if jid::BareJid::new(&norm)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
                 return Err(err("domain", format!("{d:?} is not a domain name")));
             }
             domains.push(norm);
         }
         let s2s_listen = match self.s2s_listen {
-            Some(s) => Some(s.parse::<SocketAddr>().map_err(|e| err("s2s_listen", format!("{s:?}: {e}")))?),
+            Some(s) => Some(
+                s.parse::<SocketAddr>()
+                    .map_err(|e| err("s2s_listen", format!("{s:?}: {e}")))?,
+            ),
             None => None,
         };
         if role == Role::Edge && s2s_listen.is_none() {
@@ -139,7 +177,10 @@ impl RawConfig {
             .unwrap_or("127.0.0.1:0")
             .parse()
             .map_err(|e| err("admin", format!("not host:port: {e}")))?;
-        let mut dht = dht::NodeConfig { role, ..dht::NodeConfig::default() };
+        let mut dht = dht::NodeConfig {
+            role,
+            ..dht::NodeConfig::default()
+        };
         if let Some(k) = self.k {
             if !(1..=256).contains(&k) {
                 return Err(err("k", format!("must be 1..=256, got {k}")));
@@ -154,9 +195,27 @@ impl RawConfig {
         }
         if let Some(ms) = self.ack_timeout_ms {
             if !(10..=60_000).contains(&ms) {
-                return Err(err("ack_timeout_ms", format!("must be 10..=60000, got {ms}")));
+                return Err(err(
+                    "ack_timeout_ms",
+                    format!("must be 10..=60000, got {ms}"),
+                ));
             }
             dht.ack_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.receipt_timeout_ms {
+            if !(100..=600_000).contains(&ms) {
+                return Err(err(
+                    "receipt_timeout_ms",
+                    format!("must be 100..=600000, got {ms}"),
+                ));
+            }
+            if Duration::from_millis(ms) <= dht.ack_timeout {
+                return Err(err(
+                    "receipt_timeout_ms",
+                    "must be longer than ack_timeout_ms",
+                ));
+            }
+            dht.receipt_timeout = Duration::from_millis(ms);
         }
         let max_connections = self.max_connections.unwrap_or(512);
         if max_connections == 0 {
@@ -165,7 +224,10 @@ impl RawConfig {
         let allow_peers = match self.allow_peers {
             Some(list) => Some(
                 list.iter()
-                    .map(|p| p.parse::<PeerId>().map_err(|e| err("allow_peers", format!("{p:?}: {e}"))))
+                    .map(|p| {
+                        p.parse::<PeerId>()
+                            .map_err(|e| err("allow_peers", format!("{p:?}: {e}")))
+                    })
                     .collect::<Result<Vec<_>, _>>()?,
             ),
             None => None,
@@ -256,8 +318,15 @@ mod tests {
     #[test]
     fn flags_override_file() {
         let dir = tempfile::tempdir().unwrap();
-        let file = RawConfig { role: Some("router".into()), k: Some(8), ..base(dir.path()) };
-        let flags = RawConfig { role: Some("application".into()), ..RawConfig::default() };
+        let file = RawConfig {
+            role: Some("router".into()),
+            k: Some(8),
+            ..base(dir.path())
+        };
+        let flags = RawConfig {
+            role: Some("application".into()),
+            ..RawConfig::default()
+        };
         let s = file.merged(flags).validate().unwrap();
         assert_eq!(s.role, Role::Application);
         assert_eq!(s.dht.table.k, 8);
@@ -281,23 +350,127 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = || base(dir.path());
         let cases: Vec<(RawConfig, &str)> = vec![
-            (RawConfig { listen: Some("nonsense".into()), ..b() }, "listen"),
-            (RawConfig { listen: Some("/ip4/127.0.0.1/udp/1".into()), ..b() }, "listen"),
-            (RawConfig { bootstrap: Some(vec!["/ip4/127.0.0.1/tcp/1".into()]), ..b() }, "bootstrap"),
-            (RawConfig { psk_file: None, ..b() }, "psk_file"),
-            (RawConfig { psk_file: Some(dir.path().join("nope")), ..b() }, "psk_file"),
-            (RawConfig { data_dir: None, ..b() }, "data_dir"),
-            (RawConfig { role: Some("king".into()), ..b() }, "role"),
-            (RawConfig { domain: Some(vec!["user@host".into()]), ..b() }, "domain"),
-            (RawConfig { role: Some("edge".into()), domain: Some(vec!["ring.test".into()]), ..b() }, "s2s_listen"),
-            (RawConfig { s2s_listen: Some("nowhere".into()), ..b() }, "s2s_listen"),
-            (RawConfig { admin: Some("localhost".into()), ..b() }, "admin"),
+            (
+                RawConfig {
+                    listen: Some("nonsense".into()),
+                    ..b()
+                },
+                "listen",
+            ),
+            (
+                RawConfig {
+                    listen: Some("/ip4/127.0.0.1/udp/1".into()),
+                    ..b()
+                },
+                "listen",
+            ),
+            (
+                RawConfig {
+                    bootstrap: Some(vec!["/ip4/127.0.0.1/tcp/1".into()]),
+                    ..b()
+                },
+                "bootstrap",
+            ),
+            (
+                RawConfig {
+                    psk_file: None,
+                    ..b()
+                },
+                "psk_file",
+            ),
+            (
+                RawConfig {
+                    psk_file: Some(dir.path().join("nope")),
+                    ..b()
+                },
+                "psk_file",
+            ),
+            (
+                RawConfig {
+                    data_dir: None,
+                    ..b()
+                },
+                "data_dir",
+            ),
+            (
+                RawConfig {
+                    role: Some("king".into()),
+                    ..b()
+                },
+                "role",
+            ),
+            (
+                RawConfig {
+                    domain: Some(vec!["user@host".into()]),
+                    ..b()
+                },
+                "domain",
+            ),
+            (
+                RawConfig {
+                    role: Some("edge".into()),
+                    domain: Some(vec!["ring.test".into()]),
+                    ..b()
+                },
+                "s2s_listen",
+            ),
+            (
+                RawConfig {
+                    s2s_listen: Some("nowhere".into()),
+                    ..b()
+                },
+                "s2s_listen",
+            ),
+            (
+                RawConfig {
+                    admin: Some("localhost".into()),
+                    ..b()
+                },
+                "admin",
+            ),
             (RawConfig { k: Some(0), ..b() }, "k"),
-            (RawConfig { bits: Some(9), ..b() }, "bits"),
-            (RawConfig { ack_timeout_ms: Some(1), ..b() }, "ack_timeout_ms"),
-            (RawConfig { max_connections: Some(0), ..b() }, "max_connections"),
-            (RawConfig { allow_peers: Some(vec!["nobody".into()]), ..b() }, "allow_peers"),
-            (RawConfig { threads: Some(0), ..b() }, "threads"),
+            (
+                RawConfig {
+                    bits: Some(9),
+                    ..b()
+                },
+                "bits",
+            ),
+            (
+                RawConfig {
+                    ack_timeout_ms: Some(1),
+                    ..b()
+                },
+                "ack_timeout_ms",
+            ),
+            (
+                RawConfig {
+                    max_connections: Some(0),
+                    ..b()
+                },
+                "max_connections",
+            ),
+            (
+                RawConfig {
+                    allow_peers: Some(vec!["nobody".into()]),
+                    ..b()
+                },
+                "allow_peers",
+            ),
+            (
+                RawConfig {
+                    threads: Some(0),
+                    ..b()
+                },
+                "threads",
+            ),
+            (
+                RawConfig {
+                    receipt_timeout_ms: Some(5),
+                    ..b()
+                },
+                "receipt_timeout_ms",
+            ),
         ];
         for (raw, key) in cases {
             let e = raw.validate().unwrap_err();

@@ -17,7 +17,8 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, String> {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
             .map_err(|e| format!("{} is not a valid node key: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
             let kp = Keypair::generate_ed25519();
             write_key(&path, &kp)?;
             Ok(kp)
@@ -64,7 +65,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("data").join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("data").join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

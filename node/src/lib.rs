@@ -7,10 +7,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod admin;
 pub mod addr;
 pub mod address_book;
+mod admin;
 pub mod api;
+pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod identity;
 pub mod metrics;

@@ -2,10 +2,10 @@
 //!
 //! The dht state machine keeps plain counters; once a second the core copies
 //! them into the `metrics` facade as absolute values, so the hot path pays
-//! nothing for metrics. Hop counts of delivered envelopes are recorded as
-//! they happen; per-hop latency (forward to ack) comes from the state
-//! machine's power-of-two histogram, whose new samples are replayed into the
-//! exporter's histogram with matching bucket bounds.
+//! nothing for metrics. The state machine also keeps two histograms (hop
+//! counts of delivered envelopes; per-hop latency from forward to ack, in
+//! power-of-two buckets); their new samples are replayed into the exporter's
+//! histograms, whose bucket bounds match.
 
 use crate::addr::PeerAddr;
 use crate::api::Counters;
@@ -24,8 +24,16 @@ pub fn handle() -> PrometheusHandle {
             // 1 µs .. 8 s in powers of two, in seconds.
             let rtt_buckets: Vec<f64> = (0..24).map(|i| (1u64 << i) as f64 / 1e6).collect();
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full("xmpp_ring_envelope_hops".into()), &hop_buckets)
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("xmpp_ring_hop_latency_seconds".into()), &rtt_buckets));
+                .set_buckets_for_metric(
+                    Matcher::Full("xmpp_ring_envelope_hops".into()),
+                    &hop_buckets,
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("xmpp_ring_hop_latency_seconds".into()),
+                        &rtt_buckets,
+                    )
+                });
             match builder.map(|b| b.install_recorder()) {
                 Ok(Ok(h)) => h,
                 // A recorder was already installed (or buckets were refused):
@@ -40,14 +48,17 @@ pub fn handle() -> PrometheusHandle {
 #[derive(Default)]
 pub(crate) struct Exporter {
     last_rtt: Option<Histogram>,
+    last_hops: [u64; 32],
 }
 
 impl Exporter {
-    pub(crate) fn delivered_hops(&self, hops: u8) {
-        histogram!("xmpp_ring_envelope_hops").record(hops as f64);
-    }
-
-    pub(crate) fn update(&mut self, node: &RingNode<PeerAddr>, net: &Counters, connections: usize, inbox_depth: usize) {
+    pub(crate) fn update(
+        &mut self,
+        node: &RingNode<PeerAddr>,
+        net: &Counters,
+        connections: usize,
+        inbox_depth: usize,
+    ) {
         let s = node.stats();
         let c = counters(s, net);
         counter!("xmpp_ring_envelopes_routed_total").absolute(c.routed);
@@ -62,8 +73,10 @@ impl Exporter {
         counter!("xmpp_ring_lookups_total").absolute(c.lookups);
         counter!("xmpp_ring_lookup_queries_total").absolute(s.lookup_queries);
         counter!("xmpp_ring_pings_total").absolute(s.pings_sent);
-        counter!("xmpp_ring_connections_refused_total", "direction" => "incoming").absolute(c.refused_incoming);
-        counter!("xmpp_ring_connections_failed_total", "direction" => "outgoing").absolute(c.failed_outgoing);
+        counter!("xmpp_ring_connections_refused_total", "direction" => "incoming")
+            .absolute(c.refused_incoming);
+        counter!("xmpp_ring_connections_failed_total", "direction" => "outgoing")
+            .absolute(c.failed_outgoing);
         counter!("xmpp_ring_bad_streams_total").absolute(c.bad_streams);
         gauge!("xmpp_ring_connections").set(connections as f64);
         gauge!("xmpp_ring_routing_table_contacts").set(node.table().len() as f64);
@@ -77,11 +90,27 @@ impl Exporter {
             let before = self.last_rtt.as_ref().map(|l| l.buckets[i]).unwrap_or(0);
             if n > before {
                 // Bucket i holds values in [2^(i-1), 2^i) µs.
-                let lower_us = if i == 0 { 0.0 } else { (1u64 << (i - 1)) as f64 };
+                let lower_us = if i == 0 {
+                    0.0
+                } else {
+                    (1u64 << (i - 1)) as f64
+                };
                 hist.record_many(lower_us / 1e6, (n - before) as usize);
             }
         }
         self.last_rtt = Some(h.clone());
+        let hops = histogram!("xmpp_ring_envelope_hops");
+        for (h, (&n, last)) in s
+            .delivered_by_hops
+            .iter()
+            .zip(self.last_hops.iter_mut())
+            .enumerate()
+        {
+            if n > *last {
+                hops.record_many(h as f64, (n - *last) as usize);
+                *last = n;
+            }
+        }
     }
 }
 

@@ -11,9 +11,14 @@ use std::path::Path;
 
 /// Reads and parses a key file.
 pub fn read(path: &Path) -> Result<PreSharedKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    text.parse::<PreSharedKey>()
-        .map_err(|e| format!("{} is not a swarm key file ({e}); create one with `xmpp-ring psk generate`", path.display()))
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.parse::<PreSharedKey>().map_err(|e| {
+        format!(
+            "{} is not a swarm key file ({e}); create one with `xmpp-ring psk generate`",
+            path.display()
+        )
+    })
 }
 
 /// A fresh random key.
@@ -39,7 +44,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ring.psk");
         let k = generate_file(&p).unwrap();
-        assert_eq!(read(&p).unwrap().fingerprint(), k.fingerprint());
+        assert_eq!(
+            read(&p).unwrap().fingerprint().to_string(),
+            k.fingerprint().to_string()
+        );
         // Never overwrites an existing key.
         assert!(generate_file(&p).is_err());
     }
@@ -50,6 +58,10 @@ mod tests {
         let p = dir.path().join("bad.psk");
         std::fs::write(&p, "/key/swarm/psk/1.0.0/\n/base16/\nxyz\n").unwrap();
         assert!(read(&p).unwrap_err().contains("not a swarm key file"));
-        assert!(read(&dir.path().join("missing")).unwrap_err().contains("cannot read"));
+        assert!(
+            read(&dir.path().join("missing"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
     }
 }

@@ -8,10 +8,10 @@
 //! per neighbour and direction (libp2p-stream), not request-response, which
 //! measured about sixty times slower for forwarding (../shared/PERFORMANCE.md).
 
-use libp2p::core::transport::upgrade::Version;
 use libp2p::core::Transport;
+use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::pnet::{PnetConfig, PnetOutput, PreSharedKey};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, Swarm, SwarmBuilder, identify, noise, ping, tcp, yamux};
 use std::time::Duration;
@@ -35,21 +35,59 @@ pub struct Behaviour {
     pub addresses: crate::address_book::AddressBook,
 }
 
+/// Sent by both sides right after the pnet handshake, encrypted with the
+/// ring key: a peer holding another key decrypts garbage and the connection
+/// fails at once. (pnet alone cannot tell; the mismatch would only surface
+/// inside noise, which may wait for a garbage-length message until the
+/// upgrade timeout.)
+const RING_MAGIC: &[u8; 8] = b"xmpprng1";
+
+/// pnet, then the key check.
+async fn ring_handshake<S>(socket: S, psk: PreSharedKey) -> Result<PnetOutput<S>, std::io::Error>
+where
+    S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
+{
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    let mut s = PnetConfig::new(psk)
+        .handshake(socket)
+        .await
+        .map_err(std::io::Error::other)?;
+    s.write_all(RING_MAGIC).await?;
+    s.flush().await?;
+    let mut got = [0u8; 8];
+    s.read_exact(&mut got).await?;
+    if &got != RING_MAGIC {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            "peer does not hold this ring's key",
+        ));
+    }
+    Ok(s)
+}
+
 /// Builds the swarm for `keypair` in the ring keyed by `psk`.
-pub fn build_swarm(keypair: Keypair, psk: PreSharedKey, agent: String) -> Result<Swarm<Behaviour>, String> {
+pub fn build_swarm(
+    keypair: Keypair,
+    psk: PreSharedKey,
+    agent: String,
+) -> Result<Swarm<Behaviour>, String> {
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            let noise = noise::Config::new(key)?;
-            let mut yamux = yamux::Config::default();
-            yamux.set_max_num_streams(1024);
-            Ok(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise)
-                .multiplex(yamux)
-                .timeout(Duration::from_secs(10)))
-        })
+        .with_other_transport(
+            |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                let noise = noise::Config::new(key)?;
+                let mut yamux = yamux::Config::default();
+                yamux.set_max_num_streams(1024);
+                Ok(
+                    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .and_then(move |socket, _| ring_handshake(socket, psk))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux)
+                        .timeout(Duration::from_secs(10)),
+                )
+            },
+        )
         .map_err(|e| format!("cannot build the transport: {e}"))?
         .with_behaviour(|key| {
             let identify = identify::Behaviour::new(
@@ -57,12 +95,15 @@ pub fn build_swarm(keypair: Keypair, psk: PreSharedKey, agent: String) -> Result
                     .with_agent_version(agent)
                     .with_interval(Duration::from_secs(300)),
             );
-            let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
+            let ping =
+                ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
             Behaviour {
                 identify,
                 ping,
                 stream: libp2p_stream::Behaviour::new(),
-                addresses: crate::address_book::AddressBook::new(std::num::NonZeroUsize::new(8192).expect("non-zero")),
+                addresses: crate::address_book::AddressBook::new(
+                    std::num::NonZeroUsize::new(8192).expect("non-zero"),
+                ),
             }
         })
         .map_err(|e| format!("cannot build the behaviour: {e}"))?

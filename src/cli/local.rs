@@ -10,15 +10,15 @@
 //! processes it started, by PID, and removes the directory. The same happens
 //! when anything fails on the way.
 
-use super::admin_client::{get_json, url_encode};
 use super::{CliError, Format};
 use clap::Args;
 use dht::Key;
 use node::api::{StatusReport, TraceReport};
-use node::runtime::{READY_FILE, Ready};
+use node::client::{get_json, url_encode};
+use node::cluster::Cluster;
+use node::runtime::Ready;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,10 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 fn watch_signals() {
     std::thread::spawn(|| {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             rt.block_on(super::node_cmd::shutdown_signal());
             STOP.store(true, Ordering::SeqCst);
         }
@@ -68,123 +71,68 @@ pub struct LocalArgs {
     pub format: Format,
 }
 
-/// The processes started, stopped (by PID) when dropped.
-struct Ring {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        stop_children(&mut self.children);
-    }
-}
-
-/// SIGTERM to every child, then SIGKILL to those still running after 5 s.
-pub fn stop_children(children: &mut [Child]) {
-    for c in children.iter() {
-        // SAFETY: kill(2) with a PID of a child we spawned and still own
-        // (not yet reaped, so the PID cannot have been reused).
-        unsafe {
-            libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    let end = Instant::now() + Duration::from_secs(5);
-    for c in children.iter_mut() {
-        loop {
-            match c.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-            }
-        }
-    }
-}
-
-fn free_port() -> Result<u16, CliError> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| CliError::Failed(format!("no free port: {e}")))
-}
-
-/// Waits for `dir/ready.json` written by the node with `pid`.
-pub fn wait_ready(dir: &Path, child: &mut Child, timeout: Duration) -> Result<Ready, CliError> {
-    let end = Instant::now() + timeout;
-    let path = dir.join(READY_FILE);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && let Ok(r) = serde_json::from_str::<Ready>(&text)
-            && r.pid == child.id()
-        {
-            return Ok(r);
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
-            return Err(CliError::Failed(format!("node in {} exited with {status}:\n{}", dir.display(), log.trim_end())));
-        }
-        if Instant::now() > end {
-            return Err(CliError::Failed(format!("node in {} not ready after {timeout:?}", dir.display())));
-        }
-        interrupted()?;
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
-fn exe() -> Result<PathBuf, CliError> {
-    std::env::current_exe().map_err(|e| CliError::Failed(format!("cannot find my own executable: {e}")))
-}
-
-fn start_node(ring: &mut Ring, args: &LocalArgs, i: usize, bootstrap: Option<&str>, edge: bool) -> Result<Ready, CliError> {
-    let dir = ring.dir.path().join(format!("node{i}"));
-    std::fs::create_dir_all(&dir).map_err(|e| CliError::Failed(e.to_string()))?;
-    let log = std::fs::File::create(dir.join("node.log")).map_err(|e| CliError::Failed(e.to_string()))?;
-    let log2 = log.try_clone().map_err(|e| CliError::Failed(e.to_string()))?;
-    let mut cmd = Command::new(exe()?);
-    cmd.arg("node")
-        .arg("--psk-file")
-        .arg(ring.dir.path().join("ring.psk"))
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0", "--log-level", "warn"])
-        .args(["--domain", &args.domain]);
+fn start_node(
+    cluster: &mut Cluster,
+    args: &LocalArgs,
+    bootstrap: Option<&str>,
+    edge: bool,
+) -> Result<Ready, CliError> {
+    let mut a: Vec<String> = vec![
+        "--log-level".into(),
+        "warn".into(),
+        "--domain".into(),
+        args.domain.clone(),
+    ];
     if let Some(b) = bootstrap {
-        cmd.args(["--bootstrap", b]);
+        a.extend(["--bootstrap".into(), b.to_string()]);
     }
     if edge {
-        cmd.args(["--role", "edge", "--s2s-listen", &format!("127.0.0.1:{}", free_port()?)]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
+        a.extend([
+            "--role".into(),
+            "edge".into(),
+            "--s2s-listen".into(),
+            format!("127.0.0.1:{port}"),
+        ]);
     }
     if let Some(k) = args.k {
-        cmd.args(["--k", &k.to_string()]);
+        a.extend(["--k".into(), k.to_string()]);
     }
     if let Some(b) = args.bits {
-        cmd.args(["--bits", &b.to_string()]);
+        a.extend(["--bits".into(), b.to_string()]);
     }
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(log2))
-        .spawn()
-        .map_err(|e| CliError::Failed(format!("cannot start a node: {e}")))?;
-    ring.children.push(child);
-    let child = ring.children.last_mut().ok_or_else(|| CliError::Failed("no child".into()))?;
-    wait_ready(&dir, child, Duration::from_secs(30))
+    let i = cluster.spawn(&a).map_err(CliError::Failed)?;
+    interrupted()?;
+    Ok(cluster.nodes[i].ready.clone())
 }
 
 /// Converged when every node reaches the globally closest node for every
 /// sample JID.
-fn traces_agree(readies: &[Ready], samples: &[String]) -> Result<Option<Vec<TraceReport>>, CliError> {
-    let ids: Vec<Key> = readies.iter().filter_map(|r| Key::from_hex(&r.node_id)).collect();
+fn traces_agree(
+    readies: &[Ready],
+    samples: &[String],
+) -> Result<Option<Vec<TraceReport>>, CliError> {
+    let ids: Vec<Key> = readies
+        .iter()
+        .filter_map(|r| Key::from_hex(&r.node_id))
+        .collect();
     let mut table = Vec::new();
     for (si, jid) in samples.iter().enumerate() {
         let key = dht::keys::jid_key(jid).map_err(|e| CliError::Failed(e.to_string()))?;
-        let want = ids.iter().min_by_key(|id| id.distance(&key)).map(|k| k.to_hex());
+        let want = ids
+            .iter()
+            .min_by_key(|id| id.distance(&key))
+            .map(|k| k.to_hex());
         for (ni, r) in readies.iter().enumerate() {
-            let t: TraceReport = get_json(&r.admin, &format!("/trace?jid={}", url_encode(jid)), Duration::from_secs(15))?;
+            let t: TraceReport = get_json(
+                &r.admin,
+                &format!("/trace?jid={}", url_encode(jid)),
+                Duration::from_secs(15),
+            )
+            .map_err(|e| CliError::Failed(e.to_string()))?;
             if !t.ok || t.responsible != want {
                 return Ok(None);
             }
@@ -196,10 +144,18 @@ fn traces_agree(readies: &[Ready], samples: &[String]) -> Result<Option<Vec<Trac
     Ok(Some(table))
 }
 
-fn summary_text(readies: &[Ready], traces: &[TraceReport], dir: &Path) -> String {
+fn summary_text(readies: &[Ready], traces: &[TraceReport], dir: &Path, domain: &str) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "ring of {} nodes is up (files in {})\n", readies.len(), dir.display());
-    let _ = writeln!(s, "  #  node id           role         pid  admin                   listen");
+    let _ = writeln!(
+        s,
+        "ring of {} nodes is up (files in {})\n",
+        readies.len(),
+        dir.display()
+    );
+    let _ = writeln!(
+        s,
+        "  #  node id           role         pid  admin                   listen"
+    );
     for (i, r) in readies.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -212,16 +168,45 @@ fn summary_text(readies: &[Ready], traces: &[TraceReport], dir: &Path) -> String
         );
     }
     let _ = writeln!(s, "\nsample traces (JID -> responsible node):");
-    let _ = writeln!(s, "  {:<28} {:<8} {:<18} {:>4} {:>10}", "jid", "from", "responsible", "hops", "rtt µs");
+    let _ = writeln!(
+        s,
+        "  {:<28} {:<8} {:<18} {:>4} {:>10}",
+        "jid", "from", "responsible", "hops", "rtt µs"
+    );
     for t in traces {
         let from = t.path.first().map(|h| &h.node[..16]).unwrap_or("-");
-        let from_idx = readies.iter().position(|r| r.node_id.starts_with(from)).map(|i| format!("#{i}")).unwrap_or_default();
+        let from_idx = readies
+            .iter()
+            .position(|r| r.node_id.starts_with(from))
+            .map(|i| format!("#{i}"))
+            .unwrap_or_default();
         let resp = t.responsible.as_deref().unwrap_or("-");
-        let resp_idx = readies.iter().position(|r| r.node_id == resp).map(|i| format!("#{i}")).unwrap_or_default();
-        let _ = writeln!(s, "  {:<28} {:<8} {} {:<3} {:>4} {:>10}", t.jid, from_idx, &resp[..16.min(resp.len())], resp_idx, t.hops, t.rtt_us);
+        let resp_idx = readies
+            .iter()
+            .position(|r| r.node_id == resp)
+            .map(|i| format!("#{i}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "  {:<28} {:<8} {} {:<3} {:>4} {:>10}",
+            t.jid,
+            from_idx,
+            &resp[..16.min(resp.len())],
+            resp_idx,
+            t.hops,
+            t.rtt_us
+        );
     }
-    let _ = writeln!(s, "\ntry: xmpp-ring status --admin {}", readies.first().map(|r| r.admin.as_str()).unwrap_or("-"));
-    let _ = writeln!(s, "     xmpp-ring trace --admin {} alice@{}", readies.first().map(|r| r.admin.as_str()).unwrap_or("-"), "ring.test");
+    let _ = writeln!(
+        s,
+        "\ntry: xmpp-ring status --admin {}",
+        readies.first().map(|r| r.admin.as_str()).unwrap_or("-")
+    );
+    let _ = writeln!(
+        s,
+        "     xmpp-ring trace --admin {} alice@{domain}",
+        readies.first().map(|r| r.admin.as_str()).unwrap_or("-"),
+    );
     s
 }
 
@@ -231,66 +216,96 @@ pub fn run(args: &LocalArgs) -> Result<String, CliError> {
         return Err(CliError::Usage("--nodes must be between 1 and 512".into()));
     }
     if args.samples == 0 || args.samples > 1000 {
-        return Err(CliError::Usage("--samples must be between 1 and 1000".into()));
+        return Err(CliError::Usage(
+            "--samples must be between 1 and 1000".into(),
+        ));
     }
     if let Some(d) = args.duration_s
         && !(d >= 0.0 && d.is_finite())
     {
-        return Err(CliError::Usage("--duration-s must be a non-negative number".into()));
+        return Err(CliError::Usage(
+            "--duration-s must be a non-negative number".into(),
+        ));
     }
     if dht::keys::jid_key(&format!("x@{}", args.domain)).is_err() {
-        return Err(CliError::Usage(format!("--domain {:?} is not a domain name", args.domain)));
+        return Err(CliError::Usage(format!(
+            "--domain {:?} is not a domain name",
+            args.domain
+        )));
     }
     watch_signals();
-    let dir = tempfile::Builder::new()
-        .prefix("xmpp-ring-local-")
-        .tempdir()
-        .map_err(|e| CliError::Failed(format!("cannot create a temporary directory: {e}")))?;
-    let mut ring = Ring { dir, children: Vec::new() };
-    node::psk::generate_file(&ring.dir.path().join("ring.psk")).map_err(CliError::Failed)?;
-    eprintln!("starting {} nodes in {}", args.nodes, ring.dir.path().display());
-    let mut readies = vec![start_node(&mut ring, args, 0, None, args.nodes == 1)?];
-    let boot = readies[0].listen.first().cloned().ok_or_else(|| CliError::Failed("bootstrap has no address".into()))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Failed(format!("cannot find my own executable: {e}")))?;
+    let mut cluster = Cluster::new(&exe).map_err(CliError::Failed)?;
+    eprintln!(
+        "starting {} nodes in {}",
+        args.nodes,
+        cluster.dir().display()
+    );
+    let mut readies = vec![start_node(&mut cluster, args, None, args.nodes == 1)?];
+    let boot = cluster.addr(0);
     for i in 1..args.nodes {
-        readies.push(start_node(&mut ring, args, i, Some(&boot), i == args.nodes - 1)?);
+        readies.push(start_node(
+            &mut cluster,
+            args,
+            Some(&boot),
+            i == args.nodes - 1,
+        )?);
     }
-    let samples: Vec<String> = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy"]
-        .iter()
-        .cycle()
-        .take(args.samples)
-        .enumerate()
-        .map(|(i, n)| if i < 10 { format!("{n}@{}", args.domain) } else { format!("{n}{i}@{}", args.domain) })
-        .collect();
+    let samples: Vec<String> = [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy",
+    ]
+    .iter()
+    .cycle()
+    .take(args.samples)
+    .enumerate()
+    .map(|(i, n)| {
+        if i < 10 {
+            format!("{n}@{}", args.domain)
+        } else {
+            format!("{n}{i}@{}", args.domain)
+        }
+    })
+    .collect();
     eprintln!("waiting for the ring to converge");
     let end = Instant::now() + Duration::from_secs(120);
     let traces = loop {
         let joined = readies.iter().all(|r| {
-            get_json::<StatusReport>(&r.admin, "/status", Duration::from_secs(5)).is_ok_and(|s| s.joined || readies.len() == 1)
+            get_json::<StatusReport>(&r.admin, "/status", Duration::from_secs(5))
+                .is_ok_and(|s| s.joined || readies.len() == 1)
         });
         if joined && let Some(t) = traces_agree(&readies, &samples)? {
             break t;
         }
         if Instant::now() > end {
-            return Err(CliError::Failed("the ring did not converge within 120 s".into()));
+            return Err(CliError::Failed(
+                "the ring did not converge within 120 s".into(),
+            ));
         }
         interrupted()?;
         std::thread::sleep(Duration::from_millis(500));
     };
-    let summary = match args.format {
-        Format::Text => summary_text(&readies, &traces, ring.dir.path()),
-        Format::Json => {
-            serde_json::to_string(&serde_json::json!({ "nodes": readies, "traces": traces, "dir": ring.dir.path() }))
-                .map_err(|e| CliError::Failed(e.to_string()))?
-                + "\n"
-        }
-    };
+    let summary =
+        match args.format {
+            Format::Text => summary_text(&readies, &traces, cluster.dir(), &args.domain),
+            Format::Json => serde_json::to_string(
+                &serde_json::json!({ "nodes": readies, "traces": traces, "dir": cluster.dir() }),
+            )
+            .map_err(|e| CliError::Failed(e.to_string()))?
+                + "\n",
+        };
     print!("{summary}");
-    eprintln!("running; Ctrl-C stops every node and removes {}", ring.dir.path().display());
-    let end = args.duration_s.map(|d| Instant::now() + Duration::from_secs_f64(d));
+    eprintln!(
+        "running; Ctrl-C stops every node and removes {}",
+        cluster.dir().display()
+    );
+    let end = args
+        .duration_s
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
     while !STOP.load(Ordering::SeqCst) && end.is_none_or(|e| Instant::now() < e) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("stopping {} nodes", ring.children.len());
-    drop(ring);
+    eprintln!("stopping {} nodes", cluster.nodes.len());
+    drop(cluster);
     Ok(String::new())
 }

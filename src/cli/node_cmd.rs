@@ -14,7 +14,7 @@ pub struct NodeArgs {
     /// libp2p listen multiaddr [default: /ip4/127.0.0.1/tcp/0].
     #[arg(long, value_name = "MULTIADDR")]
     pub listen: Option<String>,
-    /// A bootstrap peer, ending in /p2p/<peer id> (repeatable).
+    /// A bootstrap peer, ending in `/p2p/<peer id>` (repeatable).
     #[arg(long, value_name = "MULTIADDR")]
     pub bootstrap: Vec<String>,
     /// The ring's pre-shared key file.
@@ -56,6 +56,10 @@ pub struct NodeArgs {
     /// Runtime worker threads [default: 1].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Time an envelope may go without receipt or bounce before it is
+    /// reported failed, ms [default: 30000].
+    #[arg(long)]
+    pub receipt_timeout_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -77,6 +81,7 @@ impl NodeArgs {
             max_connections: self.max_connections,
             allow_peers: list(&self.allow_peer),
             threads: self.threads,
+            receipt_timeout_ms: self.receipt_timeout_ms,
         }
     }
 }
@@ -111,12 +116,20 @@ pub fn run(args: &NodeArgs) -> Result<String, CliError> {
         Some(p) => RawConfig::from_file(p).map_err(|e| CliError::Usage(e.to_string()))?,
         None => RawConfig::default(),
     };
-    let settings = file.merged(args.as_raw()).validate().map_err(|e| CliError::Usage(e.to_string()))?;
+    let settings = file
+        .merged(args.as_raw())
+        .validate()
+        .map_err(|e| CliError::Usage(e.to_string()))?;
     super::init_logging(&settings.log_level);
     let rt = if settings.threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(settings.threads).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.threads)
+            .enable_all()
+            .build()
     }
     .map_err(|e| CliError::Failed(format!("cannot start the runtime: {e}")))?;
     rt.block_on(node::runtime::run(settings, shutdown_signal(), |ready| {

@@ -19,7 +19,11 @@ pub fn run(cmd: &PskCommand) -> Result<String, CliError> {
     match cmd {
         PskCommand::Generate { file } => {
             let key = node::psk::generate_file(file).map_err(CliError::Usage)?;
-            Ok(format!("wrote {} (fingerprint {})\n", file.display(), key.fingerprint()))
+            Ok(format!(
+                "wrote {} (fingerprint {})\n",
+                file.display(),
+                key.fingerprint()
+            ))
         }
     }
 }

@@ -379,6 +379,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 }
                 self.stats.delivered += 1;
                 self.stats.delivered_hops += env.hops as u64;
+                self.stats.delivered_by_hops[(env.hops as usize).min(31)] += 1;
                 let path = env.trace.unwrap_or_default();
                 let reply = Envelope {
                     key: env.origin,
@@ -416,6 +417,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 }
                 self.stats.delivered += 1;
                 self.stats.delivered_hops += env.hops as u64;
+                self.stats.delivered_by_hops[(env.hops as usize).min(31)] += 1;
                 self.receipts_owed
                     .entry(env.origin)
                     .or_default()

@@ -173,7 +173,14 @@ pub enum RouteError {
     /// The node is shutting down.
     #[error("node is shutting down")]
     ShuttingDown,
+    /// The payload exceeds [`MAX_PAYLOAD_BYTES`].
+    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
+    TooLarge(usize),
 }
+
+/// Largest envelope payload: a maximal stanza (512 KiB) with room to spare,
+/// well inside the wire frame limit.
+pub const MAX_PAYLOAD_BYTES: usize = 768 * 1024;
 
 /// Converts monotonic instants to wall-clock microseconds for traces.
 #[derive(Clone, Copy, Debug)]
@@ -421,6 +428,9 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     ) -> Result<u64, RouteError> {
         if self.leaving {
             return Err(RouteError::ShuttingDown);
+        }
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(RouteError::TooLarge(payload.len()));
         }
         if self.pending >= self.cfg.max_pending {
             return Err(RouteError::Overloaded(self.pending));

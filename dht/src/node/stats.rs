@@ -126,6 +126,9 @@ pub struct Stats {
     pub maintenance_msgs_sent: u64,
     /// Time from forwarding an envelope to its ack, µs.
     pub hop_rtt_us: Histogram,
+    /// Delivered envelopes (probes included) by hop count; the last entry
+    /// counts 31 hops or more.
+    pub delivered_by_hops: [u64; 32],
 }
 
 impl Stats {
@@ -160,6 +163,13 @@ impl Stats {
         self.data_msgs_sent += o.data_msgs_sent;
         self.maintenance_msgs_sent += o.maintenance_msgs_sent;
         self.hop_rtt_us.merge(&o.hop_rtt_us);
+        for (a, b) in self
+            .delivered_by_hops
+            .iter_mut()
+            .zip(o.delivered_by_hops.iter())
+        {
+            *a += b;
+        }
     }
 }
 

@@ -37,6 +37,11 @@ const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often metrics are refreshed from the state machine's counters.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
+struct OutBuf {
+    to: Contact<PeerAddr>,
+    bytes: Vec<u8>,
+}
+
 struct PendingTrace {
     jid: String,
     key: Key,
@@ -54,7 +59,8 @@ pub(crate) struct Core {
     swarm_tx: mpsc::UnboundedSender<SwarmCmd>,
     writers: HashMap<NodeId, mpsc::UnboundedSender<Bytes>>,
     backoff: HashMap<NodeId, Instant>,
-    outbufs: HashMap<NodeId, (Contact<PeerAddr>, Vec<u8>)>,
+    /// Frames of this turn, one buffer per destination.
+    outbufs: HashMap<NodeId, OutBuf>,
     traces: HashMap<u64, PendingTrace>,
     load: Option<LoadRun>,
     started: Instant,
@@ -77,7 +83,10 @@ impl Core {
         swarm_tx: mpsc::UnboundedSender<SwarmCmd>,
         now: Instant,
     ) -> Self {
-        let unix_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
+        let unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
         let seed = me.id.prefix_u64() ^ unix_us;
         let peer_id = me.addr.peer_id().unwrap_or(PeerId::random());
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
@@ -118,11 +127,21 @@ impl Core {
             .bootstrap
             .iter()
             .filter(|(p, _)| *p != self.peer_id)
-            .map(|(peer, addr)| Contact::new(node_id(peer), PeerAddr::new(peer, std::slice::from_ref(addr), None), dht::Role::Application))
+            .map(|(peer, addr)| {
+                Contact::new(
+                    node_id(peer),
+                    PeerAddr::new(peer, std::slice::from_ref(addr), None),
+                    dht::Role::Application,
+                )
+            })
             .collect()
     }
 
-    pub(crate) async fn run(mut self, mut inbox: mpsc::Receiver<Input>, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+    pub(crate) async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Input>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String> {
         let now = Instant::now();
         let boot = self.bootstrap_contacts();
         self.node.join(now, boot);
@@ -156,10 +175,15 @@ impl Core {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        [self.node.poll_timeout(), self.rejoin_at, Some(self.next_metrics), self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.node.poll_timeout(),
+            self.rejoin_at,
+            Some(self.next_metrics),
+            self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timers(&mut self, now: Instant) {
@@ -171,15 +195,30 @@ impl Core {
             let boot = self.bootstrap_contacts();
             self.node.join(now, boot);
         }
-        let expired: Vec<u64> = self.traces.iter().filter(|(_, t)| now >= t.sent + TRACE_TIMEOUT).map(|(id, _)| *id).collect();
+        let expired: Vec<u64> = self
+            .traces
+            .iter()
+            .filter(|(_, t)| now >= t.sent + TRACE_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
         for id in expired {
             if let Some(t) = self.traces.remove(&id) {
-                let _ = t.reply.send(failed_trace(&t.jid, &t.key, "no answer within 10 s", now - t.sent));
+                let _ = t.reply.send(failed_trace(
+                    &t.jid,
+                    &t.key,
+                    "no answer within 10 s",
+                    now - t.sent,
+                ));
             }
         }
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_EVERY;
-            self.metrics.update(&self.node, &self.net, self.connected.len(), self.inbox_tx.max_capacity() - self.inbox_tx.capacity());
+            self.metrics.update(
+                &self.node,
+                &self.net,
+                self.connected.len(),
+                self.inbox_tx.max_capacity() - self.inbox_tx.capacity(),
+            );
         }
     }
 
@@ -239,7 +278,11 @@ impl Core {
                 if !self.listen_addrs.contains(&a) {
                     self.listen_addrs.push(a);
                     let me = self.node.contact();
-                    let addr = PeerAddr::new(&self.peer_id, &self.listen_addrs, me.addr.s2s().map(str::to_string));
+                    let addr = PeerAddr::new(
+                        &self.peer_id,
+                        &self.listen_addrs,
+                        me.addr.s2s().map(str::to_string),
+                    );
                     self.node.set_address(addr);
                     self.rebuild_hello();
                 }
@@ -254,14 +297,28 @@ impl Core {
             }
             Command::Trace { jid, reply } => match dht::keys::jid_key(&jid) {
                 Err(e) => {
-                    let _ = reply.send(failed_trace(&jid, &Key::ZERO, &e.to_string(), Duration::ZERO));
+                    let _ = reply.send(failed_trace(
+                        &jid,
+                        &Key::ZERO,
+                        &e.to_string(),
+                        Duration::ZERO,
+                    ));
                 }
                 Ok(key) => match self.node.probe(now, key) {
                     Ok(id) => {
-                        self.traces.insert(id, PendingTrace { jid, key, sent: now, reply });
+                        self.traces.insert(
+                            id,
+                            PendingTrace {
+                                jid,
+                                key,
+                                sent: now,
+                                reply,
+                            },
+                        );
                     }
                     Err(e) => {
-                        let _ = reply.send(failed_trace(&jid, &key, &e.to_string(), Duration::ZERO));
+                        let _ =
+                            reply.send(failed_trace(&jid, &key, &e.to_string(), Duration::ZERO));
                     }
                 },
             },
@@ -293,9 +350,15 @@ impl Core {
             while let Some(t) = self.node.poll_transmit(now) {
                 any = true;
                 let id = t.to.id;
-                let entry = self.outbufs.entry(id).or_insert_with(|| (t.to.clone(), Vec::new()));
-                if let Err(e) = push_frame(&mut entry.1, &Frame::Msg(t.msg)) {
-                    tracing::warn!("dropping an unencodable frame: {e}");
+                let out = self.outbufs.entry(id).or_insert_with(|| OutBuf {
+                    to: t.to.clone(),
+                    bytes: Vec::new(),
+                });
+                // Cannot fail for envelopes `route` accepted (their payload
+                // is bounded well below the frame limit); if it ever does,
+                // the missing ack makes the state machine reroute or bounce.
+                if let Err(e) = push_frame(&mut out.bytes, &Frame::Msg(t.msg)) {
+                    tracing::error!("cannot encode a frame: {e}");
                 }
             }
             // Events may have produced transmits and transmits events.
@@ -303,12 +366,11 @@ impl Core {
                 break;
             }
         }
-        let bufs: Vec<(NodeId, (Contact<PeerAddr>, Vec<u8>))> = self.outbufs.drain().collect();
-        for (id, (contact, buf)) in bufs {
-            if buf.is_empty() {
-                continue;
+        let bufs: Vec<(NodeId, OutBuf)> = self.outbufs.drain().collect();
+        for (id, out) in bufs {
+            if !out.bytes.is_empty() {
+                self.send_to(now, id, out.to, Bytes::from(out.bytes));
             }
-            self.send_to(now, id, contact, Bytes::from(buf));
         }
         // Link failures reported during sending produce more work.
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
@@ -332,18 +394,25 @@ impl Core {
             self.node.handle_link_down(now, id);
             return;
         };
-        let _ = self.swarm_tx.send(SwarmCmd::AddAddrs(peer, contact.addr.multiaddrs()));
+        let _ = self
+            .swarm_tx
+            .send(SwarmCmd::AddAddrs(peer, contact.addr.multiaddrs()));
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(bytes);
         self.writers.insert(id, tx);
-        tokio::spawn(links::write_stream(self.control.clone(), peer, id, self.hello.clone(), rx, self.inbox_tx.clone()));
+        tokio::spawn(links::write_stream(
+            self.control.clone(),
+            peer,
+            id,
+            self.hello.clone(),
+            rx,
+            self.inbox_tx.clone(),
+        ));
     }
 
     fn on_event(&mut self, now: Instant, ev: Event<PeerAddr>) {
         match ev {
-            Event::Delivered(env) => {
-                self.metrics.delivered_hops(env.hops);
-            }
+            Event::Delivered(_) => {}
             Event::Receipt { id } => {
                 if let Some(l) = self.load.as_mut() {
                     l.on_delivered(id, None);
@@ -351,17 +420,27 @@ impl Core {
             }
             Event::ProbeDone { id, key, path } => {
                 if let Some(t) = self.traces.remove(&id) {
-                    let _ = t.reply.send(trace_report(&t.jid, &key, &path, now - t.sent));
+                    let _ = t
+                        .reply
+                        .send(trace_report(&t.jid, &key, &path, now - t.sent));
                 } else if let Some(l) = self.load.as_mut() {
                     l.on_delivered(id, Some(path.len().saturating_sub(1)));
                 }
             }
             Event::Bounced { reason, envelope } => {
                 if let Some(t) = self.traces.remove(&envelope.id) {
-                    let _ = t.reply.send(failed_trace(&t.jid, &t.key, reason.xmpp_condition(), now - t.sent));
+                    let _ = t.reply.send(failed_trace(
+                        &t.jid,
+                        &t.key,
+                        reason.xmpp_condition(),
+                        now - t.sent,
+                    ));
                     return;
                 }
-                let from_load = self.load.as_mut().is_some_and(|l| l.on_bounced(envelope.id, reason));
+                let from_load = self
+                    .load
+                    .as_mut()
+                    .is_some_and(|l| l.on_bounced(envelope.id, reason));
                 if !from_load && envelope.kind != EnvelopeKind::Probe {
                     tracing::debug!(?reason, key = %envelope.key.short(), "envelope bounced");
                 }
@@ -385,13 +464,21 @@ impl Core {
         StatusReport {
             node_id: me.id.to_hex(),
             peer_id: self.peer_id.to_string(),
-            addresses: self.listen_addrs.iter().map(|a| format!("{a}/p2p/{}", self.peer_id)).collect(),
+            addresses: self
+                .listen_addrs
+                .iter()
+                .map(|a| format!("{a}/p2p/{}", self.peer_id))
+                .collect(),
             role: me.role.to_string(),
             domains: self.settings.domains.clone(),
             s2s_listen: self.settings.s2s_listen.map(|a| a.to_string()),
             joined: self.node.is_joined(),
             table_size: t.len(),
-            buckets: t.bucket_sizes().into_iter().map(|(row, col, size)| BucketReport { row, col, size }).collect(),
+            buckets: t
+                .bucket_sizes()
+                .into_iter()
+                .map(|(row, col, size)| BucketReport { row, col, size })
+                .collect(),
             connected_peers: self.connected.len(),
             pending: self.node.pending(),
             outstanding: self.node.outstanding(),

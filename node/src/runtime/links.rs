@@ -42,7 +42,10 @@ const OPEN_ATTEMPTS: u32 = 5;
 const MAX_BATCH: usize = 512;
 
 /// Appends one length-prefixed frame to `out`.
-pub(crate) fn push_frame(out: &mut Vec<u8>, frame: &Frame<PeerAddr>) -> Result<(), wire::EncodeError> {
+pub(crate) fn push_frame(
+    out: &mut Vec<u8>,
+    frame: &Frame<PeerAddr>,
+) -> Result<(), wire::EncodeError> {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     if let Err(e) = wire::encode_into(frame, out) {
@@ -131,10 +134,17 @@ pub(crate) async fn read_stream(
     .map_err(|_| StreamError::Hello("no hello in time".into()))??;
     let from = match wire::decode::<PeerAddr>(&hello)? {
         Frame::Hello(c) => c,
-        Frame::Msg(m) => return Err(StreamError::Hello(format!("expected hello, got {}", m.name()))),
+        Frame::Msg(m) => {
+            return Err(StreamError::Hello(format!(
+                "expected hello, got {}",
+                m.name()
+            )));
+        }
     };
     if !is_valid_contact(&from) || from.addr.peer_id() != Some(peer) || from.id != node_id(&peer) {
-        return Err(StreamError::Hello("contact does not match the authenticated peer".into()));
+        return Err(StreamError::Hello(
+            "contact does not match the authenticated peer".into(),
+        ));
     }
     if !allowed(&peer) {
         return Err(StreamError::Hello("peer not in allow_peers".into()));
@@ -161,10 +171,17 @@ pub(crate) async fn read_stream(
     }
 }
 
-async fn send_batch(inbox: &mpsc::Sender<Input>, from: &Contact<PeerAddr>, batch: &mut Vec<Message<PeerAddr>>) -> Result<(), StreamError> {
+async fn send_batch(
+    inbox: &mpsc::Sender<Input>,
+    from: &Contact<PeerAddr>,
+    batch: &mut Vec<Message<PeerAddr>>,
+) -> Result<(), StreamError> {
     let msgs = std::mem::take(batch);
     inbox
-        .send(Input::Frames { from: from.clone(), msgs })
+        .send(Input::Frames {
+            from: from.clone(),
+            msgs,
+        })
         .await
         .map_err(|_| StreamError::Io(std::io::Error::other("node shutting down")))
 }
@@ -201,7 +218,11 @@ pub(crate) async fn write_stream(
 
 /// Opens a stream, introduces us and waits for the receiver's
 /// confirmation, retrying a few times when the stream is dropped unseen.
-async fn open_confirmed(control: &mut libp2p_stream::Control, peer: PeerId, hello: &[u8]) -> Result<Stream, String> {
+async fn open_confirmed(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    hello: &[u8],
+) -> Result<Stream, String> {
     let mut last = String::new();
     for attempt in 0..OPEN_ATTEMPTS {
         if attempt > 0 {
@@ -216,7 +237,10 @@ async fn open_confirmed(control: &mut libp2p_stream::Control, peer: PeerId, hell
             stream.write_all(hello).await.map_err(|e| e.to_string())?;
             stream.flush().await.map_err(|e| e.to_string())?;
             let mut ok = [0u8; 1];
-            stream.read_exact(&mut ok).await.map_err(|e| format!("not confirmed: {e}"))?;
+            stream
+                .read_exact(&mut ok)
+                .await
+                .map_err(|e| format!("not confirmed: {e}"))?;
             if ok[0] != HELLO_OK {
                 return Err(format!("unexpected confirmation byte {:#x}", ok[0]));
             }
@@ -239,7 +263,11 @@ mod tests {
     fn sample_frames() -> Vec<Frame<PeerAddr>> {
         let kp = libp2p::identity::Keypair::generate_ed25519();
         let peer = kp.public().to_peer_id();
-        let c = Contact::new(node_id(&peer), PeerAddr::new(&peer, &[], None), Role::Application);
+        let c = Contact::new(
+            node_id(&peer),
+            PeerAddr::new(&peer, &[], None),
+            Role::Application,
+        );
         vec![
             Frame::Hello(c),
             Frame::Msg(Message::Ping { nonce: 7 }),
@@ -272,6 +300,9 @@ mod tests {
     fn oversized_length_is_refused_before_reading_it() {
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes());
-        assert!(matches!(next_frame(&mut buf), Err(StreamError::TooLarge(_))));
+        assert!(matches!(
+            next_frame(&mut buf),
+            Err(StreamError::TooLarge(_))
+        ));
     }
 }

@@ -97,7 +97,11 @@ pub(crate) struct LoadRun {
 }
 
 impl LoadRun {
-    pub(crate) fn new(spec: &LoadSpec, reply: oneshot::Sender<Result<LoadReport, String>>, now: Instant) -> Self {
+    pub(crate) fn new(
+        spec: &LoadSpec,
+        reply: oneshot::Sender<Result<LoadReport, String>>,
+        now: Instant,
+    ) -> Self {
         let mut rng = rand::rng();
         let keys = match spec.key.as_deref().and_then(Key::from_hex) {
             Some(base) => (0..spec.flows)
@@ -112,7 +116,11 @@ impl LoadRun {
             None => Vec::new(),
         };
         LoadRun {
-            kind: if spec.kind == "probe" { EnvelopeKind::Probe } else { EnvelopeKind::Stanza },
+            kind: if spec.kind == "probe" {
+                EnvelopeKind::Probe
+            } else {
+                EnvelopeKind::Stanza
+            },
             payload: bytes::Bytes::from(vec![b'x'; spec.size]),
             total: spec.count,
             window: spec.window,
@@ -138,9 +146,15 @@ impl LoadRun {
                 self.next_key = (self.next_key + 1) % self.keys.len();
                 self.keys[self.next_key]
             };
-            let payload = if self.kind == EnvelopeKind::Probe { bytes::Bytes::new() } else { self.payload.clone() };
+            let payload = if self.kind == EnvelopeKind::Probe {
+                bytes::Bytes::new()
+            } else {
+                self.payload.clone()
+            };
             self.report.sent += 1;
-            match node.route(now, key, self.kind, payload, false) {
+            // Probes carry their path, so their hop counts can be reported.
+            let traced = self.kind == EnvelopeKind::Probe;
+            match node.route(now, key, self.kind, payload, traced) {
                 Ok(id) => {
                     self.inflight.insert(id);
                 }
@@ -168,7 +182,11 @@ impl LoadRun {
         if !self.inflight.remove(&id) {
             return false;
         }
-        *self.report.bounced.entry(format!("{reason:?}")).or_default() += 1;
+        *self
+            .report
+            .bounced
+            .entry(format!("{reason:?}"))
+            .or_default() += 1;
         true
     }
 
@@ -180,7 +198,11 @@ impl LoadRun {
         }
         let mut r = self.report.clone();
         r.elapsed_s = now.saturating_duration_since(self.started).as_secs_f64();
-        r.rate = if r.elapsed_s > 0.0 { r.delivered as f64 / r.elapsed_s } else { 0.0 };
+        r.rate = if r.elapsed_s > 0.0 {
+            r.delivered as f64 / r.elapsed_s
+        } else {
+            0.0
+        };
         if self.kind == EnvelopeKind::Probe && r.delivered > 0 {
             r.mean_hops = self.hops_sum as f64 / r.delivered as f64;
         }

@@ -6,7 +6,7 @@
 //! * the **core task** owns the [`dht::RingNode`] and is the only place that
 //!   touches it: inputs arrive on one bounded inbox, outputs leave as framed
 //!   byte batches to writer tasks, timers come from the state machine;
-//! * **link tasks** ([`links`]) move bytes between streams and the core.
+//! * **link tasks** (module `links`) move bytes between streams and the core.
 //!
 //! Start-up: listen, learn our own address, start the tasks, join through
 //! the bootstrap peers, bind the admin server, write `ready.json` in the
@@ -70,8 +70,14 @@ pub(crate) enum NetEvent {
 /// Admin requests served by the core.
 pub(crate) enum Command {
     Status(oneshot::Sender<StatusReport>),
-    Trace { jid: String, reply: oneshot::Sender<TraceReport> },
-    Load { spec: LoadSpec, reply: oneshot::Sender<Result<LoadReport, String>> },
+    Trace {
+        jid: String,
+        reply: oneshot::Sender<TraceReport>,
+    },
+    Load {
+        spec: LoadSpec,
+        reply: oneshot::Sender<Result<LoadReport, String>>,
+    },
 }
 
 /// Requests for the swarm task.
@@ -111,7 +117,11 @@ pub async fn run(
     let keypair = crate::identity::load_or_create(&settings.data_dir)?;
     let peer_id = keypair.public().to_peer_id();
     let me_id = node_id(&peer_id);
-    let agent = format!("xmpp-ring/{} role={}", env!("CARGO_PKG_VERSION"), settings.role);
+    let agent = format!(
+        "xmpp-ring/{} role={}",
+        env!("CARGO_PKG_VERSION"),
+        settings.role
+    );
     let mut swarm = transport::build_swarm(keypair, settings.psk, agent)?;
     let metrics = crate::metrics::handle();
 
@@ -123,8 +133,12 @@ pub async fn run(
         loop {
             match swarm.select_next_some().await {
                 SwarmEvent::NewListenAddr { address, .. } => return Ok(address),
-                SwarmEvent::ListenerError { error, .. } => return Err(format!("listener failed: {error}")),
-                SwarmEvent::ListenerClosed { reason: Err(e), .. } => return Err(format!("listener closed: {e}")),
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(format!("listener failed: {error}"));
+                }
+                SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
+                    return Err(format!("listener closed: {e}"));
+                }
                 _ => {}
             }
         }
@@ -141,11 +155,20 @@ pub async fn run(
     }
 
     let s2s = settings.s2s_listen.map(|a| a.to_string());
-    let me = Contact::new(me_id, PeerAddr::new(&peer_id, std::slice::from_ref(&first_addr), s2s), settings.role);
+    let me = Contact::new(
+        me_id,
+        PeerAddr::new(&peer_id, std::slice::from_ref(&first_addr), s2s),
+        settings.role,
+    );
     let (inbox_tx, inbox_rx) = mpsc::channel::<Input>(INBOX);
     let (swarm_tx, swarm_rx) = mpsc::unbounded_channel::<SwarmCmd>();
 
-    let swarm_handle = tokio::spawn(swarm_task::run(swarm, swarm_rx, inbox_tx.clone(), settings.max_connections));
+    let swarm_handle = tokio::spawn(swarm_task::run(
+        swarm,
+        swarm_rx,
+        inbox_tx.clone(),
+        settings.max_connections,
+    ));
     let accept_handle = tokio::spawn(accept_streams(incoming, inbox_tx.clone(), settings.clone()));
 
     // Admin server.
@@ -154,9 +177,14 @@ pub async fn run(
         .map_err(|e| format!("cannot bind admin address {}: {e}", settings.admin))?;
     let admin_addr: SocketAddr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
-    let admin_handle = tokio::spawn(crate::admin::serve(admin_listener, inbox_tx.clone(), metrics.clone(), async {
-        let _ = admin_stop_rx.await;
-    }));
+    let admin_handle = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        inbox_tx.clone(),
+        metrics.clone(),
+        async {
+            let _ = admin_stop_rx.await;
+        },
+    ));
 
     let ready = Ready {
         node_id: me_id.to_hex(),
@@ -167,11 +195,23 @@ pub async fn run(
         role: settings.role.to_string(),
     };
     let ready_json = serde_json::to_string_pretty(&ready).map_err(|e| e.to_string())?;
-    std::fs::write(settings.data_dir.join(READY_FILE), ready_json)
-        .map_err(|e| format!("cannot write {}: {e}", settings.data_dir.join(READY_FILE).display()))?;
+    std::fs::write(settings.data_dir.join(READY_FILE), ready_json).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            settings.data_dir.join(READY_FILE).display()
+        )
+    })?;
     on_ready(&ready);
 
-    let core = core::Core::new(settings.clone(), me, first_addr, control, inbox_tx.clone(), swarm_tx, Instant::now());
+    let core = core::Core::new(
+        settings.clone(),
+        me,
+        first_addr,
+        control,
+        inbox_tx.clone(),
+        swarm_tx,
+        Instant::now(),
+    );
     drop(inbox_tx);
     let result = core.run(inbox_rx, shutdown).await;
 
@@ -184,12 +224,21 @@ pub async fn run(
 }
 
 /// Accepts inbound ring streams and starts a reader for each.
-async fn accept_streams(mut incoming: libp2p_stream::IncomingStreams, inbox: mpsc::Sender<Input>, settings: Arc<NodeSettings>) {
+async fn accept_streams(
+    mut incoming: libp2p_stream::IncomingStreams,
+    inbox: mpsc::Sender<Input>,
+    settings: Arc<NodeSettings>,
+) {
     while let Some((peer, stream)) = incoming.next().await {
         let inbox = inbox.clone();
         let settings = settings.clone();
         tokio::spawn(async move {
-            let allowed = |p: &PeerId| settings.allow_peers.as_ref().is_none_or(|list| list.contains(p));
+            let allowed = |p: &PeerId| {
+                settings
+                    .allow_peers
+                    .as_ref()
+                    .is_none_or(|list| list.contains(p))
+            };
             match links::read_stream(peer, stream, inbox.clone(), allowed).await {
                 Ok(()) => {}
                 Err(links::StreamError::Io(e)) => tracing::debug!(%peer, "ring stream ended: {e}"),

@@ -1,0 +1,246 @@
+//! Running node processes on this machine: used by `xmpp-ring local`, by the
+//! process-level tests and by the benchmarks, so all three start, find and
+//! stop nodes the same way.
+//!
+//! A [`Cluster`] owns a temporary directory (the ring key and one data
+//! directory per node) and the child processes it started. It stops exactly
+//! those, by PID: SIGTERM, then SIGKILL for any still running after five
+//! seconds; also when it is dropped, so a failing test or an interrupted run
+//! leaves nothing behind.
+
+use crate::runtime::{READY_FILE, Ready};
+pub use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One node process.
+pub struct NodeProcess {
+    /// The process (None once stopped).
+    pub child: Option<Child>,
+    /// Its data directory.
+    pub dir: PathBuf,
+    /// What it reported at start.
+    pub ready: Ready,
+    /// The extra arguments it was started with (for restarts).
+    pub args: Vec<String>,
+}
+
+/// A set of node processes sharing one ring key.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+    /// The nodes, in start order.
+    pub nodes: Vec<NodeProcess>,
+}
+
+/// How long a node may take to write its `ready.json`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Cluster {
+    /// A new cluster of `exe node` processes with a fresh ring key.
+    pub fn new(exe: &Path) -> Result<Cluster, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("xmpp-ring-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        crate::psk::generate_file(&dir.path().join("ring.psk"))?;
+        Ok(Cluster {
+            dir,
+            exe: exe.to_path_buf(),
+            nodes: Vec::new(),
+        })
+    }
+
+    /// The cluster's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The ring key file.
+    pub fn psk(&self) -> PathBuf {
+        self.dir.path().join("ring.psk")
+    }
+
+    /// The first listen address of node `i` (a bootstrap address).
+    pub fn addr(&self, i: usize) -> String {
+        self.nodes[i]
+            .ready
+            .listen
+            .first()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Admin address of node `i`.
+    pub fn admin(&self, i: usize) -> &str {
+        &self.nodes[i].ready.admin
+    }
+
+    /// Starts a node with its own data directory and `args` (anything but
+    /// the ring key, data directory, listen and admin addresses, which are
+    /// filled in) and waits until it is ready. Returns its index.
+    pub fn spawn(&mut self, args: &[String]) -> Result<usize, String> {
+        let i = self.add(args)?;
+        self.start(i)?;
+        Ok(i)
+    }
+
+    /// Prepares node `i`'s data directory without starting it (so a caller
+    /// can put a chosen identity there first); start it with [`Self::start`].
+    pub fn add(&mut self, args: &[String]) -> Result<usize, String> {
+        let i = self.nodes.len();
+        let dir = self.dir.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        self.nodes.push(NodeProcess {
+            child: None,
+            dir,
+            ready: placeholder(),
+            args: args.to_vec(),
+        });
+        Ok(i)
+    }
+
+    /// Starts node `i` again from its data directory (same identity).
+    pub fn start(&mut self, i: usize) -> Result<(), String> {
+        let psk = self.psk();
+        let n = &mut self.nodes[i];
+        if n.child.is_some() {
+            return Err(format!("node {i} is running"));
+        }
+        let _ = std::fs::remove_file(n.dir.join(READY_FILE));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.dir.join("node.log"))
+            .map_err(|e| e.to_string())?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("node")
+            .arg("--psk-file")
+            .arg(&psk)
+            .arg("--data-dir")
+            .arg(&n.dir)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--admin", "127.0.0.1:0"])
+            .args(&n.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        match wait_ready(&n.dir, &mut child, START_TIMEOUT) {
+            Ok(r) => {
+                n.ready = r;
+                n.child = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends `signal` to node `i` (e.g. `Signal::SIGKILL`) and reaps it.
+    pub fn signal(&mut self, i: usize, signal: Signal) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            send_signal(&c, signal);
+            if signal == Signal::SIGKILL {
+                let _ = c.wait();
+            } else {
+                reap(&mut c, Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Whether node `i` is running.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// Stops every node: SIGTERM, then SIGKILL after five seconds.
+    pub fn stop_all(&mut self) {
+        let mut children: Vec<Child> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take())
+            .collect();
+        for c in &children {
+            send_signal(c, Signal::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(5);
+        for c in children.iter_mut() {
+            reap(c, end.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Sends `signal` to a child we spawned and have not reaped yet, so its PID
+/// still names that process.
+fn send_signal(c: &Child, signal: Signal) {
+    let _ = nix::sys::signal::kill(Pid::from_raw(c.id() as i32), signal);
+}
+
+fn reap(c: &mut Child, grace: Duration) {
+    let end = Instant::now() + grace;
+    loop {
+        match c.try_wait() {
+            Ok(Some(_)) => return,
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = c.kill();
+                let _ = c.wait();
+                return;
+            }
+        }
+    }
+}
+
+fn placeholder() -> Ready {
+    Ready {
+        node_id: String::new(),
+        peer_id: String::new(),
+        listen: Vec::new(),
+        admin: String::new(),
+        pid: 0,
+        role: String::new(),
+    }
+}
+
+/// Waits for `dir/ready.json` written by `child`.
+pub fn wait_ready(dir: &Path, child: &mut Child, timeout: Duration) -> Result<Ready, String> {
+    let end = Instant::now() + timeout;
+    let path = dir.join(READY_FILE);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(r) = serde_json::from_str::<Ready>(&text)
+            && r.pid == child.id()
+        {
+            return Ok(r);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            return Err(format!(
+                "node in {} exited with {status}:\n{}",
+                dir.display(),
+                log.trim_end()
+            ));
+        }
+        if Instant::now() > end {
+            return Err(format!(
+                "node in {} not ready after {timeout:?}",
+                dir.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

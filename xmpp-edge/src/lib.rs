@@ -1,1 +1,29 @@
-//! placeholder
+//! # xmpp-edge: standard XMPP server-to-server for ring edges
+//!
+//! Knows nothing of libp2p or the ring: it speaks RFC 6120 s2s (with
+//! XEP-0220 dialback, XEP-0185 keys and XEP-0178 SASL EXTERNAL) to the
+//! federation and exchanges stanzas with its owner through a channel and a
+//! handle (see [`edge`]).
+//!
+//! * [`xml`], [`xml_write`]: the stream codec with restricted XML and limits.
+//! * [`stream_error`]: RFC 6120 stream error conditions.
+//! * [`tls`]: rustls configs and certificate checks.
+//! * [`dialback`]: keys and elements.
+//! * [`resolve`]: overrides, SRV, A/AAAA.
+//! * inbound and outbound streams, driven by [`edge`].
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod conn;
+pub mod dialback;
+pub mod edge;
+mod inbound;
+mod outbound;
+pub mod resolve;
+pub mod stream_error;
+pub mod tls;
+pub mod xml;
+pub mod xml_write;
+
+pub use edge::{EdgeConfig, EdgeEvent, EdgeHandle, EdgeStats, start};

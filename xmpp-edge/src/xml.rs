@@ -406,7 +406,9 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                     match stack.last_mut() {
                         Some(el) => el.append_text(text),
                         None => {
-                            return Err(XmlError::NotWellFormed("reference at stream level".into()));
+                            return Err(XmlError::NotWellFormed(
+                                "reference at stream level".into(),
+                            ));
                         }
                     }
                 }

@@ -95,8 +95,8 @@ fn parses_a_stream_with_every_prefix_form() {
     assert_eq!(h.version.as_deref(), Some("1.0"));
     assert_eq!(h.default_ns.as_deref(), Some("jabber:server"));
     assert!(h.dialback_declared);
-    for i in 1..=3 {
-        let StreamEvent::Element(e) = &ev[i] else {
+    for (i, e) in ev[1..=3].iter().enumerate() {
+        let StreamEvent::Element(e) = e else {
             panic!("element")
         };
         assert_eq!(

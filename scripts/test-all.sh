@@ -16,10 +16,22 @@ need_pkg() {
     step "installing $* (needed by the tests)"
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    # Keep Debian from starting a system-wide daemon on install: the tests
+    # start their own instances on loopback addresses and stop them again.
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && made_policy=1
+    fi
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+    if [ -n "$made_policy" ]; then $sudo rm -f "$policy"; fi
   fi
+  return 0
 }
+
+step "test dependencies"
+need_pkg prosody prosody lua-unbound
+dpkg -s lua-unbound >/dev/null 2>&1 || need_pkg __missing_lua_unbound__ lua-unbound
 
 step "toolchain: $(cargo --version)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

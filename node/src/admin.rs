@@ -85,6 +85,55 @@ async fn load(State(s): State<AppState>, Query(spec): Query<LoadSpec>) -> Respon
     }
 }
 
+#[derive(Deserialize)]
+struct SendQuery {
+    from: String,
+    to: String,
+    body: String,
+    #[serde(default = "chat")]
+    r#type: String,
+    id: Option<String>,
+}
+
+fn chat() -> String {
+    "chat".into()
+}
+
+/// `GET /send?from=F&to=T&body=B[&type=chat][&id=I]`: sends a message from a
+/// ring JID (operators' smoke tests; the tests' way to originate traffic).
+async fn send(State(s): State<AppState>, Query(q): Query<SendQuery>) -> Response {
+    let (Ok(from), Ok(to)) = (jid::Jid::new(&q.from), jid::Jid::new(&q.to)) else {
+        return error(StatusCode::BAD_REQUEST, "from and to must be JIDs");
+    };
+    if !matches!(
+        q.r#type.as_str(),
+        "chat" | "normal" | "headline" | "groupchat"
+    ) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "type must be chat, normal, headline or groupchat",
+        );
+    }
+    if q.body.len() > 64 * 1024 {
+        return error(StatusCode::BAD_REQUEST, "body longer than 64 KiB");
+    }
+    let mut m = xmpp_parsers::minidom::Element::bare("message", xmpp_edge::xml::NS_CLIENT);
+    crate::xmpp::stanza::set(&mut m, "from", from.as_str());
+    crate::xmpp::stanza::set(&mut m, "to", to.as_str());
+    crate::xmpp::stanza::set(&mut m, "type", &q.r#type);
+    if let Some(id) = &q.id {
+        crate::xmpp::stanza::set(&mut m, "id", id);
+    }
+    let mut body = xmpp_parsers::minidom::Element::bare("body", xmpp_edge::xml::NS_CLIENT);
+    body.append_text(q.body);
+    m.append_child(body);
+    match ask::<Result<(), String>>(&s.inbox, |reply| Command::Send { stanza: m, reply }).await {
+        Ok(Ok(())) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => e,
+    }
+}
+
 /// Serves until `shutdown` resolves.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
@@ -97,6 +146,7 @@ pub(crate) async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/trace", get(trace))
         .route("/load", get(load))
+        .route("/send", get(send))
         .with_state(AppState { inbox, metrics });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

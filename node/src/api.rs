@@ -35,6 +35,41 @@ pub struct StatusReport {
     pub uptime_s: f64,
     /// Counters.
     pub counters: Counters,
+    /// s2s figures, on edges.
+    pub edge: Option<EdgeReport>,
+    /// Edges this node knows (it can send to remote domains through them).
+    pub edges_known: usize,
+}
+
+/// The s2s side of an edge node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EdgeReport {
+    /// The s2s listen address.
+    pub listen: String,
+    /// Inbound connections accepted.
+    pub inbound_connections: u64,
+    /// Inbound connections refused over the limit.
+    pub inbound_refused: u64,
+    /// Stanzas received from the federation.
+    pub stanzas_in: u64,
+    /// Stanzas sent to the federation.
+    pub stanzas_out: u64,
+    /// Stanzas that could not be delivered out.
+    pub stanzas_bounced: u64,
+    /// Peers authenticated by dialback (either direction).
+    pub dialback_ok: u64,
+    /// Failed dialback attempts.
+    pub dialback_failed: u64,
+    /// Peers authenticated by SASL EXTERNAL (either direction).
+    pub sasl_external_ok: u64,
+    /// Outbound streams established.
+    pub outbound_streams: u64,
+    /// Dialback keys of this ring confirmed to remote servers.
+    pub verify_valid: u64,
+    /// Dialback keys refused to remote servers.
+    pub verify_invalid: u64,
+    /// Stream errors sent, by condition.
+    pub stream_errors: std::collections::BTreeMap<String, u64>,
 }
 
 /// One routing-table bucket.

@@ -65,6 +65,25 @@ pub struct RawConfig {
     /// How long an originated envelope may go without receipt or bounce
     /// before it is reported failed, in milliseconds.
     pub receipt_timeout_ms: Option<u64>,
+    /// Edge: PEM certificate chain for s2s TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Edge: PEM private key for s2s TLS.
+    pub tls_key: Option<PathBuf>,
+    /// Edge: PEM bundle of CA roots whose certificates authenticate peers
+    /// (SASL EXTERNAL).
+    pub tls_ca: Option<PathBuf>,
+    /// Edge: file holding the dialback secret shared by all edges.
+    pub dialback_secret_file: Option<PathBuf>,
+    /// Edge: static `DOMAIN=HOST:PORT` s2s routes (before DNS).
+    pub s2s_host: Option<Vec<String>>,
+    /// Edge: DNS server for SRV lookups (`host:port`).
+    pub dns: Option<String>,
+    /// Edge: allow outbound s2s without TLS.
+    pub s2s_plaintext: Option<bool>,
+    /// Edge: close s2s streams idle this long, seconds.
+    pub s2s_idle_timeout_s: Option<u64>,
+    /// Edge: largest stanza accepted, bytes.
+    pub max_stanza_bytes: Option<usize>,
 }
 
 impl RawConfig {
@@ -103,6 +122,15 @@ impl RawConfig {
             allow_peers: over.allow_peers.or(self.allow_peers),
             threads: over.threads.or(self.threads),
             receipt_timeout_ms: over.receipt_timeout_ms.or(self.receipt_timeout_ms),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
+            tls_ca: over.tls_ca.or(self.tls_ca),
+            dialback_secret_file: over.dialback_secret_file.or(self.dialback_secret_file),
+            s2s_host: over.s2s_host.or(self.s2s_host),
+            dns: over.dns.or(self.dns),
+            s2s_plaintext: over.s2s_plaintext.or(self.s2s_plaintext),
+            s2s_idle_timeout_s: over.s2s_idle_timeout_s.or(self.s2s_idle_timeout_s),
+            max_stanza_bytes: over.max_stanza_bytes.or(self.max_stanza_bytes),
         }
     }
 
@@ -232,6 +260,49 @@ impl RawConfig {
             ),
             None => None,
         };
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let key = if self.tls_cert.is_some() {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            return Err(err(key, "tls_cert and tls_key go together"));
+        }
+        for (key, path) in [
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("tls_ca", &self.tls_ca),
+            ("dialback_secret_file", &self.dialback_secret_file),
+        ] {
+            if let Some(p) = path
+                && !p.is_file()
+            {
+                return Err(err(key, format!("{} is not a readable file", p.display())));
+            }
+        }
+        let mut s2s_hosts = std::collections::HashMap::new();
+        for h in self.s2s_host.unwrap_or_default() {
+            let (d, hp) = xmpp_edge::resolve::parse_override(&h).map_err(|m| err("s2s_host", m))?;
+            s2s_hosts.insert(d, hp);
+        }
+        let dns = match self.dns {
+            Some(d) => Some(
+                d.parse::<SocketAddr>()
+                    .map_err(|e| err("dns", format!("{d:?} is not host:port: {e}")))?,
+            ),
+            None => None,
+        };
+        let s2s_idle_timeout = Duration::from_secs(self.s2s_idle_timeout_s.unwrap_or(600));
+        if s2s_idle_timeout.is_zero() {
+            return Err(err("s2s_idle_timeout_s", "must be positive"));
+        }
+        let max_stanza_bytes = self.max_stanza_bytes.unwrap_or(512 * 1024);
+        if !(1024..=16 * 1024 * 1024).contains(&max_stanza_bytes) {
+            return Err(err(
+                "max_stanza_bytes",
+                format!("must be 1024..=16777216, got {max_stanza_bytes}"),
+            ));
+        }
         let log_level = self.log_level.unwrap_or_else(|| "info".into());
         let threads = self.threads.unwrap_or(1);
         if !(1..=64).contains(&threads) {
@@ -252,6 +323,17 @@ impl RawConfig {
             max_connections,
             allow_peers,
             threads,
+            edge: EdgeSettings {
+                tls_cert: self.tls_cert,
+                tls_key: self.tls_key,
+                tls_ca: self.tls_ca,
+                dialback_secret_file: self.dialback_secret_file,
+                s2s_hosts,
+                dns,
+                plaintext: self.s2s_plaintext.unwrap_or(false),
+                idle_timeout: s2s_idle_timeout,
+                max_stanza_bytes,
+            },
         })
     }
 }
@@ -287,6 +369,31 @@ pub struct NodeSettings {
     pub allow_peers: Option<Vec<PeerId>>,
     /// Runtime worker threads.
     pub threads: usize,
+    /// s2s settings (used when the role is `edge`).
+    pub edge: EdgeSettings,
+}
+
+/// Validated s2s settings of an edge.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Trusted CA roots (PEM).
+    pub tls_ca: Option<PathBuf>,
+    /// Dialback secret file.
+    pub dialback_secret_file: Option<PathBuf>,
+    /// Static routes.
+    pub s2s_hosts: std::collections::HashMap<String, (String, u16)>,
+    /// DNS server.
+    pub dns: Option<SocketAddr>,
+    /// Allow outbound streams without TLS.
+    pub plaintext: bool,
+    /// Idle timeout of s2s streams.
+    pub idle_timeout: Duration,
+    /// Stanza size limit.
+    pub max_stanza_bytes: usize,
 }
 
 #[cfg(test)]
@@ -470,6 +577,41 @@ mod tests {
                     ..b()
                 },
                 "receipt_timeout_ms",
+            ),
+            (
+                RawConfig {
+                    tls_cert: Some(dir.path().join("ring.psk")),
+                    ..b()
+                },
+                "tls_key",
+            ),
+            (
+                RawConfig {
+                    tls_ca: Some(dir.path().join("missing.pem")),
+                    ..b()
+                },
+                "tls_ca",
+            ),
+            (
+                RawConfig {
+                    s2s_host: Some(vec!["a.test".into()]),
+                    ..b()
+                },
+                "s2s_host",
+            ),
+            (
+                RawConfig {
+                    dns: Some("nowhere".into()),
+                    ..b()
+                },
+                "dns",
+            ),
+            (
+                RawConfig {
+                    max_stanza_bytes: Some(10),
+                    ..b()
+                },
+                "max_stanza_bytes",
             ),
         ];
         for (raw, key) in cases {

@@ -21,3 +21,4 @@ pub mod runtime;
 // The derive generates an undocumented event enum.
 #[allow(missing_docs)]
 pub mod transport;
+pub mod xmpp;

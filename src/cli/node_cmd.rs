@@ -60,6 +60,33 @@ pub struct NodeArgs {
     /// reported failed, ms [default: 30000].
     #[arg(long)]
     pub receipt_timeout_ms: Option<u64>,
+    /// Edge: PEM certificate chain for s2s TLS [default: self-signed, generated].
+    #[arg(long, value_name = "FILE.pem")]
+    pub tls_cert: Option<PathBuf>,
+    /// Edge: PEM private key for s2s TLS.
+    #[arg(long, value_name = "FILE.pem")]
+    pub tls_key: Option<PathBuf>,
+    /// Edge: PEM CA roots whose certificates authenticate peers (SASL EXTERNAL).
+    #[arg(long, value_name = "FILE.pem")]
+    pub tls_ca: Option<PathBuf>,
+    /// Edge: the dialback secret shared by all edges of the ring.
+    #[arg(long, value_name = "FILE")]
+    pub dialback_secret_file: Option<PathBuf>,
+    /// Edge: static s2s route DOMAIN=HOST:PORT (repeatable; before DNS).
+    #[arg(long, value_name = "DOMAIN=HOST:PORT")]
+    pub s2s_host: Vec<String>,
+    /// Edge: DNS server for SRV lookups [default: the system's].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub dns: Option<String>,
+    /// Edge: allow outbound s2s without TLS.
+    #[arg(long)]
+    pub s2s_plaintext: bool,
+    /// Edge: close s2s streams idle this long, seconds [default: 600].
+    #[arg(long)]
+    pub s2s_idle_timeout_s: Option<u64>,
+    /// Edge: largest stanza accepted, bytes [default: 524288].
+    #[arg(long)]
+    pub max_stanza_bytes: Option<usize>,
 }
 
 impl NodeArgs {
@@ -82,6 +109,15 @@ impl NodeArgs {
             allow_peers: list(&self.allow_peer),
             threads: self.threads,
             receipt_timeout_ms: self.receipt_timeout_ms,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_ca: self.tls_ca.clone(),
+            dialback_secret_file: self.dialback_secret_file.clone(),
+            s2s_host: list(&self.s2s_host),
+            dns: self.dns.clone(),
+            s2s_plaintext: self.s2s_plaintext.then_some(true),
+            s2s_idle_timeout_s: self.s2s_idle_timeout_s,
+            max_stanza_bytes: self.max_stanza_bytes,
         }
     }
 }

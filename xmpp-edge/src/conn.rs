@@ -99,26 +99,33 @@ pub fn spawn_writer(
     let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
     let handle = tokio::spawn(async move {
         while let Some(cmd) = rx.recv().await {
-            match cmd {
-                Write::Data(s) => {
-                    let mut buf = s.into_bytes();
-                    // Coalesce whatever else is queued into one write.
-                    while let Ok(Write::Data(more)) = rx.try_recv() {
-                        buf.extend_from_slice(more.as_bytes());
-                    }
-                    if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
-                        return None;
+            // Coalesce whatever else is queued into one write; a Close
+            // among it ends the stream after what came before it.
+            let mut buf = Vec::new();
+            let mut close = false;
+            let mut next = Some(cmd);
+            while let Some(c) = next.take() {
+                match c {
+                    Write::Data(s) => buf.extend_from_slice(s.as_bytes()),
+                    Write::Close(s) => {
+                        buf.extend_from_slice(s.as_bytes());
+                        close = true;
+                        break;
                     }
                 }
-                Write::Close(s) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        let _ = w.write_all(s.as_bytes()).await;
-                        let _ = w.flush().await;
-                        let _ = w.shutdown().await;
-                    })
-                    .await;
-                    return None;
-                }
+                next = rx.try_recv().ok();
+            }
+            if close {
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    let _ = w.write_all(&buf).await;
+                    let _ = w.flush().await;
+                    let _ = w.shutdown().await;
+                })
+                .await;
+                return None;
+            }
+            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
+                return None;
             }
         }
         Some(w)

@@ -114,6 +114,11 @@ pub struct EdgeStats {
     pub sasl_external_ok: AtomicU64,
     /// Outbound streams established.
     pub outbound_streams: AtomicU64,
+    /// `db:verify` requests answered `valid` (keys this ring issued,
+    /// possibly by another edge).
+    pub verify_valid: AtomicU64,
+    /// `db:verify` requests answered `invalid`.
+    pub verify_invalid: AtomicU64,
     /// Stream errors sent, by condition.
     pub stream_errors: std::sync::Mutex<BTreeMap<&'static str, u64>>,
 }

@@ -146,8 +146,9 @@ async fn phase(
     let cfg = &shared.cfg;
     let mut shutdown = shared.shutdown.clone();
     // The peer's header.
+    // A peer that connects and says nothing waits at most the idle timeout.
     let header = tokio::select! {
-        r = tokio::time::timeout(cfg.handshake_timeout, reader.next()) => r,
+        r = tokio::time::timeout(cfg.handshake_timeout.min(cfg.idle_timeout), reader.next()) => r,
         _ = shutdown.changed() => return (Next::Done, None),
     };
     let header: StreamHeader = match header {
@@ -332,6 +333,11 @@ async fn phase(
                         && d.id
                             .as_deref()
                             .is_some_and(|id| cfg.secret.verify(&d.from, &d.to, id, &d.key));
+                    EdgeStats::bump(if valid {
+                        &shared.stats.verify_valid
+                    } else {
+                        &shared.stats.verify_invalid
+                    });
                     let _ = wtx.send(Write::Data(dialback::verify_answer(
                         &d.to,
                         &d.from,

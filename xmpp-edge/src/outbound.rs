@@ -202,6 +202,7 @@ async fn authenticate(
         }
         tracing::info!(remote, "SASL EXTERNAL refused; falling back to dialback");
     }
+    tracing::debug!(local, remote, "authenticating by dialback");
     let key = shared.cfg.secret.key(remote, local, &s.id);
     write(
         &mut s.writer,
@@ -329,6 +330,7 @@ impl OutboundPool {
             return self.bounce(stanza, "not-allowed");
         }
         let key = (local, remote);
+        tracing::debug!(local = %key.0, remote = %key.1, "stanza for an outbound stream");
         let mut map = match self.streams.lock() {
             Ok(m) => m,
             Err(_) => return self.bounce(stanza, "internal-server-error"),
@@ -393,6 +395,7 @@ impl OutboundPool {
                 }
             };
             EdgeStats::bump(&shared.stats.outbound_streams);
+            tracing::debug!(%local, %remote, "outbound stream established");
             let started = Instant::now();
             let (wrote, leftover) = self.session(s, &mut rx, pending.take()).await;
             pending = leftover;
@@ -500,6 +503,7 @@ impl OutboundPool {
                     Err(_) => break,
                 }
             }
+            tracing::debug!(stanzas = n, "writing to the outbound stream");
             if let Err(e) = write(&mut writer, &buf).await {
                 // Written stanzas may or may not have arrived; the XMPP
                 // stream gives no way to know (XEP-0198 would).

@@ -269,6 +269,22 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
         }
         loop {
             buf.clear();
+            if stack.is_empty() {
+                // At stream level only markup may follow whitespace. Text
+                // there would otherwise sit unreported until a '<' arrives
+                // (a peer sending "hello" would simply hang the stream).
+                let peek = tokio::io::AsyncBufReadExt::fill_buf(reader.get_mut()).await;
+                if let Ok(bytes) = peek
+                    && let Some(b) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+                    && *b != b'<'
+                {
+                    return Err(XmlError::NotWellFormed(if *header_seen {
+                        "text at stream level".into()
+                    } else {
+                        "not an XML stream".into()
+                    }));
+                }
+            }
             let res = reader.read_resolved_event_into_async(buf).await;
             let (ns, ev) = match res {
                 Ok((ns, ev)) => {

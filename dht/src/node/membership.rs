@@ -71,6 +71,17 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
         }
     }
 
+    /// Pings every contact in the table, so each learns this node's current
+    /// contact (role and addresses) now rather than when traffic happens to
+    /// flow. Edges call it after joining: nodes can only send to remote
+    /// domains through edges they know. Bounded by the table size.
+    pub fn announce(&mut self, now: Instant) {
+        let contacts: Vec<Contact<A>> = self.table.iter().map(|e| e.contact.clone()).collect();
+        for c in contacts {
+            self.ping(now, c);
+        }
+    }
+
     fn ping(&mut self, now: Instant, to: Contact<A>) {
         let nonce: u64 = self.rng.random();
         self.pings.insert(nonce, to.id);

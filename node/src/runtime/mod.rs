@@ -15,6 +15,7 @@
 //! grace period to be acknowledged, bounce whatever is left to its origin.
 
 mod core;
+mod edge_setup;
 mod links;
 mod load;
 mod swarm_task;
@@ -53,6 +54,8 @@ pub(crate) enum Input {
     WriterDown { peer: PeerId, node: NodeId },
     /// Network events from the swarm task.
     Net(NetEvent),
+    /// Something from this node's s2s edge.
+    Edge(xmpp_edge::EdgeEvent),
     /// An admin request.
     Command(Command),
 }
@@ -77,6 +80,11 @@ pub(crate) enum Command {
     Load {
         spec: LoadSpec,
         reply: oneshot::Sender<Result<LoadReport, String>>,
+    },
+    /// Sends a stanza from the ring (operators and tests).
+    Send {
+        stanza: xmpp_parsers::minidom::Element,
+        reply: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -186,6 +194,11 @@ pub async fn run(
         },
     ));
 
+    // The edge listens before the node says it is ready.
+    let edge = match settings.role {
+        dht::Role::Edge => Some(edge_setup::start(&settings, inbox_tx.clone()).await?),
+        _ => None,
+    };
     let ready = Ready {
         node_id: me_id.to_hex(),
         peer_id: peer_id.to_string(),
@@ -210,6 +223,7 @@ pub async fn run(
         control,
         inbox_tx.clone(),
         swarm_tx,
+        edge,
         Instant::now(),
     );
     drop(inbox_tx);

@@ -299,3 +299,13 @@ proptest! {
         let _ = events(data.as_bytes(), vec![], Limits::default());
     }
 }
+
+#[test]
+fn mismatched_nested_end_tag() {
+    let input = format!("{HEADER}<message><body>unclosed</message>");
+    let (ev, err) = events(input.as_bytes(), vec![], Limits::default());
+    assert!(
+        matches!(err, Some(XmlError::NotWellFormed(_))),
+        "{ev:?} {err:?}"
+    );
+}

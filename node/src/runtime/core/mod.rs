@@ -7,6 +7,8 @@
 //! transmits of a turn are framed into one buffer per neighbour and handed
 //! to its writer as a single write.
 
+mod stanzas;
+
 use super::links::{self, push_frame};
 use super::load::LoadRun;
 use super::{Command, Input, NetEvent, SHUTDOWN_GRACE, SwarmCmd};
@@ -17,7 +19,7 @@ use crate::metrics;
 use bytes::Bytes;
 use dht::node::Event;
 use dht::wire::{Frame, Message};
-use dht::{Contact, EnvelopeKind, Key, NodeId, RingNode};
+use dht::{Contact, Key, NodeId, RingNode};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -34,6 +36,8 @@ const REDIAL_BACKOFF: Duration = Duration::from_secs(2);
 const REJOIN_AFTER: Duration = Duration::from_secs(3);
 /// How long a trace waits for its probe.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after joining an edge announces itself to its contacts.
+const ANNOUNCE_AFTER_JOIN: Duration = Duration::from_secs(1);
 /// How often metrics are refreshed from the state machine's counters.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
 
@@ -70,6 +74,11 @@ pub(crate) struct Core {
     rejoin_at: Option<Instant>,
     next_metrics: Instant,
     metrics: metrics::Exporter,
+    /// This node's s2s edge, when its role is `edge`.
+    edge: Option<xmpp_edge::EdgeHandle>,
+    /// When an edge tells its contacts about itself (after its join's
+    /// bucket refreshes have filled the table).
+    announce_at: Option<Instant>,
 }
 
 impl Core {
@@ -81,6 +90,7 @@ impl Core {
         control: libp2p_stream::Control,
         inbox_tx: mpsc::Sender<Input>,
         swarm_tx: mpsc::UnboundedSender<SwarmCmd>,
+        edge: Option<xmpp_edge::EdgeHandle>,
         now: Instant,
     ) -> Self {
         let unix_us = SystemTime::now()
@@ -110,6 +120,8 @@ impl Core {
             rejoin_at: None,
             next_metrics: now,
             metrics: metrics::Exporter::default(),
+            edge,
+            announce_at: None,
         };
         core.rebuild_hello();
         core
@@ -178,6 +190,7 @@ impl Core {
         [
             self.node.poll_timeout(),
             self.rejoin_at,
+            self.announce_at,
             Some(self.next_metrics),
             self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min(),
         ]
@@ -189,6 +202,10 @@ impl Core {
     fn on_timers(&mut self, now: Instant) {
         if self.node.poll_timeout().is_some_and(|t| t <= now) {
             self.node.handle_timeout(now);
+        }
+        if self.announce_at.is_some_and(|t| t <= now) {
+            self.announce_at = None;
+            self.node.announce(now);
         }
         if self.rejoin_at.is_some_and(|t| t <= now) {
             self.rejoin_at = None;
@@ -255,6 +272,7 @@ impl Core {
                 tracing::debug!(%peer, "writer down");
             }
             Input::Net(ev) => self.on_net(now, ev),
+            Input::Edge(ev) => self.on_edge_event(now, ev),
             Input::Command(cmd) => self.on_command(now, cmd),
         }
     }
@@ -330,6 +348,19 @@ impl Core {
                 let mut run = LoadRun::new(&spec, reply, now);
                 run.pump(&mut self.node, now);
                 self.load = Some(run);
+            }
+            Command::Send { stanza, reply } => {
+                let from_ours = stanza
+                    .attr("from")
+                    .and_then(xmpp_edge::conn::domain_of)
+                    .is_some_and(|d| xmpp_edge::conn::serves(&self.settings.domains, &d));
+                if !from_ours {
+                    let _ =
+                        reply.send(Err("from must be a JID of one of the ring's domains".into()));
+                    return;
+                }
+                self.send_stanza(now, stanza);
+                let _ = reply.send(Ok(()));
             }
         }
     }
@@ -412,7 +443,7 @@ impl Core {
 
     fn on_event(&mut self, now: Instant, ev: Event<PeerAddr>) {
         match ev {
-            Event::Delivered(_) => {}
+            Event::Delivered(env) => self.on_delivered(now, env),
             Event::Receipt { id } => {
                 if let Some(l) = self.load.as_mut() {
                     l.on_delivered(id, None);
@@ -441,12 +472,15 @@ impl Core {
                     .load
                     .as_mut()
                     .is_some_and(|l| l.on_bounced(envelope.id, reason));
-                if !from_load && envelope.kind != EnvelopeKind::Probe {
-                    tracing::debug!(?reason, key = %envelope.key.short(), "envelope bounced");
+                if !from_load {
+                    self.on_bounced(now, reason, envelope);
                 }
             }
             Event::Joined { contacts } => {
                 tracing::info!(contacts, "joined the ring");
+                if self.edge.is_some() {
+                    self.announce_at = Some(now + ANNOUNCE_AFTER_JOIN);
+                }
             }
             Event::JoinFailed => {
                 if !self.settings.bootstrap.is_empty() {
@@ -484,6 +518,11 @@ impl Core {
             outstanding: self.node.outstanding(),
             uptime_s: now.saturating_duration_since(self.started).as_secs_f64(),
             counters: metrics::counters(self.node.stats(), &self.net),
+            edge: self
+                .edge
+                .as_ref()
+                .map(|e| edge_report(e.local_addr(), e.stats())),
+            edges_known: self.known_edges(None).len(),
         }
     }
 
@@ -515,6 +554,29 @@ impl Core {
         let writers: Vec<_> = self.writers.drain().collect();
         drop(writers);
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn edge_report(listen: std::net::SocketAddr, s: &xmpp_edge::EdgeStats) -> crate::api::EdgeReport {
+    use std::sync::atomic::Ordering::Relaxed;
+    crate::api::EdgeReport {
+        listen: listen.to_string(),
+        inbound_connections: s.inbound_connections.load(Relaxed),
+        inbound_refused: s.inbound_refused.load(Relaxed),
+        stanzas_in: s.stanzas_in.load(Relaxed),
+        stanzas_out: s.stanzas_out.load(Relaxed),
+        stanzas_bounced: s.stanzas_bounced.load(Relaxed),
+        dialback_ok: s.dialback_ok.load(Relaxed),
+        dialback_failed: s.dialback_failed.load(Relaxed),
+        sasl_external_ok: s.sasl_external_ok.load(Relaxed),
+        outbound_streams: s.outbound_streams.load(Relaxed),
+        verify_valid: s.verify_valid.load(Relaxed),
+        verify_invalid: s.verify_invalid.load(Relaxed),
+        stream_errors: s
+            .stream_errors
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+            .unwrap_or_default(),
     }
 }
 

@@ -1,0 +1,167 @@
+//! Stanzas in the core: where each one goes, what comes back.
+//!
+//! * To a ring JID: routed as a `Stanza` envelope to the key of its bare
+//!   JID; the responsible node answers through [`services`].
+//! * To a remote domain: handed to the edge chosen by rendezvous hashing
+//!   (directly when that is this node, else as a `Service(EDGE_OUT)`
+//!   envelope keyed to that edge's id).
+//! * Anything that cannot be delivered comes back to its sender as an RFC
+//!   6120 stanza error, unless it is an error itself (errors are never
+//!   answered, which also ends any loop).
+
+use super::Core;
+use crate::xmpp::{SERVICE_EDGE_OUT, SERVICE_EDGE_OUT_RETRY, edges, services, stanza};
+use dht::{BounceReason, Envelope, EnvelopeKind, NodeId, Role};
+use std::time::Instant;
+use xmpp_edge::EdgeEvent;
+use xmpp_edge::conn::{domain_of, serves};
+use xmpp_parsers::minidom::Element;
+
+impl Core {
+    /// Live edges this node knows (itself included when it is one).
+    pub(super) fn known_edges(&self, excluding: Option<NodeId>) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = self
+            .node
+            .table()
+            .iter()
+            .filter(|e| e.contact.role == Role::Edge && e.failures == 0)
+            .map(|e| e.contact.id)
+            .collect();
+        if self.edge.is_some() {
+            out.push(self.node.id());
+        }
+        out.retain(|id| Some(*id) != excluding);
+        out
+    }
+
+    /// Sends a stanza from the ring towards its destination.
+    pub(super) fn send_stanza(&mut self, now: Instant, st: Element) {
+        let Some(to) = stanza::to(&st).map(str::to_string) else {
+            tracing::debug!("dropping a stanza without 'to'");
+            return;
+        };
+        let Some(domain) = domain_of(&to) else {
+            return self.reply_error(now, &st, "jid-malformed");
+        };
+        if serves(&self.settings.domains, &domain) {
+            return self.route_stanza(now, st);
+        }
+        self.send_out(now, st, &domain, SERVICE_EDGE_OUT, None);
+    }
+
+    /// Routes a stanza for a ring JID to its responsible node.
+    pub(super) fn route_stanza(&mut self, now: Instant, st: Element) {
+        let key = match stanza::to(&st).map(dht::keys::jid_key) {
+            Some(Ok(k)) => k,
+            _ => return self.reply_error(now, &st, "jid-malformed"),
+        };
+        tracing::debug!(to = stanza::to(&st), key = %key.short(), "routing a stanza");
+        if let Err(e) =
+            self.node
+                .route(now, key, EnvelopeKind::Stanza, stanza::to_bytes(&st), false)
+        {
+            tracing::debug!("cannot route a stanza: {e}");
+            let cond = match e {
+                dht::RouteError::TooLarge(_) => "policy-violation",
+                dht::RouteError::Overloaded(_) => "resource-constraint",
+                dht::RouteError::ShuttingDown => "remote-server-timeout",
+            };
+            self.reply_error(now, &st, cond);
+        }
+    }
+
+    /// Hands a stanza for a remote domain to its edge.
+    fn send_out(
+        &mut self,
+        now: Instant,
+        st: Element,
+        domain: &str,
+        tag: u8,
+        excluding: Option<NodeId>,
+    ) {
+        let Some(edge_id) = edges::pick(&self.known_edges(excluding), domain) else {
+            tracing::warn!(domain, "no edge known to carry a stanza out");
+            return self.reply_error(now, &st, "remote-server-not-found");
+        };
+        tracing::debug!(domain, edge = %edge_id.short(), "stanza for the federation");
+        if edge_id == self.node.id()
+            && let Some(edge) = &self.edge
+        {
+            edge.send(st);
+            return;
+        }
+        if self
+            .node
+            .route(
+                now,
+                edge_id,
+                EnvelopeKind::Service(tag),
+                stanza::to_bytes(&st),
+                false,
+            )
+            .is_err()
+        {
+            self.reply_error(now, &st, "resource-constraint");
+        }
+    }
+
+    /// Answers `st`'s sender with `condition` (never answering an error).
+    fn reply_error(&mut self, now: Instant, st: &Element, condition: &str) {
+        if let Some(reply) = stanza::error_reply(st, condition, None) {
+            self.send_stanza(now, reply);
+        }
+    }
+
+    /// An envelope for which this node is responsible.
+    pub(super) fn on_delivered(&mut self, now: Instant, env: Envelope) {
+        let Some(st) = stanza::parse(&env.payload) else {
+            if matches!(env.kind, EnvelopeKind::Stanza | EnvelopeKind::Service(_)) {
+                tracing::warn!(kind = ?env.kind, "undecodable stanza in an envelope");
+            }
+            return;
+        };
+        tracing::debug!(kind = ?env.kind, to = stanza::to(&st), hops = env.hops, "stanza delivered here");
+        match env.kind {
+            EnvelopeKind::Stanza => {
+                for reply in services::handle(&st, &self.settings.domains) {
+                    self.send_stanza(now, reply);
+                }
+            }
+            EnvelopeKind::Service(tag @ (SERVICE_EDGE_OUT | SERVICE_EDGE_OUT_RETRY)) => {
+                let domain = stanza::to(&st).and_then(domain_of).unwrap_or_default();
+                if env.key == self.node.id()
+                    && let Some(edge) = &self.edge
+                {
+                    edge.send(st);
+                } else if tag == SERVICE_EDGE_OUT {
+                    // The chosen edge has left: choose again, once.
+                    self.send_out(now, st, &domain, SERVICE_EDGE_OUT_RETRY, Some(env.key));
+                } else {
+                    self.reply_error(now, &st, "remote-server-timeout");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An envelope this node sent came back.
+    pub(super) fn on_bounced(&mut self, now: Instant, reason: BounceReason, env: Envelope) {
+        if !matches!(env.kind, EnvelopeKind::Stanza | EnvelopeKind::Service(_)) {
+            return;
+        }
+        if let Some(st) = stanza::parse(&env.payload) {
+            tracing::debug!(?reason, "stanza bounced in the ring");
+            self.reply_error(now, &st, reason.xmpp_condition());
+        }
+    }
+
+    /// Something from this node's s2s edge.
+    pub(super) fn on_edge_event(&mut self, now: Instant, ev: EdgeEvent) {
+        match ev {
+            EdgeEvent::Inbound(st) => self.route_stanza(now, st),
+            EdgeEvent::Undeliverable { stanza, condition } => {
+                self.reply_error(now, &stanza, condition)
+            }
+        }
+    }
+}

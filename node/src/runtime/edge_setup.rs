@@ -1,0 +1,103 @@
+//! Starting the s2s edge of an `edge` node: identity, dialback secret, CA
+//! roots and resolver from the configuration (or generated on first start,
+//! with a warning), and a task that feeds the edge's events to the core.
+
+use super::Input;
+use crate::config::NodeSettings;
+use rand::RngExt;
+use std::path::Path;
+use tokio::sync::mpsc;
+use xmpp_edge::dialback::Secret;
+use xmpp_edge::resolve::Resolver;
+use xmpp_edge::tls::{self, Identity};
+use xmpp_edge::{EdgeConfig, EdgeHandle};
+
+const GENERATED_CERT: &str = "s2s-cert.pem";
+const GENERATED_KEY: &str = "s2s-key.pem";
+const GENERATED_SECRET: &str = "dialback.secret";
+
+fn identity(settings: &NodeSettings) -> Result<Identity, String> {
+    let e = &settings.edge;
+    if let (Some(c), Some(k)) = (&e.tls_cert, &e.tls_key) {
+        return tls::load_identity(c, k);
+    }
+    let (c, k) = (
+        settings.data_dir.join(GENERATED_CERT),
+        settings.data_dir.join(GENERATED_KEY),
+    );
+    if c.is_file() && k.is_file() {
+        return tls::load_identity(&c, &k);
+    }
+    tracing::warn!(
+        "no tls_cert/tls_key configured: generated a self-signed certificate for {:?} in {}; \
+         peers will authenticate this edge by dialback only",
+        settings.domains,
+        settings.data_dir.display()
+    );
+    let (id, cert_pem, key_pem) = tls::self_signed(&settings.domains)?;
+    std::fs::write(&c, cert_pem).map_err(|err| format!("cannot write {}: {err}", c.display()))?;
+    crate::identity::write_private(&k, key_pem.as_bytes())?;
+    Ok(id)
+}
+
+fn secret(settings: &NodeSettings) -> Result<Secret, String> {
+    let read = |p: &Path| -> Result<Secret, String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        let trimmed = String::from_utf8_lossy(&bytes).trim().to_string();
+        if trimmed.len() < 16 {
+            return Err(format!(
+                "{}: a dialback secret needs at least 16 characters",
+                p.display()
+            ));
+        }
+        Ok(Secret::new(trimmed.as_bytes()))
+    };
+    if let Some(p) = &settings.edge.dialback_secret_file {
+        return read(p);
+    }
+    let p = settings.data_dir.join(GENERATED_SECRET);
+    if p.is_file() {
+        return read(&p);
+    }
+    tracing::warn!(
+        "no dialback_secret_file configured: generated {}; every edge of a ring must share one secret",
+        p.display()
+    );
+    let mut b = [0u8; 32];
+    rand::rng().fill(&mut b);
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    crate::identity::write_private(&p, hex.as_bytes())?;
+    Ok(Secret::new(hex.as_bytes()))
+}
+
+/// Starts the edge and the task forwarding its events to the core.
+pub(crate) async fn start(
+    settings: &NodeSettings,
+    inbox: mpsc::Sender<Input>,
+) -> Result<EdgeHandle, String> {
+    let listen = settings.s2s_listen.ok_or("an edge needs s2s_listen")?;
+    let resolver = Resolver::new(settings.edge.dns, settings.edge.s2s_hosts.clone())?;
+    let mut cfg = EdgeConfig::new(
+        settings.domains.clone(),
+        listen,
+        identity(settings)?,
+        secret(settings)?,
+        resolver,
+    );
+    if let Some(ca) = &settings.edge.tls_ca {
+        cfg.roots = Some(tls::load_roots(ca)?);
+    }
+    cfg.require_tls = !settings.edge.plaintext;
+    cfg.idle_timeout = settings.edge.idle_timeout;
+    cfg.limits.max_stanza = settings.edge.max_stanza_bytes;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let handle = xmpp_edge::start(cfg, tx).await?;
+    tokio::spawn(async move {
+        while let Some(ev) = rx.recv().await {
+            if inbox.send(Input::Edge(ev)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(handle)
+}

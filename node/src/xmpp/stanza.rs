@@ -1,0 +1,180 @@
+//! Stanzas as the ring handles them: parsing envelope payloads, addresses,
+//! and RFC 6120 error replies.
+
+use xmpp_edge::xml::NS_CLIENT;
+use xmpp_parsers::minidom::Element;
+
+/// The stanza error namespace.
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+
+/// Largest stanza the ring carries (the edge's default limit).
+pub const MAX_STANZA_BYTES: usize = 512 * 1024;
+
+/// Parses an envelope payload into a stanza.
+pub fn parse(payload: &[u8]) -> Option<Element> {
+    if payload.len() > MAX_STANZA_BYTES {
+        return None;
+    }
+    let text = std::str::from_utf8(payload).ok()?;
+    let el: Element = text.parse().ok()?;
+    (el.ns() == NS_CLIENT && matches!(el.name(), "message" | "presence" | "iq")).then_some(el)
+}
+
+/// Serialises a stanza for an envelope.
+pub fn to_bytes(el: &Element) -> bytes::Bytes {
+    bytes::Bytes::from(xmpp_edge::xml_write::element_to_string(el).into_bytes())
+}
+
+/// The stanza's `to`, if any.
+pub fn to(el: &Element) -> Option<&str> {
+    el.attr("to")
+}
+
+/// Whether a stanza must never be answered with an error (RFC 6120 §8.3.1:
+/// errors are not answered; neither are results).
+pub fn is_error_or_result(el: &Element) -> bool {
+    match el.attr("type") {
+        Some("error") => true,
+        Some("result") => el.name() == "iq",
+        _ => false,
+    }
+}
+
+/// The error type RFC 6120 §8.3.3 gives each condition.
+fn error_type(condition: &str) -> &'static str {
+    match condition {
+        "service-unavailable"
+        | "feature-not-implemented"
+        | "not-allowed"
+        | "item-not-found"
+        | "jid-malformed" => "cancel",
+        "remote-server-timeout" | "resource-constraint" | "recipient-unavailable" => "wait",
+        "bad-request" => "modify",
+        "forbidden" | "not-authorized" => "auth",
+        _ => "cancel",
+    }
+}
+
+/// The error reply to `stanza` with `condition`, or `None` when the stanza
+/// must not be answered (it is an error or an IQ result itself).
+pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Option<Element> {
+    if is_error_or_result(stanza) {
+        return None;
+    }
+    let mut reply = Element::bare(stanza.name(), NS_CLIENT);
+    copy_attr(stanza, &mut reply, "id", "id");
+    copy_attr(stanza, &mut reply, "to", "from");
+    copy_attr(stanza, &mut reply, "from", "to");
+    reply.set_attr(
+        xmpp_parsers::minidom::rxml::Namespace::NONE,
+        ncname("type"),
+        "error".to_string(),
+    );
+    // RFC 6120 §8.3.1: the error may include the original payload; we keep
+    // it (it helps the sender match the error to what it sent).
+    for child in stanza.children() {
+        reply.append_child(child.clone());
+    }
+    let mut error = Element::bare("error", NS_CLIENT);
+    error.set_attr(
+        xmpp_parsers::minidom::rxml::Namespace::NONE,
+        ncname("type"),
+        error_type(condition).to_string(),
+    );
+    error.append_child(Element::bare(condition, NS_STANZAS));
+    if let Some(t) = text {
+        let mut te = Element::bare("text", NS_STANZAS);
+        te.append_text(t);
+        error.append_child(te);
+    }
+    reply.append_child(error);
+    Some(reply)
+}
+
+fn ncname(s: &str) -> xmpp_parsers::minidom::rxml::NcName {
+    xmpp_parsers::minidom::rxml::NcName::try_from(s).expect("static attribute names are valid")
+}
+
+fn copy_attr(from: &Element, to: &mut Element, name: &str, as_name: &str) {
+    if let Some(v) = from.attr(name) {
+        to.set_attr(
+            xmpp_parsers::minidom::rxml::Namespace::NONE,
+            ncname(as_name),
+            v.to_string(),
+        );
+    }
+}
+
+/// Sets (or replaces) an attribute.
+pub fn set(el: &mut Element, name: &str, value: &str) {
+    el.set_attr(
+        xmpp_parsers::minidom::rxml::Namespace::NONE,
+        ncname(name),
+        value.to_string(),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn error_replies_swap_addresses_and_name_the_condition() {
+        let m = el(
+            "<message xmlns='jabber:client' from='a@x/r' to='b@y' id='7'><body>hi</body></message>",
+        );
+        let e = error_reply(&m, "service-unavailable", Some("no such user")).unwrap();
+        assert_eq!(e.attr("from"), Some("b@y"));
+        assert_eq!(e.attr("to"), Some("a@x/r"));
+        assert_eq!(e.attr("id"), Some("7"));
+        assert_eq!(e.attr("type"), Some("error"));
+        let err = e.get_child("error", NS_CLIENT).unwrap();
+        assert_eq!(err.attr("type"), Some("cancel"));
+        assert!(err.get_child("service-unavailable", NS_STANZAS).is_some());
+        assert_eq!(
+            err.get_child("text", NS_STANZAS).map(|t| t.text()),
+            Some("no such user".into())
+        );
+    }
+
+    #[test]
+    fn errors_and_results_are_never_answered() {
+        assert!(
+            error_reply(
+                &el("<message xmlns='jabber:client' type='error'/>"),
+                "x",
+                None
+            )
+            .is_none()
+        );
+        assert!(
+            error_reply(
+                &el("<iq xmlns='jabber:client' type='result' id='1'/>"),
+                "x",
+                None
+            )
+            .is_none()
+        );
+        assert!(
+            error_reply(
+                &el("<iq xmlns='jabber:client' type='get' id='1'/>"),
+                "x",
+                None
+            )
+            .is_some()
+        );
+    }
+
+    #[test]
+    fn payload_parsing_is_strict() {
+        assert!(parse(b"<message xmlns='jabber:client'/>").is_some());
+        assert!(parse(b"<message xmlns='jabber:server'/>").is_none());
+        assert!(parse(b"<foo xmlns='jabber:client'/>").is_none());
+        assert!(parse(b"not xml").is_none());
+        assert!(parse(&[0xff, 0xfe]).is_none());
+    }
+}

@@ -1,0 +1,118 @@
+//! Shared support for the process-level tests: rings of real node
+//! processes, real Prosody servers, a DNS server for the test domains,
+//! certificates, and XMPP clients. Everything listens on 127.0.0.0/8 only
+//! and is stopped by PID when its owner is dropped.
+
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod client;
+pub mod dns;
+pub mod prosody;
+
+use node::api::StatusReport;
+use node::client::get_json;
+use node::cluster::Cluster;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
+pub const T: Duration = Duration::from_secs(20);
+
+/// Fails clearly when Prosody is missing (the test command installs it).
+pub fn require_prosody() {
+    let ok = std::process::Command::new("which")
+        .arg("prosody")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "prosody is not installed; run the README's test command (bash scripts/test-all.sh), which installs it"
+    );
+}
+
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// An edge's command-line arguments.
+pub struct EdgeArgs {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub extra: Vec<String>,
+}
+
+/// Starts a ring of `apps` application nodes and one edge per entry of
+/// `edges`, all serving `domains`, with a shared dialback secret; waits
+/// until every node has joined.
+pub fn ring(
+    dir: &Path,
+    domains: &[&str],
+    apps: usize,
+    edges: &[EdgeArgs],
+    dns: std::net::SocketAddr,
+) -> Cluster {
+    let secret = dir.join(format!("dialback-{}.secret", domains[0]));
+    std::fs::write(
+        &secret,
+        format!("the-ring-secret-of-{}-0123456789", domains[0]),
+    )
+    .expect("secret");
+    let mut c = Cluster::new(Path::new(EXE)).expect("cluster");
+    let mut common = args(&["--log-level", "warn"]);
+    for d in domains {
+        common.extend(args(&["--domain", d]));
+    }
+    c.spawn(&common).expect("bootstrap node");
+    let boot = c.addr(0);
+    for _ in 1..apps {
+        let mut a = common.clone();
+        a.extend(args(&["--bootstrap", &boot]));
+        c.spawn(&a).expect("node");
+    }
+    for e in edges {
+        let mut a = common.clone();
+        a.extend(args(&["--bootstrap", &boot, "--role", "edge"]));
+        a.extend([
+            "--s2s-listen".into(),
+            format!("{}:{}", e.ip, e.port),
+            "--dns".into(),
+            dns.to_string(),
+            "--dialback-secret-file".into(),
+            secret.display().to_string(),
+        ]);
+        a.extend(e.extra.iter().cloned());
+        c.spawn(&a).expect("edge node");
+    }
+    // Ready when every node has joined and knows every edge (it can only
+    // send to the federation through edges it knows).
+    let start = Instant::now();
+    while !(0..c.nodes.len()).all(|i| {
+        get_json::<StatusReport>(c.admin(i), "/status", T)
+            .is_ok_and(|s| s.joined && s.edges_known == edges.len())
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ring does not form"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c
+}
+
+pub fn status(c: &Cluster, i: usize) -> StatusReport {
+    get_json(c.admin(i), "/status", T).expect("status")
+}
+
+/// Sends a chat message from a ring JID through node `i`.
+pub fn ring_send(c: &Cluster, i: usize, from: &str, to: &str, body: &str) {
+    let q = format!(
+        "/send?from={}&to={}&body={}",
+        node::client::url_encode(from),
+        node::client::url_encode(to),
+        node::client::url_encode(body)
+    );
+    let v: serde_json::Value = get_json(c.admin(i), &q, T).expect("send");
+    assert_eq!(v["ok"], true);
+}

@@ -16,6 +16,11 @@
 //!   all: relays copy bytes, the sink acknowledges every 100 frames, the
 //!   source keeps at most 1,000 frames unacknowledged (the method of
 //!   ../shared/PERFORMANCE.md).
+//! * **prosody_s2s**: the federation yardstick: two Prosody servers over
+//!   s2s (STARTTLS + dialback), ten users sending chat messages with the
+//!   same payload sizes to ten users on the other server, counted at the
+//!   receiving clients (see `common/federation.rs`; `--no-prosody` skips
+//!   it).
 //!
 //! The same binary is also the bare chain's processes (`--chain-role`).
 
@@ -29,6 +34,13 @@ use node::cluster::Cluster;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod common {
+    pub mod federation;
+}
 
 const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
 const BARE: StreamProtocol = StreamProtocol::new("/xmpp-ring/bench-bare/1.0.0");
@@ -50,8 +62,14 @@ fn main() {
         ring_chain(n)
     };
     let bare = bare_chain(n);
+    let prosody = if args.iter().any(|a| a == "--no-prosody") {
+        serde_json::json!({})
+    } else {
+        prosody_yardstick(quick)
+    };
     out.insert("ring_3hop".into(), ring.clone());
     out.insert("bare_transport_3hop".into(), bare.clone());
+    out.insert("prosody_s2s".into(), prosody.clone());
     let ratio = |r: &serde_json::Value, b: &serde_json::Value, k: &str| {
         let rr = r[k].as_f64().unwrap_or(0.0);
         let bb = b[k].as_f64().unwrap_or(1.0);
@@ -62,6 +80,13 @@ fn main() {
         serde_json::json!({
             "200B_1flow": ratio(&ring["flows_1_200B"], &bare["200B"], "msgs_per_s"),
             "2KiB_1flow": ratio(&ring["flows_1_2048B"], &bare["2048B"], "msgs_per_s"),
+        }),
+    );
+    out.insert(
+        "ring_over_prosody".into(),
+        serde_json::json!({
+            "200B_1flow": ratio(&ring["flows_1_200B"], &prosody["200B"], "msgs_per_s"),
+            "2KiB_1flow": ratio(&ring["flows_1_2048B"], &prosody["2048B"], "msgs_per_s"),
         }),
     );
     println!("{}", serde_json::Value::Object(out));
@@ -207,15 +232,48 @@ fn cpu_of_cluster(c: &Cluster) -> f64 {
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start after ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 (1-based) = indices 11, 12 here.
-    (ticks(11) + ticks(12)) / 100.0
+    common::federation::cpu_us(pid) as f64 / 1e6
+}
+
+// ------------------------------------------------- Prosody s2s yardstick
+
+/// Prosody → Prosody over s2s (STARTTLS + dialback), ten users sending
+/// 10,000 chat messages to ten users, median of three rounds per payload.
+fn prosody_yardstick(quick: bool) -> serde_json::Value {
+    use common::federation::{USERS, median, prosody_to_prosody, senders, warm_up, world};
+    let total = if quick { 2_000 } else { 10_000 };
+    let rounds = if quick { 1 } else { 3 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let w = world(0);
+    rt.block_on(async {
+        let s = senders(&w).await;
+        let mut r = Vec::new();
+        for i in 0..USERS {
+            r.push(
+                support::client::XmppClient::connect(&format!("r{i}@b.test"), "pw", &w.b.c2s())
+                    .await,
+            );
+        }
+        let (mut s, mut r) = warm_up(&w, s, r).await;
+        let mut out = serde_json::Map::new();
+        for payload in [200usize, 2048] {
+            let mut runs = Vec::new();
+            for round in 0..rounds {
+                let (run, s2, r2) =
+                    prosody_to_prosody(&w, s, r, &format!("y{payload}r{round}"), total, payload)
+                        .await;
+                s = s2;
+                r = r2;
+                runs.push(run);
+            }
+            out.insert(format!("{payload}B"), median(&runs));
+        }
+        serde_json::Value::Object(out)
+    })
 }
 
 // ---------------------------------------------------------------- bare chain

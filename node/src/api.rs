@@ -113,6 +113,9 @@ pub struct Counters {
     pub failed_outgoing: u64,
     /// Ring streams closed for bad input.
     pub bad_streams: u64,
+    /// Stanzas for ring JIDs handled here as their responsible node.
+    #[serde(default)]
+    pub stanzas_handled: u64,
 }
 
 /// `GET /trace?jid=...`.

@@ -78,6 +78,7 @@ impl Exporter {
         counter!("xmpp_ring_connections_failed_total", "direction" => "outgoing")
             .absolute(c.failed_outgoing);
         counter!("xmpp_ring_bad_streams_total").absolute(c.bad_streams);
+        counter!("xmpp_ring_stanzas_handled_total").absolute(c.stanzas_handled);
         gauge!("xmpp_ring_connections").set(connections as f64);
         gauge!("xmpp_ring_routing_table_contacts").set(node.table().len() as f64);
         gauge!("xmpp_ring_queue_pending_envelopes").set(node.pending() as f64);
@@ -130,5 +131,6 @@ pub(crate) fn counters(s: &Stats, net: &Counters) -> Counters {
         refused_incoming: net.refused_incoming,
         failed_outgoing: net.failed_outgoing,
         bad_streams: net.bad_streams,
+        stanzas_handled: net.stanzas_handled,
     }
 }

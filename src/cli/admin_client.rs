@@ -95,6 +95,7 @@ pub fn status(args: &StatusArgs) -> Result<String, CliError> {
         "network   ack timeouts {} refused incoming {} failed outgoing {} bad streams {}",
         c.ack_timeouts, c.refused_incoming, c.failed_outgoing, c.bad_streams
     );
+    let _ = writeln!(s, "stanzas   handled here {}", c.stanzas_handled);
     Ok(s)
 }
 

@@ -114,10 +114,12 @@ impl XmppClient {
     }
 
     pub async fn send(&mut self, el: Element) {
-        self.writer
-            .write_all(element_to_string(&el).as_bytes())
-            .await
-            .expect("send");
+        self.send_raw(&element_to_string(&el)).await;
+    }
+
+    /// Writes already serialised stanzas (benchmarks batch many per write).
+    pub async fn send_raw(&mut self, xml: &str) {
+        self.writer.write_all(xml.as_bytes()).await.expect("send");
         self.writer.flush().await.expect("flush");
     }
 

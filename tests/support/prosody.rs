@@ -179,6 +179,11 @@ admins = {{ "admin@{domain}" }}
         format!("{b}\n{a}")
     }
 
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config
     }

@@ -49,7 +49,10 @@ pub struct EdgeConfig {
     pub handshake_timeout: Duration,
     /// Inbound connections at once.
     pub max_inbound: usize,
-    /// Stanzas queued per remote domain while its stream connects.
+    /// Stanzas queued per remote domain, while its stream connects or while
+    /// the peer reads slower than the ring sends. Past it a stanza bounces
+    /// with `resource-constraint` (an error stanza, which is never
+    /// answered, is dropped); both count in `stanzas_bounced`.
     pub outbound_queue: usize,
 }
 
@@ -74,7 +77,7 @@ impl EdgeConfig {
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
             max_inbound: 1024,
-            outbound_queue: 4096,
+            outbound_queue: 16_384,
         }
     }
 }

@@ -70,11 +70,9 @@ pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Opt
         ncname("type"),
         "error".to_string(),
     );
-    // RFC 6120 §8.3.1: the error may include the original payload; we keep
-    // it (it helps the sender match the error to what it sent).
-    for child in stanza.children() {
-        reply.append_child(child.clone());
-    }
+    // RFC 6120 §8.3.1 allows including the original payload. Like Prosody
+    // we leave it out: the id matches the error to what was sent, and an
+    // error never costs the return path more than the stanza it answers.
     let mut error = Element::bare("error", NS_CLIENT);
     error.set_attr(
         xmpp_parsers::minidom::rxml::Namespace::NONE,
@@ -132,6 +130,11 @@ mod tests {
         assert_eq!(e.attr("to"), Some("a@x/r"));
         assert_eq!(e.attr("id"), Some("7"));
         assert_eq!(e.attr("type"), Some("error"));
+        assert!(
+            e.get_child("body", NS_CLIENT).is_none(),
+            "no original payload"
+        );
+        assert_eq!(e.children().count(), 1);
         let err = e.get_child("error", NS_CLIENT).unwrap();
         assert_eq!(err.attr("type"), Some("cancel"));
         assert!(err.get_child("service-unavailable", NS_STANZAS).is_some());

@@ -123,6 +123,7 @@ impl Core {
         tracing::debug!(kind = ?env.kind, to = stanza::to(&st), hops = env.hops, "stanza delivered here");
         match env.kind {
             EnvelopeKind::Stanza => {
+                self.net.stanzas_handled += 1;
                 for reply in services::handle(&st, &self.settings.domains) {
                     self.send_stanza(now, reply);
                 }

@@ -3,7 +3,7 @@
 //! loopback by default (see [`crate::config`]) and only ever talks to the
 //! core task through its inbox.
 
-use crate::api::{LoadReport, StatusReport, TraceReport};
+use crate::api::{LoadReport, RecordReport, StatusReport, TraceReport};
 use crate::runtime::{Command, Input, LoadSpec};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -134,6 +134,72 @@ async fn send(State(s): State<AppState>, Query(q): Query<SendQuery>) -> Response
     }
 }
 
+#[derive(Deserialize)]
+struct RecordQuery {
+    op: String,
+    name: String,
+    value: Option<String>,
+    /// `get` only: this node's own copy, without asking the ring.
+    #[serde(default)]
+    local: bool,
+}
+
+/// `GET /record?op=put|get|delete&name=N[&value=V][&local=true]`: the
+/// record store.
+async fn record(State(s): State<AppState>, Query(q): Query<RecordQuery>) -> Response {
+    use crate::records::RecordOp;
+    let op = match (q.op.as_str(), q.value) {
+        ("put", Some(v)) => RecordOp::Put {
+            name: q.name,
+            value: v.into_bytes(),
+        },
+        ("put", None) => return error(StatusCode::BAD_REQUEST, "put needs a value"),
+        ("get", None) => RecordOp::Get { name: q.name },
+        ("delete", None) => RecordOp::Delete { name: q.name },
+        ("get" | "delete", Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "only put takes a value");
+        }
+        _ => return error(StatusCode::BAD_REQUEST, "op must be put, get or delete"),
+    };
+    if q.local && !matches!(op, RecordOp::Get { .. }) {
+        return error(StatusCode::BAD_REQUEST, "local=true is for get only");
+    }
+    let local = q.local;
+    match ask::<RecordReport>(&s.inbox, |reply| Command::Record { op, local, reply }).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e,
+    }
+}
+
+/// `POST /record?op=put&name=N` with the value as the body (values of any
+/// size up to the record limit, and any bytes).
+async fn record_put(
+    State(s): State<AppState>,
+    Query(q): Query<RecordQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    if q.op != "put" || q.value.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "POST /record takes op=put and the value as the body",
+        );
+    }
+    let op = crate::records::RecordOp::Put {
+        name: q.name,
+        value: body.to_vec(),
+    };
+    match ask::<RecordReport>(&s.inbox, |reply| Command::Record {
+        op,
+        local: false,
+        reply,
+    })
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e,
+    }
+}
+
 /// Serves until `shutdown` resolves.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
@@ -147,6 +213,7 @@ pub(crate) async fn serve(
         .route("/trace", get(trace))
         .route("/load", get(load))
         .route("/send", get(send))
+        .route("/record", get(record).post(record_put))
         .with_state(AppState { inbox, metrics });
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

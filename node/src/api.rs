@@ -39,6 +39,53 @@ pub struct StatusReport {
     pub edge: Option<EdgeReport>,
     /// Edges this node knows (it can send to remote domains through them).
     pub edges_known: usize,
+    /// The record store on this node.
+    #[serde(default)]
+    pub records: RecordsReport,
+}
+
+/// The record store on one node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordsReport {
+    /// Records held (tombstones of deleted ones included).
+    pub count: usize,
+    /// Bytes held (names and values).
+    pub bytes: u64,
+    /// The node's limit.
+    pub max_bytes: u64,
+    /// Copies kept of each record.
+    pub replicas: usize,
+    /// Client requests started here.
+    pub requests: u64,
+    /// Requests this node answered as coordinator.
+    pub coordinated: u64,
+    /// Replica copies received.
+    pub replicas_in: u64,
+    /// Replica copies pushed.
+    pub replicas_out: u64,
+    /// Writes refused (limits, storage).
+    pub refused: u64,
+}
+
+/// `GET /record?op=put|get|delete&name=N[&value=V]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordReport {
+    /// `put`, `get` or `delete`.
+    pub op: String,
+    /// The record's name.
+    pub name: String,
+    /// Whether the ring answered (a missing record is still `ok`).
+    pub ok: bool,
+    /// Whether the record exists (after a put: true).
+    pub found: bool,
+    /// Its version.
+    pub version: Option<u64>,
+    /// Its value (get), as UTF-8 (invalid sequences replaced).
+    pub value: Option<String>,
+    /// Copies pushed besides the coordinator's (put, delete).
+    pub replicas: Option<usize>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// The s2s side of an edge node.

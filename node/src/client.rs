@@ -29,16 +29,49 @@ pub fn get_json<T: serde::de::DeserializeOwned>(
     path_and_query: &str,
     timeout: Duration,
 ) -> Result<T, ClientError> {
-    let url = format!("{}{}", base_url(admin), path_and_query);
+    request_json(admin, path_and_query, None, timeout)
+}
+
+/// POSTs `body` to `path_and_query` and parses the JSON answer.
+pub fn post_json<T: serde::de::DeserializeOwned>(
+    admin: &str,
+    path_and_query: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<T, ClientError> {
+    request_json(admin, path_and_query, Some(body), timeout)
+}
+
+/// A URL shortened for error messages (queries can carry long values).
+fn shown(url: &str) -> String {
+    if url.len() <= 120 {
+        return url.to_string();
+    }
+    let mut end = 120;
+    while !url.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &url[..end])
+}
+
+fn request_json<T: serde::de::DeserializeOwned>(
+    admin: &str,
+    path_and_query: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<T, ClientError> {
+    let full = format!("{}{}", base_url(admin), path_and_query);
+    let url = shown(&full);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         .build()
         .into();
-    let mut resp = agent
-        .get(&url)
-        .call()
-        .map_err(|e| ClientError::Failed(format!("{url}: {e}")))?;
+    let sent = match body {
+        None => agent.get(&full).call(),
+        Some(b) => agent.post(&full).send(b),
+    };
+    let mut resp = sent.map_err(|e| ClientError::Failed(format!("{url}: {e}")))?;
     let status = resp.status();
     let body = resp
         .body_mut()

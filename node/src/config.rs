@@ -84,6 +84,12 @@ pub struct RawConfig {
     pub s2s_idle_timeout_s: Option<u64>,
     /// Edge: largest stanza accepted, bytes.
     pub max_stanza_bytes: Option<usize>,
+    /// Copies of each record (the coordinator's included).
+    pub record_replicas: Option<usize>,
+    /// Largest record value, bytes.
+    pub record_max_bytes: Option<usize>,
+    /// Most bytes of records one node stores.
+    pub record_store_max_bytes: Option<u64>,
 }
 
 impl RawConfig {
@@ -121,6 +127,9 @@ impl RawConfig {
             max_connections: over.max_connections.or(self.max_connections),
             allow_peers: over.allow_peers.or(self.allow_peers),
             threads: over.threads.or(self.threads),
+            record_replicas: over.record_replicas.or(self.record_replicas),
+            record_max_bytes: over.record_max_bytes.or(self.record_max_bytes),
+            record_store_max_bytes: over.record_store_max_bytes.or(self.record_store_max_bytes),
             receipt_timeout_ms: over.receipt_timeout_ms.or(self.receipt_timeout_ms),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
@@ -308,6 +317,33 @@ impl RawConfig {
         if !(1..=64).contains(&threads) {
             return Err(err("threads", format!("must be 1..=64, got {threads}")));
         }
+        let record_replicas = self.record_replicas.unwrap_or(3);
+        if !(1..=16).contains(&record_replicas) {
+            return Err(err(
+                "record_replicas",
+                format!("must be 1..=16, got {record_replicas}"),
+            ));
+        }
+        let defaults = crate::records::StoreLimits::default();
+        let max_record_bytes = self.record_max_bytes.unwrap_or(defaults.max_record_bytes);
+        // A record and its request must fit in one envelope.
+        if !(1..=512 * 1024).contains(&max_record_bytes) {
+            return Err(err(
+                "record_max_bytes",
+                format!("must be 1..=524288, got {max_record_bytes}"),
+            ));
+        }
+        let max_store_bytes = self
+            .record_store_max_bytes
+            .unwrap_or(defaults.max_store_bytes);
+        if max_store_bytes < max_record_bytes as u64 {
+            return Err(err(
+                "record_store_max_bytes",
+                format!(
+                    "must be at least record_max_bytes ({max_record_bytes}), got {max_store_bytes}"
+                ),
+            ));
+        }
         Ok(NodeSettings {
             listen,
             bootstrap,
@@ -323,6 +359,13 @@ impl RawConfig {
             max_connections,
             allow_peers,
             threads,
+            records: RecordSettings {
+                replicas: record_replicas,
+                limits: crate::records::StoreLimits {
+                    max_record_bytes,
+                    max_store_bytes,
+                },
+            },
             edge: EdgeSettings {
                 tls_cert: self.tls_cert,
                 tls_key: self.tls_key,
@@ -369,8 +412,19 @@ pub struct NodeSettings {
     pub allow_peers: Option<Vec<PeerId>>,
     /// Runtime worker threads.
     pub threads: usize,
+    /// Record-store settings.
+    pub records: RecordSettings,
     /// s2s settings (used when the role is `edge`).
     pub edge: EdgeSettings,
+}
+
+/// Validated record-store settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordSettings {
+    /// Copies of each record.
+    pub replicas: usize,
+    /// Size limits of this node's store.
+    pub limits: crate::records::StoreLimits,
 }
 
 /// Validated s2s settings of an edge.
@@ -570,6 +624,28 @@ mod tests {
                     ..b()
                 },
                 "threads",
+            ),
+            (
+                RawConfig {
+                    record_replicas: Some(0),
+                    ..b()
+                },
+                "record_replicas",
+            ),
+            (
+                RawConfig {
+                    record_max_bytes: Some(1 << 30),
+                    ..b()
+                },
+                "record_max_bytes",
+            ),
+            (
+                RawConfig {
+                    record_max_bytes: Some(1000),
+                    record_store_max_bytes: Some(10),
+                    ..b()
+                },
+                "record_store_max_bytes",
             ),
             (
                 RawConfig {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod psk;
+pub mod records;
 pub mod runtime;
 // The derive generates an undocumented event enum.
 #[allow(missing_docs)]

@@ -8,7 +8,7 @@
 //! histograms, whose bucket bounds match.
 
 use crate::addr::PeerAddr;
-use crate::api::Counters;
+use crate::api::{Counters, RecordsReport};
 use dht::RingNode;
 use dht::node::{Histogram, Stats};
 use metrics::{counter, gauge, histogram};
@@ -55,12 +55,20 @@ impl Exporter {
     pub(crate) fn update(
         &mut self,
         node: &RingNode<PeerAddr>,
+        records: &RecordsReport,
         net: &Counters,
         connections: usize,
         inbox_depth: usize,
     ) {
         let s = node.stats();
         let c = counters(s, net);
+        gauge!("xmpp_ring_records").set(records.count as f64);
+        gauge!("xmpp_ring_record_bytes").set(records.bytes as f64);
+        counter!("xmpp_ring_record_requests_total").absolute(records.requests);
+        counter!("xmpp_ring_record_coordinated_total").absolute(records.coordinated);
+        counter!("xmpp_ring_record_replicas_in_total").absolute(records.replicas_in);
+        counter!("xmpp_ring_record_replicas_out_total").absolute(records.replicas_out);
+        counter!("xmpp_ring_record_refused_total").absolute(records.refused);
         counter!("xmpp_ring_envelopes_routed_total").absolute(c.routed);
         counter!("xmpp_ring_envelopes_delivered_total").absolute(c.delivered);
         counter!("xmpp_ring_envelopes_forwarded_total").absolute(c.forwarded);

@@ -96,6 +96,19 @@ pub fn status(args: &StatusArgs) -> Result<String, CliError> {
         c.ack_timeouts, c.refused_incoming, c.failed_outgoing, c.bad_streams
     );
     let _ = writeln!(s, "stanzas   handled here {}", c.stanzas_handled);
+    let rec = &r.records;
+    let _ = writeln!(
+        s,
+        "records   {} held, {} of {} bytes, {} copies each; {} coordinated, {} copies in, {} out, {} refused",
+        rec.count,
+        rec.bytes,
+        rec.max_bytes,
+        rec.replicas,
+        rec.coordinated,
+        rec.replicas_in,
+        rec.replicas_out,
+        rec.refused
+    );
     Ok(s)
 }
 

@@ -4,6 +4,7 @@ pub mod admin_client;
 pub mod local;
 pub mod node_cmd;
 pub mod psk;
+pub mod record;
 pub mod simulate;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -69,6 +70,9 @@ pub enum Command {
     /// Manage the ring's pre-shared key.
     #[command(subcommand)]
     Psk(psk::PskCommand),
+    /// Put, get or delete a record of the ring's replicated record store.
+    #[command(subcommand)]
+    Record(record::RecordCommand),
 }
 
 /// Runs the parsed command; the output for stdout, or an error.
@@ -80,6 +84,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
         Command::Status(a) => admin_client::status(&a),
         Command::Trace(a) => admin_client::trace(&a),
         Command::Psk(c) => psk::run(&c),
+        Command::Record(c) => record::run(&c),
     }
 }
 

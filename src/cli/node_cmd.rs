@@ -87,6 +87,15 @@ pub struct NodeArgs {
     /// Edge: largest stanza accepted, bytes [default: 524288].
     #[arg(long)]
     pub max_stanza_bytes: Option<usize>,
+    /// Copies of each record, the coordinator's included [default: 3].
+    #[arg(long)]
+    pub record_replicas: Option<usize>,
+    /// Largest record value, bytes [default: 65536].
+    #[arg(long)]
+    pub record_max_bytes: Option<usize>,
+    /// Most bytes of records this node stores [default: 268435456].
+    #[arg(long)]
+    pub record_store_max_bytes: Option<u64>,
 }
 
 impl NodeArgs {
@@ -108,6 +117,9 @@ impl NodeArgs {
             max_connections: self.max_connections,
             allow_peers: list(&self.allow_peer),
             threads: self.threads,
+            record_replicas: self.record_replicas,
+            record_max_bytes: self.record_max_bytes,
+            record_store_max_bytes: self.record_store_max_bytes,
             receipt_timeout_ms: self.receipt_timeout_ms,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

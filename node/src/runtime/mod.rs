@@ -81,6 +81,13 @@ pub(crate) enum Command {
         spec: LoadSpec,
         reply: oneshot::Sender<Result<LoadReport, String>>,
     },
+    /// A record-store request.
+    Record {
+        op: crate::records::RecordOp,
+        /// Only this node's own copy (gets), without routing.
+        local: bool,
+        reply: oneshot::Sender<crate::api::RecordReport>,
+    },
     /// Sends a stanza from the ring (operators and tests).
     Send {
         stanza: xmpp_parsers::minidom::Element,
@@ -110,6 +117,9 @@ pub struct Ready {
     /// Role.
     pub role: String,
 }
+
+/// Name of the record store's database in the data directory.
+pub const RECORDS_FILE: &str = "records.redb";
 
 /// Name of the readiness file in the data directory.
 pub const READY_FILE: &str = "ready.json";
@@ -216,6 +226,11 @@ pub async fn run(
     })?;
     on_ready(&ready);
 
+    let store = crate::records::RecordStore::open(
+        &settings.data_dir.join(RECORDS_FILE),
+        settings.records.limits,
+    )?;
+    let records = core::Records::new(store, settings.records.replicas, Instant::now());
     let core = core::Core::new(
         settings.clone(),
         me,
@@ -224,6 +239,7 @@ pub async fn run(
         inbox_tx.clone(),
         swarm_tx,
         edge,
+        records,
         Instant::now(),
     );
     drop(inbox_tx);

@@ -7,7 +7,10 @@
 //! transmits of a turn are framed into one buffer per neighbour and handed
 //! to its writer as a single write.
 
+mod records;
 mod stanzas;
+
+pub(crate) use records::Records;
 
 use super::links::{self, push_frame};
 use super::load::LoadRun;
@@ -79,6 +82,8 @@ pub(crate) struct Core {
     /// When an edge tells its contacts about itself (after its join's
     /// bucket refreshes have filled the table).
     announce_at: Option<Instant>,
+    /// This node's part of the record store.
+    records: Records,
 }
 
 impl Core {
@@ -91,6 +96,7 @@ impl Core {
         inbox_tx: mpsc::Sender<Input>,
         swarm_tx: mpsc::UnboundedSender<SwarmCmd>,
         edge: Option<xmpp_edge::EdgeHandle>,
+        records: Records,
         now: Instant,
     ) -> Self {
         let unix_us = SystemTime::now()
@@ -122,6 +128,7 @@ impl Core {
             metrics: metrics::Exporter::default(),
             edge,
             announce_at: None,
+            records,
         };
         core.rebuild_hello();
         core
@@ -193,6 +200,7 @@ impl Core {
             self.announce_at,
             Some(self.next_metrics),
             self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min(),
+            Some(self.records.next_deadline()),
         ]
         .into_iter()
         .flatten()
@@ -228,10 +236,12 @@ impl Core {
                 ));
             }
         }
+        self.on_record_timers(now);
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_EVERY;
             self.metrics.update(
                 &self.node,
+                &self.records.report(),
                 &self.net,
                 self.connected.len(),
                 self.inbox_tx.max_capacity() - self.inbox_tx.capacity(),
@@ -349,6 +359,7 @@ impl Core {
                 run.pump(&mut self.node, now);
                 self.load = Some(run);
             }
+            Command::Record { op, local, reply } => self.record_request(now, op, local, reply),
             Command::Send { stanza, reply } => {
                 let from_ours = stanza
                     .attr("from")
@@ -523,6 +534,7 @@ impl Core {
                 .as_ref()
                 .map(|e| edge_report(e.local_addr(), e.stats())),
             edges_known: self.known_edges(None).len(),
+            records: self.records.report(),
         }
     }
 

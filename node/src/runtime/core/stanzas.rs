@@ -114,6 +114,9 @@ impl Core {
 
     /// An envelope for which this node is responsible.
     pub(super) fn on_delivered(&mut self, now: Instant, env: Envelope) {
+        if env.kind == EnvelopeKind::Record {
+            return self.on_record_envelope(now, env);
+        }
         let Some(st) = stanza::parse(&env.payload) else {
             if matches!(env.kind, EnvelopeKind::Stanza | EnvelopeKind::Service(_)) {
                 tracing::warn!(kind = ?env.kind, "undecodable stanza in an envelope");
@@ -147,6 +150,9 @@ impl Core {
 
     /// An envelope this node sent came back.
     pub(super) fn on_bounced(&mut self, now: Instant, reason: BounceReason, env: Envelope) {
+        if env.kind == EnvelopeKind::Record {
+            return self.on_record_bounced(reason, &env);
+        }
         if !matches!(env.kind, EnvelopeKind::Stanza | EnvelopeKind::Service(_)) {
             return;
         }

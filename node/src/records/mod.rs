@@ -1,0 +1,241 @@
+//! The replicated record store: named values kept on the `r` nodes closest
+//! to each name's key (`SHA-256("record\0" || name)`, DESIGN.md).
+//!
+//! How a request travels: the node where it starts routes a
+//! [`RecordMsg::Request`] to the name's key; the responsible node (the
+//! *coordinator*) answers from its own copy, or for a write gives the
+//! record the next version, stores it and pushes [`RecordMsg::Replicate`]
+//! to the `r - 1` other nodes closest to the key that it knows. The answer
+//! travels back as a [`RecordMsg::Reply`] routed to the requesting node's
+//! id. Each node also re-checks, a batch at a time, which nodes should
+//! hold its records and pushes a copy to any that changed (joins, crashes),
+//! so `r` copies exist again after membership changes. Conflicting copies
+//! resolve by [`Record::supersedes`], the same on every node.
+
+mod store;
+
+pub use store::{RecordStore, StoreError, StoreLimits};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One copy of a record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Increases with every write.
+    pub version: u64,
+    /// A tombstone: the record was deleted at this version.
+    pub deleted: bool,
+    /// The value (empty for tombstones).
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+    /// The write that made this version: the requesting node's id and its
+    /// request number. A retried or duplicated request finds its own write
+    /// here and does not make another version.
+    pub write: Option<WriteId>,
+}
+
+/// Who asked for a write: (requesting node id, request number).
+pub type WriteId = ([u8; 32], u64);
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ 1024 * 1024 }>()
+}
+
+impl Record {
+    /// The deterministic order of copies: higher version first; at equal
+    /// versions a tombstone, then the larger SHA-256 of the value.
+    pub fn supersedes(&self, other: &Record) -> bool {
+        self.rank() > other.rank()
+    }
+
+    fn rank(&self) -> (u64, bool, [u8; 32]) {
+        (
+            self.version,
+            self.deleted,
+            Sha256::digest(&self.value).into(),
+        )
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, config()).unwrap_or_default()
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Record> {
+        bincode::serde::decode_from_slice(bytes, config())
+            .ok()
+            .map(|(r, _)| r)
+    }
+}
+
+/// An operation a client asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordOp {
+    /// Write a value.
+    Put {
+        /// Record name.
+        name: String,
+        /// Value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// Read.
+    Get {
+        /// Record name.
+        name: String,
+    },
+    /// Delete (writes a tombstone).
+    Delete {
+        /// Record name.
+        name: String,
+    },
+}
+
+impl RecordOp {
+    /// The record's name.
+    pub fn name(&self) -> &str {
+        match self {
+            RecordOp::Put { name, .. } | RecordOp::Get { name } | RecordOp::Delete { name } => name,
+        }
+    }
+}
+
+/// What the coordinator answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordOutcome {
+    /// Written (put or delete) with this version, and pushed to this many
+    /// other replicas.
+    Written {
+        /// New version.
+        version: u64,
+        /// Copies pushed besides the coordinator's own.
+        replicas: usize,
+    },
+    /// The current value.
+    Found {
+        /// Its version.
+        version: u64,
+        /// The value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// No such record (or it was deleted).
+    NotFound,
+    /// Refused, with a readable reason (limits, storage).
+    Refused(String),
+}
+
+/// Record-store messages, carried as `Record` envelopes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordMsg {
+    /// A client's request, routed to the name's key.
+    Request {
+        /// Matches the reply.
+        req: u64,
+        /// The requesting node's id, where the reply goes.
+        origin: [u8; 32],
+        /// What to do.
+        op: RecordOp,
+    },
+    /// A copy for a replica, routed to that replica's id.
+    Replicate {
+        /// Record name.
+        name: String,
+        /// The copy.
+        record: Record,
+    },
+    /// The coordinator's answer.
+    Reply {
+        /// The request's id.
+        req: u64,
+        /// The outcome.
+        outcome: RecordOutcome,
+    },
+}
+
+impl RecordMsg {
+    /// Encodes for an envelope payload.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, config()).unwrap_or_default()
+    }
+
+    /// Decodes an envelope payload; malformed or oversized input is `None`.
+    pub fn decode(bytes: &[u8]) -> Option<RecordMsg> {
+        bincode::serde::decode_from_slice(bytes, config())
+            .ok()
+            .map(|(m, _)| m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn messages_round_trip() {
+        let msgs = [
+            RecordMsg::Request {
+                req: 7,
+                origin: [3; 32],
+                op: RecordOp::Put {
+                    name: "n".into(),
+                    value: b"v".to_vec(),
+                },
+            },
+            RecordMsg::Replicate {
+                name: "n".into(),
+                record: Record {
+                    version: 2,
+                    deleted: true,
+                    value: vec![],
+                    write: Some(([1; 32], 4)),
+                },
+            },
+            RecordMsg::Reply {
+                req: 9,
+                outcome: RecordOutcome::Refused("full".into()),
+            },
+        ];
+        for m in msgs {
+            assert_eq!(RecordMsg::decode(&m.encode()), Some(m));
+        }
+    }
+
+    #[test]
+    fn truncated_messages_are_rejected() {
+        let m = RecordMsg::Reply {
+            req: 1,
+            outcome: RecordOutcome::Found {
+                version: 1,
+                value: b"hello".to_vec(),
+            },
+        };
+        let b = m.encode();
+        for cut in 0..b.len() {
+            assert_eq!(RecordMsg::decode(&b[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = RecordMsg::decode(&b);
+            let _ = Record::decode(&b);
+        }
+
+        #[test]
+        fn supersedes_is_a_strict_total_order(
+            v1 in 0u64..4, v2 in 0u64..4, d1: bool, d2: bool,
+            a in proptest::collection::vec(any::<u8>(), 0..4),
+            b in proptest::collection::vec(any::<u8>(), 0..4),
+        ) {
+            let x = Record { version: v1, deleted: d1, value: a, write: None };
+            let y = Record { version: v2, deleted: d2, value: b, write: None };
+            prop_assert!(!(x.supersedes(&y) && y.supersedes(&x)));
+            if x != y {
+                prop_assert!(x.supersedes(&y) || y.supersedes(&x));
+            }
+        }
+    }
+}

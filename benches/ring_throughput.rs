@@ -232,7 +232,7 @@ fn cpu_of_cluster(c: &Cluster) -> f64 {
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
-    common::federation::cpu_us(pid) as f64 / 1e6
+    node::cluster::cpu_us(pid) as f64 / 1e6
 }
 
 // ------------------------------------------------- Prosody s2s yardstick

@@ -16,7 +16,7 @@ use crate::support::prosody::{Prosody, ProsodyOptions, free_port};
 use crate::support::{EdgeArgs, ring};
 use node::api::StatusReport;
 use node::client::get_json;
-use node::cluster::Cluster;
+use node::cluster::{Cluster, cpu_us};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -98,20 +98,6 @@ pub fn world(ring_apps: usize) -> World {
         _dns: dns,
         _dir: dir,
     }
-}
-
-/// User and system CPU of a process so far, in µs.
-pub fn cpu_us(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line, in clock ticks (100 Hz).
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    ticks * 10_000
 }
 
 fn my_pid() -> u32 {

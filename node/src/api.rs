@@ -86,6 +86,12 @@ pub struct RecordReport {
     pub replicas: Option<usize>,
     /// Why it failed.
     pub error: Option<String>,
+    /// Hops the (answered) request took to the record's coordinator.
+    #[serde(default)]
+    pub hops: Option<u8>,
+    /// Times the request was sent (retries after a lost answer).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 /// The s2s side of an edge node.

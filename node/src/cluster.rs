@@ -244,3 +244,20 @@ pub fn wait_ready(dir: &Path, child: &mut Child, timeout: Duration) -> Result<Re
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// User and system CPU a process has used so far, in µs (from
+/// `/proc/PID/stat`; 0 when it cannot be read). Benchmarks report it beside
+/// their rates.
+pub fn cpu_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name is parenthesised and may hold spaces; utime and
+    // stime are the 14th and 15th fields of the line, in clock ticks
+    // (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    ticks * 10_000
+}

@@ -148,6 +148,8 @@ pub enum RecordMsg {
     Reply {
         /// The request's id.
         req: u64,
+        /// Hops the request took to the coordinator.
+        hops: u8,
         /// The outcome.
         outcome: RecordOutcome,
     },
@@ -194,6 +196,7 @@ mod tests {
             },
             RecordMsg::Reply {
                 req: 9,
+                hops: 2,
                 outcome: RecordOutcome::Refused("full".into()),
             },
         ];
@@ -206,6 +209,7 @@ mod tests {
     fn truncated_messages_are_rejected() {
         let m = RecordMsg::Reply {
             req: 1,
+            hops: 3,
             outcome: RecordOutcome::Found {
                 version: 1,
                 value: b"hello".to_vec(),

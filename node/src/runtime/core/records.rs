@@ -267,9 +267,13 @@ impl Core {
                 let outcome = self.coordinate(now, &op, (origin, req));
                 let origin = Key::from_bytes(origin);
                 if origin == self.node.id() {
-                    self.on_record_reply(req, outcome);
+                    self.on_record_reply(req, env.hops, outcome);
                 } else {
-                    let reply = RecordMsg::Reply { req, outcome };
+                    let reply = RecordMsg::Reply {
+                        req,
+                        hops: env.hops,
+                        outcome,
+                    };
                     if let Err(e) = self.node.route(
                         now,
                         origin,
@@ -297,18 +301,21 @@ impl Core {
                     tracing::warn!(%name, "replica refused: {e}");
                 }
             },
-            RecordMsg::Reply { req, outcome } => self.on_record_reply(req, outcome),
+            RecordMsg::Reply { req, hops, outcome } => self.on_record_reply(req, hops, outcome),
         }
     }
 
-    fn on_record_reply(&mut self, req: u64, outcome: RecordOutcome) {
+    fn on_record_reply(&mut self, req: u64, hops: u8, outcome: RecordOutcome) {
         tracing::debug!(
             req,
             pending = self.records.pending.contains_key(&req),
             "record reply"
         );
         if let Some(p) = self.records.pending.remove(&req) {
-            let _ = p.reply.send(report(&p.op, Ok(outcome)));
+            let mut r = report(&p.op, Ok(outcome));
+            r.hops = Some(hops);
+            r.attempts = p.attempts;
+            let _ = p.reply.send(r);
         }
     }
 

@@ -303,19 +303,39 @@ async fn two_edges_verify_each_others_dialback_keys() {
     // domain with the other edge, which must confirm a key it did not issue.
     ring_send(&ring, 0, "bot@ring.test", "alice@a.test", "one");
     ring_send(&ring, 0, "bot@ring2.test", "alice@a.test", "two");
-    for body in ["one", "two"] {
+    // The two travel over different s2s streams, so either may come first:
+    // wait for both in one pass (a second `recv` would discard the other).
+    let mut waiting = vec!["one", "two"];
+    while !waiting.is_empty() {
         let m = alice
             .recv(W, |e| {
                 e.name() == "message"
                     && e.get_child("body", "jabber:client")
-                        .is_some_and(|b| b.text() == body)
+                        .is_some_and(|b| waiting.contains(&b.text().as_str()))
             })
             .await
-            .unwrap_or_else(|| panic!("message {body} not delivered\n{}", prosody.log()));
+            .unwrap_or_else(|| {
+                let edges: String = (2..4)
+                    .map(|i| {
+                        let log = std::fs::read_to_string(ring.nodes[i].dir.join("node.log"))
+                            .unwrap_or_default();
+                        format!("--- edge node {i}:\n{log}")
+                    })
+                    .collect();
+                panic!(
+                    "messages {waiting:?} not delivered\n{}\n{edges}",
+                    prosody.log()
+                )
+            });
         assert_eq!(
             m.attr("to").map(|t| t.starts_with("alice@a.test")),
             Some(true)
         );
+        let body = m
+            .get_child("body", "jabber:client")
+            .map(|b| b.text())
+            .unwrap_or_default();
+        waiting.retain(|w| *w != body);
     }
     let (e1, e2) = (
         status(&ring, 2).edge.expect("edge 1"),

@@ -332,3 +332,77 @@ fn record_limits_and_bad_requests_get_clear_errors() {
     let m = node::client::get_text(c.admin(0), "/metrics", T).expect("metrics");
     assert!(m.contains("xmpp_ring_records "), "{m}");
 }
+
+#[test]
+fn a_node_that_becomes_responsible_fetches_before_it_answers() {
+    // Re-replication sweeps every ten minutes here, so only the fetch can
+    // give the newcomer the record in time.
+    let common = || {
+        let mut a = common();
+        a.extend(["--record-sweep-ms".to_string(), "600000".to_string()]);
+        a
+    };
+    let mut c = Cluster::new(Path::new(EXE)).expect("cluster");
+    c.spawn(&common()).expect("bootstrap");
+    let boot = c.addr(0);
+    for _ in 1..4 {
+        let mut a = common();
+        a.extend(["--bootstrap".to_string(), boot.clone()]);
+        c.spawn(&a).expect("node");
+    }
+    let _logs = LogsOnFailure::of(&c);
+    wait_joined(&c, &[0, 1, 2, 3]);
+    assert_eq!(put(&c, 1, "moving", "v1").version, Some(1));
+    assert_eq!(put(&c, 2, "moving", "v2").version, Some(2));
+
+    // A newcomer whose id is closer to the record's key than every node's:
+    // from its join on, it is the record's coordinator, and it holds no copy.
+    let key = dht::keys::record_key("moving");
+    let closest_now = (0..4)
+        .map(|i| {
+            dht::Key::from_hex(&c.nodes[i].ready.node_id)
+                .expect("id")
+                .distance(&key)
+        })
+        .min()
+        .expect("nodes");
+    let kp = loop {
+        let kp = libp2p::identity::Keypair::generate_ed25519();
+        if node::addr::node_id(&kp.public().to_peer_id()).distance(&key) < closest_now {
+            break kp;
+        }
+    };
+    let mut a = common();
+    a.extend(["--bootstrap".to_string(), boot.clone()]);
+    let newcomer = c.add(&a).expect("add");
+    node::identity::write_key(&c.nodes[newcomer].dir.join(node::identity::KEY_FILE), &kp)
+        .expect("key");
+    c.start(newcomer).expect("start");
+    let _logs2 = LogsOnFailure::of(&c);
+    let start = Instant::now();
+    while !get_json::<StatusReport>(c.admin(newcomer), "/status", T).is_ok_and(|s| s.joined) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "newcomer does not join"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A write through the newcomer (which coordinates it itself) gets the
+    // next version, not a fresh version 1 that the replicas' version 2
+    // would silently beat; reads anywhere see it.
+    let rep = put(&c, newcomer, "moving", "v3");
+    assert!(rep.ok, "{rep:?}");
+    assert_eq!(rep.hops, Some(0), "the newcomer is the coordinator");
+    assert_eq!(rep.version, Some(3), "{rep:?}");
+    let g = get(&c, 3, "moving");
+    assert_eq!(g.value.as_deref(), Some("v3"), "{g:?}");
+    assert_eq!(g.version, Some(3));
+    let local: RecordReport = get_json(
+        c.admin(newcomer),
+        "/record?op=get&local=true&name=moving",
+        T,
+    )
+    .expect("local get");
+    assert_eq!(local.version, Some(3), "the newcomer coordinated the write");
+}

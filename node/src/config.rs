@@ -90,6 +90,9 @@ pub struct RawConfig {
     pub record_max_bytes: Option<usize>,
     /// Most bytes of records one node stores.
     pub record_store_max_bytes: Option<u64>,
+    /// How often a batch of records is checked for changed replica sets,
+    /// in milliseconds.
+    pub record_sweep_ms: Option<u64>,
 }
 
 impl RawConfig {
@@ -130,6 +133,7 @@ impl RawConfig {
             record_replicas: over.record_replicas.or(self.record_replicas),
             record_max_bytes: over.record_max_bytes.or(self.record_max_bytes),
             record_store_max_bytes: over.record_store_max_bytes.or(self.record_store_max_bytes),
+            record_sweep_ms: over.record_sweep_ms.or(self.record_sweep_ms),
             receipt_timeout_ms: over.receipt_timeout_ms.or(self.receipt_timeout_ms),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
@@ -344,6 +348,13 @@ impl RawConfig {
                 ),
             ));
         }
+        let record_sweep_ms = self.record_sweep_ms.unwrap_or(1000);
+        if !(10..=3_600_000).contains(&record_sweep_ms) {
+            return Err(err(
+                "record_sweep_ms",
+                format!("must be 10..=3600000, got {record_sweep_ms}"),
+            ));
+        }
         Ok(NodeSettings {
             listen,
             bootstrap,
@@ -360,6 +371,7 @@ impl RawConfig {
             allow_peers,
             threads,
             records: RecordSettings {
+                sweep_every: Duration::from_millis(record_sweep_ms),
                 replicas: record_replicas,
                 limits: crate::records::StoreLimits {
                     max_record_bytes,
@@ -423,6 +435,8 @@ pub struct NodeSettings {
 pub struct RecordSettings {
     /// Copies of each record.
     pub replicas: usize,
+    /// How often a batch of records is checked for changed replica sets.
+    pub sweep_every: Duration,
     /// Size limits of this node's store.
     pub limits: crate::records::StoreLimits,
 }

@@ -96,6 +96,9 @@ pub struct NodeArgs {
     /// Most bytes of records this node stores [default: 268435456].
     #[arg(long)]
     pub record_store_max_bytes: Option<u64>,
+    /// Re-replication: a batch of records is checked every this many ms [default: 1000].
+    #[arg(long)]
+    pub record_sweep_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -120,6 +123,7 @@ impl NodeArgs {
             record_replicas: self.record_replicas,
             record_max_bytes: self.record_max_bytes,
             record_store_max_bytes: self.record_store_max_bytes,
+            record_sweep_ms: self.record_sweep_ms,
             receipt_timeout_ms: self.receipt_timeout_ms,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

@@ -144,6 +144,23 @@ pub enum RecordMsg {
         /// The copy.
         record: Record,
     },
+    /// A coordinator without a copy asks a replica for its copy before it
+    /// answers (a node that has just become responsible for the key).
+    Fetch {
+        /// Matches the answer.
+        fetch: u64,
+        /// The asking node's id, where the answer goes.
+        from: [u8; 32],
+        /// Record name.
+        name: String,
+    },
+    /// A replica's copy (or none), routed to the asking node's id.
+    FetchReply {
+        /// The fetch's id.
+        fetch: u64,
+        /// The replica's copy, tombstones included.
+        record: Option<Record>,
+    },
     /// The coordinator's answer.
     Reply {
         /// The request's id.
@@ -193,6 +210,15 @@ mod tests {
                     value: vec![],
                     write: Some(([1; 32], 4)),
                 },
+            },
+            RecordMsg::Fetch {
+                fetch: 3,
+                from: [9; 32],
+                name: "n".into(),
+            },
+            RecordMsg::FetchReply {
+                fetch: 3,
+                record: None,
             },
             RecordMsg::Reply {
                 req: 9,

@@ -230,7 +230,12 @@ pub async fn run(
         &settings.data_dir.join(RECORDS_FILE),
         settings.records.limits,
     )?;
-    let records = core::Records::new(store, settings.records.replicas, Instant::now());
+    let records = core::Records::new(
+        store,
+        settings.records.replicas,
+        settings.records.sweep_every,
+        Instant::now(),
+    );
     let core = core::Core::new(
         settings.clone(),
         me,

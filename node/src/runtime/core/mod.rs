@@ -7,6 +7,7 @@
 //! transmits of a turn are framed into one buffer per neighbour and handed
 //! to its writer as a single write.
 
+mod record_fetch;
 mod records;
 mod stanzas;
 

@@ -16,8 +16,6 @@ use tokio::sync::oneshot;
 
 /// A client request without an answer this long fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a batch of records is checked for changed replica sets.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Records checked per sweep (bounds the pushes one sweep can cause).
 const SWEEP_BATCH: usize = 256;
 /// Client requests in flight at once.
@@ -28,6 +26,14 @@ const MAX_PENDING: usize = 10_000;
 /// [`crate::records::WriteId`]).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 3;
+
+/// A request at its coordinator.
+pub(super) struct CoordinatorRequest {
+    pub(super) req: u64,
+    pub(super) origin: [u8; 32],
+    pub(super) hops: u8,
+    pub(super) op: RecordOp,
+}
 
 struct Pending {
     op: RecordOp,
@@ -51,28 +57,41 @@ pub(crate) struct RecordCounters {
 }
 
 pub(crate) struct Records {
-    store: RecordStore,
+    pub(super) store: RecordStore,
     replicas: usize,
     pending: HashMap<u64, Pending>,
     next_req: u64,
     /// Per record, a hash of the replica set its copy was last pushed to.
     pushed: HashMap<String, u64>,
     cursor: Option<String>,
+    /// How often a batch is checked.
+    sweep_every: Duration,
     pub(super) next_sweep: Instant,
     pub(crate) counters: RecordCounters,
+    /// Copies this coordinator is asking replicas for.
+    pub(super) fetches: super::record_fetch::Fetches,
 }
 
 impl Records {
-    pub(crate) fn new(store: RecordStore, replicas: usize, now: Instant) -> Records {
+    pub(crate) fn new(
+        store: RecordStore,
+        replicas: usize,
+        sweep_every: Duration,
+        now: Instant,
+    ) -> Records {
         Records {
             store,
             replicas,
             pending: HashMap::new(),
-            next_req: 1,
+            // Request numbers start at a random point, so that numbers from
+            // a node's earlier life (a restart) do not match new requests.
+            next_req: rand::random::<u64>() >> 1,
             pushed: HashMap::new(),
             cursor: None,
-            next_sweep: now + SWEEP_EVERY,
+            sweep_every,
+            next_sweep: now + sweep_every,
             counters: RecordCounters::default(),
+            fetches: Default::default(),
         }
     }
 
@@ -80,6 +99,7 @@ impl Records {
         self.pending
             .values()
             .map(|p| (p.sent + REQUEST_TIMEOUT).min(p.retry_at))
+            .chain(self.fetches.next_deadline())
             .min()
             .map_or(self.next_sweep, |t| t.min(self.next_sweep))
     }
@@ -141,7 +161,7 @@ impl Core {
     /// The nodes that should hold `key`'s record as this node sees the ring:
     /// the `r` closest live, responsibility-taking nodes, itself included
     /// when it is among them.
-    fn replica_set(&self, key: &Key) -> Vec<NodeId> {
+    pub(super) fn replica_set(&self, key: &Key) -> Vec<NodeId> {
         let r = self.records.replicas;
         let mut ids: Vec<NodeId> = self
             .node
@@ -264,25 +284,25 @@ impl Core {
             RecordMsg::Request { req, origin, op } => {
                 tracing::debug!(req, origin = %Key::from_bytes(origin).short(), hops = env.hops, "record request to coordinate");
                 self.records.counters.coordinated += 1;
-                let outcome = self.coordinate(now, &op, (origin, req));
-                let origin = Key::from_bytes(origin);
-                if origin == self.node.id() {
-                    self.on_record_reply(req, env.hops, outcome);
-                } else {
-                    let reply = RecordMsg::Reply {
-                        req,
-                        hops: env.hops,
-                        outcome,
-                    };
-                    if let Err(e) = self.node.route(
-                        now,
-                        origin,
-                        EnvelopeKind::Record,
-                        Bytes::from(reply.encode()),
-                        false,
-                    ) {
-                        tracing::warn!("cannot send a record reply: {e}");
-                    }
+                let request = CoordinatorRequest {
+                    req,
+                    origin,
+                    hops: env.hops,
+                    op,
+                };
+                // Without a copy of its own, this node may have just become
+                // responsible for the key: ask the replicas first.
+                if matches!(self.records.store.get(request.op.name()), Ok(None))
+                    && self.start_fetch(now, &request)
+                {
+                    return;
+                }
+                self.answer_request(now, request);
+            }
+            RecordMsg::Fetch { fetch, from, name } => self.on_fetch(now, fetch, from, &name),
+            RecordMsg::FetchReply { fetch, record } => {
+                if env.key == self.node.id() {
+                    self.on_fetch_reply(now, fetch, record);
                 }
             }
             RecordMsg::Replicate { name, record } => match self.records.store.apply(&name, &record)
@@ -301,7 +321,41 @@ impl Core {
                     tracing::warn!(%name, "replica refused: {e}");
                 }
             },
-            RecordMsg::Reply { req, hops, outcome } => self.on_record_reply(req, hops, outcome),
+            RecordMsg::Reply { req, hops, outcome } => {
+                // A reply is addressed to the requesting node's id. After a
+                // reroute it can end at a neighbour of a node that left or
+                // was unreachable; that neighbour must not take it for an
+                // answer to its own request with the same number.
+                if env.key == self.node.id() {
+                    self.on_record_reply(req, hops, outcome);
+                } else {
+                    tracing::debug!(req, to = %env.key.short(), "record reply for another node");
+                }
+            }
+        }
+    }
+
+    /// Coordinates `r` and sends the answer to its origin.
+    pub(super) fn answer_request(&mut self, now: Instant, r: CoordinatorRequest) {
+        let outcome = self.coordinate(now, &r.op, (r.origin, r.req));
+        let origin = Key::from_bytes(r.origin);
+        if origin == self.node.id() {
+            self.on_record_reply(r.req, r.hops, outcome);
+            return;
+        }
+        let reply = RecordMsg::Reply {
+            req: r.req,
+            hops: r.hops,
+            outcome,
+        };
+        if let Err(e) = self.node.route(
+            now,
+            origin,
+            EnvelopeKind::Record,
+            Bytes::from(reply.encode()),
+            false,
+        ) {
+            tracing::warn!("cannot send a record reply: {e}");
         }
     }
 
@@ -426,6 +480,7 @@ impl Core {
 
     /// Timeouts of client requests and one sweep batch.
     pub(super) fn on_record_timers(&mut self, now: Instant) {
+        self.on_fetch_timers(now);
         let expired: Vec<u64> = self
             .records
             .pending
@@ -477,7 +532,7 @@ impl Core {
         if now < self.records.next_sweep {
             return;
         }
-        self.records.next_sweep = now + SWEEP_EVERY;
+        self.records.next_sweep = now + self.records.sweep_every;
         if !self.node.is_joined() {
             return;
         }

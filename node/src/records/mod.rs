@@ -9,8 +9,10 @@
 //! travels back as a [`RecordMsg::Reply`] routed to the requesting node's
 //! id. Each node also re-checks, a batch at a time, which nodes should
 //! hold its records and pushes a copy to any that changed (joins, crashes),
-//! so `r` copies exist again after membership changes. Conflicting copies
-//! resolve by [`Record::supersedes`], the same on every node.
+//! so `r` copies exist again after membership changes. A coordinator that
+//! holds no copy asks the replicas for theirs ([`RecordMsg::Fetch`]) before
+//! it answers. Conflicting copies resolve by [`Record::supersedes`], the
+//! same on every node.
 
 mod store;
 

@@ -38,6 +38,12 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const HELLO_OK: u8 = 0x01;
 /// Stream openings tried before a link is reported down.
 const OPEN_ATTEMPTS: u32 = 5;
+/// How long opening a stream (dialling first when not connected) may take
+/// before it is tried again. Seen here: right after a ring forms, a dial
+/// that libp2p-stream starts can stay pending forever while a new attempt
+/// connects at once, so waiting the whole [`HELLO_TIMEOUT`] for it stalled
+/// a new link for ten seconds.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most messages handed to the core in one batch.
 const MAX_BATCH: usize = 512;
 
@@ -230,10 +236,13 @@ async fn open_confirmed(
             tokio::time::sleep(Duration::from_millis(jitter)).await;
         }
         let once = async {
-            let mut stream = control
-                .open_stream(peer, crate::transport::RING_PROTOCOL)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut stream = tokio::time::timeout(
+                OPEN_TIMEOUT,
+                control.open_stream(peer, crate::transport::RING_PROTOCOL),
+            )
+            .await
+            .map_err(|_| format!("no stream within {OPEN_TIMEOUT:?}"))?
+            .map_err(|e| e.to_string())?;
             stream.write_all(hello).await.map_err(|e| e.to_string())?;
             stream.flush().await.map_err(|e| e.to_string())?;
             let mut ok = [0u8; 1];

@@ -22,28 +22,17 @@ mod common {
 }
 
 use common::federation::{
-    USERS, median, prosody_to_prosody, prosody_to_ring, senders, warm_up, world,
+    USERS, logged_in, median, prosody_to_prosody, prosody_to_ring, runtime, world,
 };
 use serde_json::json;
-use support::client::XmppClient;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let total: u64 = if quick { 2_000 } else { 10_000 };
     let rounds = if quick { 1 } else { 3 };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let w = world(3);
-    let out = rt.block_on(async {
-        let s = senders(&w).await;
-        let mut r = Vec::new();
-        for i in 0..USERS {
-            r.push(XmppClient::connect(&format!("r{i}@b.test"), "pw", &w.b.c2s()).await);
-        }
-        let (mut s, mut r) = warm_up(&w, s, r).await;
+    let out = runtime().block_on(async {
+        let (mut s, mut r) = logged_in(&w).await;
         let mut results = serde_json::Map::new();
         for payload in [200usize, 2048] {
             let mut ring_runs = Vec::new();

@@ -240,25 +240,12 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// Prosody → Prosody over s2s (STARTTLS + dialback), ten users sending
 /// 10,000 chat messages to ten users, median of three rounds per payload.
 fn prosody_yardstick(quick: bool) -> serde_json::Value {
-    use common::federation::{USERS, median, prosody_to_prosody, senders, warm_up, world};
+    use common::federation::{logged_in, median, prosody_to_prosody, runtime, world};
     let total = if quick { 2_000 } else { 10_000 };
     let rounds = if quick { 1 } else { 3 };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let w = world(0);
-    rt.block_on(async {
-        let s = senders(&w).await;
-        let mut r = Vec::new();
-        for i in 0..USERS {
-            r.push(
-                support::client::XmppClient::connect(&format!("r{i}@b.test"), "pw", &w.b.c2s())
-                    .await,
-            );
-        }
-        let (mut s, mut r) = warm_up(&w, s, r).await;
+    runtime().block_on(async {
+        let (mut s, mut r) = logged_in(&w).await;
         let mut out = serde_json::Map::new();
         for payload in [200usize, 2048] {
             let mut runs = Vec::new();

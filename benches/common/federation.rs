@@ -138,24 +138,40 @@ fn message(to: &str, id: &str, body: &str) -> String {
     )
 }
 
-/// Logs the ten senders in to a.test.
-pub async fn senders(w: &World) -> Vec<XmppClient> {
-    let mut out = Vec::new();
-    for i in 0..USERS {
-        out.push(XmppClient::connect(&format!("s{i}@a.test"), "pw", &w.a.c2s()).await);
-    }
-    out
+/// The benches' runtime: two workers, like the machine's two cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
-/// Sends `per_sender` messages from each sender, sender `i`'s `j`-th to
-/// `targets[(i + j) % len]`, in batches of 50 stanzas per write.
+/// Logs the ten senders in to a.test and the ten receivers in to b.test,
+/// then warms every path up (see [`warm_up`]).
+pub async fn logged_in(w: &World) -> (Vec<XmppClient>, Vec<XmppClient>) {
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for i in 0..USERS {
+        senders.push(XmppClient::connect(&format!("s{i}@a.test"), "pw", &w.a.c2s()).await);
+        receivers.push(XmppClient::connect(&format!("r{i}@b.test"), "pw", &w.b.c2s()).await);
+    }
+    warm_up(w, senders, receivers).await
+}
+
+/// Sends `total` messages of `payload` bytes (rounded up to a multiple of
+/// the senders), sender `i`'s `j`-th to `targets[(i + j) % len]`, in
+/// batches of 50 stanzas per write. Returns the senders and how many went.
 async fn send_all(
     senders: Vec<XmppClient>,
     targets: Arc<Vec<String>>,
-    tag: String,
-    per_sender: usize,
-    body: Arc<String>,
-) -> Vec<XmppClient> {
+    tag: &str,
+    total: u64,
+    payload: usize,
+) -> (Vec<XmppClient>, u64) {
+    let per_sender = (total as usize).div_ceil(USERS);
+    let body = Arc::new("x".repeat(payload));
+    let tag = tag.to_string();
     let tasks: Vec<_> = senders
         .into_iter()
         .enumerate()
@@ -181,7 +197,7 @@ async fn send_all(
     for t in tasks {
         out.push(t.await.expect("sender task"));
     }
-    out
+    (out, (per_sender * USERS) as u64)
 }
 
 /// Counts messages tagged `tag` at the receivers until `want` arrived or
@@ -271,22 +287,16 @@ pub async fn prosody_to_prosody(
     let targets: Arc<Vec<String>> = Arc::new((0..USERS).map(|i| format!("r{i}@b.test")).collect());
     let arrived = Arc::new(AtomicU64::new(0));
     let deadline = tokio::time::Instant::now() + RUN_LIMIT;
-    let counters = count_at(receivers, tag, total, deadline, arrived.clone());
+    // What `send_all` will send: `total` rounded up to a multiple of USERS.
+    let want = (total as usize).div_ceil(USERS) as u64 * USERS as u64;
+    let counters = count_at(receivers, tag, want, deadline, arrived.clone());
     let cpu = Cpu::start(vec![
         ("clients".into(), vec![my_pid()]),
         ("sending_prosody".into(), w.a.pid().into_iter().collect()),
         ("receiving_prosody".into(), w.b.pid().into_iter().collect()),
     ]);
     let start = Instant::now();
-    let per = (total as usize).div_ceil(USERS);
-    let senders = send_all(
-        senders,
-        targets,
-        tag.to_string(),
-        per,
-        Arc::new("x".repeat(payload)),
-    )
-    .await;
+    let (senders, sent) = send_all(senders, targets, tag, total, payload).await;
     let mut receivers = Vec::new();
     let mut distinct = 0;
     let mut dups = 0;
@@ -298,7 +308,7 @@ pub async fn prosody_to_prosody(
     }
     let elapsed_s = start.elapsed().as_secs_f64();
     let run = Run {
-        sent: (per * USERS) as u64,
+        sent,
         arrived: distinct,
         duplicates: dups,
         elapsed_s,
@@ -342,16 +352,7 @@ pub async fn prosody_to_ring(
         ("ring_nodes".into(), pids),
     ]);
     let start = Instant::now();
-    let per = (total as usize).div_ceil(USERS);
-    let sent = (per * USERS) as u64;
-    let senders = send_all(
-        senders,
-        targets,
-        tag.to_string(),
-        per,
-        Arc::new("x".repeat(payload)),
-    )
-    .await;
+    let (senders, sent) = send_all(senders, targets, tag, total, payload).await;
     let mut handled = 0;
     let mut done_at = start.elapsed();
     while start.elapsed() < RUN_LIMIT {
@@ -366,7 +367,7 @@ pub async fn prosody_to_ring(
     // Late duplicates would show up after the count was reached.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = ring_handled(ring) - base;
-    let (errors_back, senders) = errors_back(senders, tag, per as u64).await;
+    let (errors_back, senders) = errors_back(senders, tag, sent / USERS as u64).await;
     let run = Run {
         sent,
         arrived: handled.min(sent),
@@ -423,7 +424,7 @@ async fn errors_back(
 /// Warms both paths up (TLS, dialback, s2s streams in both directions) so
 /// that the measured runs see established streams, as a long-running
 /// federation does.
-pub async fn warm_up(
+async fn warm_up(
     w: &World,
     senders: Vec<XmppClient>,
     receivers: Vec<XmppClient>,

@@ -86,12 +86,7 @@ impl Core {
         self.records.fetches.by_id.insert(
             id,
             Fetch {
-                request: CoordinatorRequest {
-                    req: request.req,
-                    origin: request.origin,
-                    hops: request.hops,
-                    op: request.op.clone(),
-                },
+                request: request.clone(),
                 waiting: sent,
                 best: None,
                 deadline: now + FETCH_TIMEOUT,

@@ -28,6 +28,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 3;
 
 /// A request at its coordinator.
+#[derive(Clone)]
 pub(super) struct CoordinatorRequest {
     pub(super) req: u64,
     pub(super) origin: [u8; 32],
@@ -119,7 +120,8 @@ impl Records {
     }
 }
 
-fn report(op: &RecordOp, outcome: Result<RecordOutcome, String>) -> RecordReport {
+/// The client's answer to `op`.
+fn answer_for(op: &RecordOp, outcome: Result<RecordOutcome, String>) -> RecordReport {
     let mut r = RecordReport {
         op: match op {
             RecordOp::Put { .. } => "put",
@@ -199,7 +201,7 @@ impl Core {
                 Ok(_) => Ok(RecordOutcome::NotFound),
                 Err(e) => Err(e.to_string()),
             };
-            let _ = reply.send(report(&op, outcome));
+            let _ = reply.send(answer_for(&op, outcome));
             return;
         }
         self.records.counters.requests += 1;
@@ -229,11 +231,11 @@ impl Core {
             e @ (crate::records::StoreError::TooLarge { .. } | crate::records::StoreError::BadName),
         ) = local_check
         {
-            let _ = reply.send(report(&op, Err(e.to_string())));
+            let _ = reply.send(answer_for(&op, Err(e.to_string())));
             return;
         }
         if self.records.pending.len() >= MAX_PENDING {
-            let _ = reply.send(report(
+            let _ = reply.send(answer_for(
                 &op,
                 Err("too many record requests in flight".into()),
             ));
@@ -241,21 +243,9 @@ impl Core {
         }
         let req = self.records.next_req;
         self.records.next_req += 1;
-        let msg = RecordMsg::Request {
-            req,
-            origin: *self.node.id().as_bytes(),
-            op: op.clone(),
-        };
-        let key = dht::keys::record_key(op.name());
-        match self.node.route(
-            now,
-            key,
-            EnvelopeKind::Record,
-            Bytes::from(msg.encode()),
-            false,
-        ) {
+        match self.send_request(now, req, &op) {
             Ok(envelope) => {
-                tracing::debug!(req, envelope, key = %key.short(), "record request sent");
+                tracing::debug!(req, envelope, "record request sent");
                 self.records.pending.insert(
                     req,
                     Pending {
@@ -269,9 +259,35 @@ impl Core {
                 );
             }
             Err(e) => {
-                let _ = reply.send(report(&op, Err(format!("cannot route the request: {e}"))));
+                let _ = reply.send(answer_for(
+                    &op,
+                    Err(format!("cannot route the request: {e}")),
+                ));
             }
         }
+    }
+
+    /// Routes request `req` to the coordinator of `op`'s record; returns
+    /// the envelope's id.
+    fn send_request(
+        &mut self,
+        now: Instant,
+        req: u64,
+        op: &RecordOp,
+    ) -> Result<u64, dht::RouteError> {
+        let msg = RecordMsg::Request {
+            req,
+            origin: *self.node.id().as_bytes(),
+            op: op.clone(),
+        };
+        let key = dht::keys::record_key(op.name());
+        self.node.route(
+            now,
+            key,
+            EnvelopeKind::Record,
+            Bytes::from(msg.encode()),
+            false,
+        )
     }
 
     /// A `Record` envelope delivered here.
@@ -366,7 +382,7 @@ impl Core {
             "record reply"
         );
         if let Some(p) = self.records.pending.remove(&req) {
-            let mut r = report(&p.op, Ok(outcome));
+            let mut r = answer_for(&p.op, Ok(outcome));
             r.hops = Some(hops);
             r.attempts = p.attempts;
             let _ = p.reply.send(r);
@@ -468,7 +484,7 @@ impl Core {
             return;
         };
         if let Some(p) = self.records.pending.remove(&req) {
-            let _ = p.reply.send(report(
+            let _ = p.reply.send(answer_for(
                 &p.op,
                 Err(format!(
                     "the request could not be delivered ({})",
@@ -492,7 +508,7 @@ impl Core {
             if let Some(p) = self.records.pending.remove(&req) {
                 let _ = p
                     .reply
-                    .send(report(&p.op, Err("no answer within 10 s".into())));
+                    .send(answer_for(&p.op, Err("no answer within 10 s".into())));
             }
         }
         let retries: Vec<(u64, RecordOp)> = self
@@ -503,19 +519,7 @@ impl Core {
             .map(|(r, p)| (*r, p.op.clone()))
             .collect();
         for (req, op) in retries {
-            let key = dht::keys::record_key(op.name());
-            let msg = RecordMsg::Request {
-                req,
-                origin: *self.node.id().as_bytes(),
-                op,
-            };
-            let sent = self.node.route(
-                now,
-                key,
-                EnvelopeKind::Record,
-                Bytes::from(msg.encode()),
-                false,
-            );
+            let sent = self.send_request(now, req, &op);
             if let Some(p) = self.records.pending.get_mut(&req) {
                 p.attempts += 1;
                 p.retry_at = if p.attempts >= MAX_ATTEMPTS {

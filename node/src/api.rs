@@ -42,6 +42,32 @@ pub struct StatusReport {
     /// The record store on this node.
     #[serde(default)]
     pub records: RecordsReport,
+    /// The MUC rooms and PubSub nodes this node hosts.
+    #[serde(default)]
+    pub services: ServicesReport,
+}
+
+/// Rooms and PubSub nodes hosted by one node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServicesReport {
+    /// Rooms in memory (their bare JIDs; at most 100 listed).
+    pub rooms: Vec<String>,
+    /// Rooms in memory.
+    pub room_count: usize,
+    /// Occupants of those rooms.
+    pub occupants: usize,
+    /// PubSub nodes in memory (`service/node`; at most 100 listed).
+    pub pubsub_nodes: Vec<String>,
+    /// PubSub nodes in memory.
+    pub pubsub_node_count: usize,
+    /// Subscriptions of those nodes.
+    pub subscriptions: usize,
+    /// Rooms taken over from a host that died.
+    pub takeovers: u64,
+    /// Fan-out envelopes sent (one per remote domain and batch).
+    pub fanout_envelopes: u64,
+    /// Stanzas those envelopes carried.
+    pub fanout_stanzas: u64,
 }
 
 /// The record store on one node.

@@ -93,6 +93,10 @@ pub struct RawConfig {
     /// How often a batch of records is checked for changed replica sets,
     /// in milliseconds.
     pub record_sweep_ms: Option<u64>,
+    /// Most items a PubSub node keeps.
+    pub pubsub_max_items: Option<usize>,
+    /// Largest PubSub item payload, bytes.
+    pub pubsub_max_item_bytes: Option<usize>,
 }
 
 impl RawConfig {
@@ -134,6 +138,8 @@ impl RawConfig {
             record_max_bytes: over.record_max_bytes.or(self.record_max_bytes),
             record_store_max_bytes: over.record_store_max_bytes.or(self.record_store_max_bytes),
             record_sweep_ms: over.record_sweep_ms.or(self.record_sweep_ms),
+            pubsub_max_items: over.pubsub_max_items.or(self.pubsub_max_items),
+            pubsub_max_item_bytes: over.pubsub_max_item_bytes.or(self.pubsub_max_item_bytes),
             receipt_timeout_ms: over.receipt_timeout_ms.or(self.receipt_timeout_ms),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
@@ -355,6 +361,24 @@ impl RawConfig {
                 format!("must be 10..=3600000, got {record_sweep_ms}"),
             ));
         }
+        let pubsub_max_items = self.pubsub_max_items.unwrap_or(20);
+        if !(1..=1000).contains(&pubsub_max_items) {
+            return Err(err(
+                "pubsub_max_items",
+                format!("must be 1..=1000, got {pubsub_max_items}"),
+            ));
+        }
+        let pubsub_max_item_bytes = self.pubsub_max_item_bytes.unwrap_or(16 * 1024);
+        // An item must fit in a node's items record.
+        if !(1..=max_record_bytes / 2).contains(&pubsub_max_item_bytes) {
+            return Err(err(
+                "pubsub_max_item_bytes",
+                format!(
+                    "must be 1..={} (half of record_max_bytes), got {pubsub_max_item_bytes}",
+                    max_record_bytes / 2
+                ),
+            ));
+        }
         Ok(NodeSettings {
             listen,
             bootstrap,
@@ -373,6 +397,8 @@ impl RawConfig {
             records: RecordSettings {
                 sweep_every: Duration::from_millis(record_sweep_ms),
                 replicas: record_replicas,
+                pubsub_max_items,
+                pubsub_max_item_bytes,
                 limits: crate::records::StoreLimits {
                     max_record_bytes,
                     max_store_bytes,
@@ -437,6 +463,10 @@ pub struct RecordSettings {
     pub replicas: usize,
     /// How often a batch of records is checked for changed replica sets.
     pub sweep_every: Duration,
+    /// Most items a PubSub node keeps.
+    pub pubsub_max_items: usize,
+    /// Largest PubSub item payload, bytes.
+    pub pubsub_max_item_bytes: usize,
     /// Size limits of this node's store.
     pub limits: crate::records::StoreLimits,
 }

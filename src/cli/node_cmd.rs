@@ -99,6 +99,12 @@ pub struct NodeArgs {
     /// Re-replication: a batch of records is checked every this many ms [default: 1000].
     #[arg(long)]
     pub record_sweep_ms: Option<u64>,
+    /// Most items a PubSub node keeps [default: 20].
+    #[arg(long)]
+    pub pubsub_max_items: Option<usize>,
+    /// Largest PubSub item payload, bytes [default: 16384].
+    #[arg(long)]
+    pub pubsub_max_item_bytes: Option<usize>,
 }
 
 impl NodeArgs {
@@ -124,6 +130,8 @@ impl NodeArgs {
             record_max_bytes: self.record_max_bytes,
             record_store_max_bytes: self.record_store_max_bytes,
             record_sweep_ms: self.record_sweep_ms,
+            pubsub_max_items: self.pubsub_max_items,
+            pubsub_max_item_bytes: self.pubsub_max_item_bytes,
             receipt_timeout_ms: self.receipt_timeout_ms,
             tls_cert: self.tls_cert.clone(),
             tls_key: self.tls_key.clone(),

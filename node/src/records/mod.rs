@@ -40,6 +40,34 @@ pub struct Record {
 /// Who asked for a write: (requesting node id, request number).
 pub type WriteId = ([u8; 32], u64);
 
+/// Names of the records that hold the state of a ring service: a MUC room
+/// (`muc:` + its bare JID), a PubSub node's configuration, affiliations and
+/// subscriptions (`pubsub:` + service JID + `/` + node name) and its items
+/// (`pubsub-items:` ...). They are ordinary records (an operator can read
+/// them with `xmpp-ring record get`), but keyed on the *service's* key, so
+/// that their replicas are the nodes next in line to host the room or node:
+/// after the host dies its successor already holds the state.
+pub const MUC_PREFIX: &str = "muc:";
+/// See [`MUC_PREFIX`].
+pub const PUBSUB_PREFIX: &str = "pubsub:";
+/// See [`MUC_PREFIX`].
+pub const PUBSUB_ITEMS_PREFIX: &str = "pubsub-items:";
+
+/// The key a record called `name` lives at (DESIGN.md's record key, except
+/// for the service records of [`MUC_PREFIX`]).
+pub fn key_of(name: &str) -> dht::Key {
+    if let Some(room) = name.strip_prefix(MUC_PREFIX) {
+        return dht::keys::jid_key_normalised(room);
+    }
+    let node = name
+        .strip_prefix(PUBSUB_ITEMS_PREFIX)
+        .or_else(|| name.strip_prefix(PUBSUB_PREFIX));
+    if let Some((service, node)) = node.and_then(|n| n.split_once('/')) {
+        return dht::keys::pubsub_key(service, node);
+    }
+    dht::keys::record_key(name)
+}
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<{ 1024 * 1024 }>()
 }

@@ -1,38 +1,269 @@
 //! What a responsible node answers for the JIDs whose keys it holds.
 //!
-//! For now: XEP-0199 ping and XEP-0030 disco#info for the ring's domain
-//! JIDs (and their service subdomains), and `service-unavailable` for
-//! everything addressed to a JID that no service handles (RFC 6121 §8.5 for
-//! unknown users). The MUC, PubSub and record services join here later.
+//! The dispatcher of the ring's services: XEP-0199 ping and XEP-0030 disco
+//! for the ring's domain JIDs, multi-user chat at `conference.<domain>`
+//! ([`super::muc`]), publish-subscribe at `pubsub.<domain>`
+//! ([`super::pubsub`]), and `service-unavailable` for everything addressed
+//! to a JID no service handles (RFC 6121 §8.5 for unknown users).
+//!
+//! A room or PubSub node is served from memory; before its first stanza
+//! its state is loaded from the record store. [`Services::handle`] then
+//! asks the driver for a [`Load`] and keeps the stanza (and any that
+//! follow for the same room or node) until [`Services::loaded`].
 
-use super::stanza::{self, error_reply};
+// Items named after XEP-0045/0060/0004 terms (roles, affiliations, form
+// fields, namespaces) are documented by those XEPs.
+#![allow(missing_docs)]
+
+use super::Action;
+use super::muc::{self, Muc};
+use super::pubsub::{self, PubSub};
+use super::stanza::{self, error_reply, iq_result};
+use crate::records::{MUC_PREFIX, PUBSUB_PREFIX};
+use std::collections::HashMap;
 use xmpp_edge::conn::serves;
-use xmpp_edge::xml::NS_CLIENT;
-use xmpp_parsers::disco::{DiscoInfoResult, Identity};
+use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
 use xmpp_parsers::minidom::Element;
 
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
-/// Answers a stanza delivered to this node as the responsible node of its
-/// `to`. Returns the stanzas to send in reply (possibly none).
-pub fn handle(stanza: &Element, domains: &[String]) -> Vec<Element> {
-    let Some(to) = stanza::to(stanza) else {
-        return error_reply(stanza, "jid-malformed", Some("stanza without 'to'"))
-            .into_iter()
-            .collect();
+/// Stanzas kept for one room or node while its state loads.
+const MAX_WAITING_PER_ENTITY: usize = 1024;
+/// Stanzas kept for all of them.
+const MAX_WAITING: usize = 65_536;
+
+/// Whom a stanza is for.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// A ring domain itself.
+    Domain,
+    /// `conference.<domain>`.
+    MucService,
+    /// A room, and the nick when addressed to an occupant.
+    Room { room: String, nick: Option<String> },
+    /// `pubsub.<domain>`, for a request that names no node.
+    PubSubService,
+    /// A PubSub node.
+    PubSubNode { service: String, node: String },
+    /// Anything else (a user of a ring domain).
+    Other,
+}
+
+fn target(st: &Element, domains: &[String]) -> Result<Target, &'static str> {
+    let to = stanza::to(st).ok_or("stanza without 'to'")?;
+    let jid = jid::Jid::new(to).map_err(|_| "invalid 'to'")?;
+    let domain = jid.domain().as_str().to_string();
+    let sub = |prefix: &str| {
+        domain
+            .strip_prefix(prefix)
+            .is_some_and(|d| domains.iter().any(|x| x == d))
     };
-    let Ok(jid) = jid::Jid::new(to) else {
-        return error_reply(stanza, "jid-malformed", None)
-            .into_iter()
-            .collect();
-    };
-    let domain_jid =
-        jid.node().is_none() && jid.resource().is_none() && serves(domains, jid.domain().as_str());
-    if stanza.name() == "iq" && stanza.attr("type") == Some("get") && domain_jid {
+    let node = jid.node().map(|n| n.as_str().to_string());
+    let resource = jid.resource().map(|r| r.as_str().to_string());
+    if sub("conference.") {
+        return Ok(match node {
+            None => Target::MucService,
+            Some(n) => Target::Room {
+                room: format!("{n}@{domain}"),
+                nick: resource,
+            },
+        });
+    }
+    if sub("pubsub.") && node.is_none() {
+        return Ok(match pubsub::target_node(st) {
+            Some(n) => Target::PubSubNode {
+                service: domain,
+                node: n,
+            },
+            None => Target::PubSubService,
+        });
+    }
+    if node.is_none() && resource.is_none() && serves(domains, &domain) {
+        return Ok(Target::Domain);
+    }
+    Ok(Target::Other)
+}
+
+/// The key a stanza for a ring JID is routed to, when it is not its bare
+/// JID's: requests naming a PubSub node go to the node's key.
+pub fn routing_key(st: &Element, domains: &[String]) -> Option<dht::Key> {
+    match target(st, domains) {
+        Ok(Target::PubSubNode { service, node }) => Some(dht::keys::pubsub_key(&service, &node)),
+        _ => None,
+    }
+}
+
+/// Records a room or node needs before it can be served.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Load {
+    /// The entity (its main record's name).
+    pub entity: String,
+    /// Every record to load.
+    pub names: Vec<String>,
+}
+
+/// The services of one ring node.
+pub struct Services {
+    domains: Vec<String>,
+    pub muc: Muc,
+    pub pubsub: PubSub,
+    /// Stanzas waiting for their entity's state, by entity.
+    waiting: HashMap<String, Vec<Element>>,
+    waiting_total: usize,
+}
+
+impl Services {
+    pub fn new(domains: Vec<String>, host: String, limits: pubsub::Limits, seed: u64) -> Services {
+        Services {
+            domains,
+            muc: Muc::new(host),
+            pubsub: PubSub::new(limits, seed),
+            waiting: HashMap::new(),
+            waiting_total: 0,
+        }
+    }
+
+    /// Loads in progress.
+    pub fn loading(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Answers a stanza delivered to this node as the responsible node of
+    /// its `to`. Returns a [`Load`] when the stanza waits for state.
+    pub fn handle(&mut self, now_unix: u64, st: Element, out: &mut Vec<Action>) -> Option<Load> {
+        let t = match target(&st, &self.domains) {
+            Ok(t) => t,
+            Err(e) => {
+                out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send));
+                return None;
+            }
+        };
+        let (entity, names) = match &t {
+            Target::Room { room, .. } if !self.muc.is_loaded(room) => {
+                let name = muc::record_name(room);
+                (name.clone(), vec![name])
+            }
+            Target::PubSubNode { service, node } => {
+                let (meta, items) = pubsub::record_names(service, node);
+                if self.pubsub.is_loaded(&meta) {
+                    return self.dispatch(now_unix, t, &st, out);
+                }
+                (meta.clone(), vec![meta, items])
+            }
+            _ => return self.dispatch(now_unix, t, &st, out),
+        };
+        if self.waiting_total >= MAX_WAITING
+            || self
+                .waiting
+                .get(&entity)
+                .is_some_and(|w| w.len() >= MAX_WAITING_PER_ENTITY)
+        {
+            out.extend(
+                error_reply(
+                    &st,
+                    "resource-constraint",
+                    Some("too many requests waiting"),
+                )
+                .map(Action::Send),
+            );
+            return None;
+        }
+        self.waiting_total += 1;
+        match self.waiting.get_mut(&entity) {
+            Some(w) => {
+                w.push(st);
+                None
+            }
+            None => {
+                self.waiting.insert(entity.clone(), vec![st]);
+                Some(Load { entity, names })
+            }
+        }
+    }
+
+    /// The state of `entity` arrived: `values` holds each of the load's
+    /// records (`None`: absent or deleted). Serves what waited for it.
+    pub fn loaded(
+        &mut self,
+        entity: &str,
+        values: &[(String, Option<Vec<u8>>)],
+        now_unix: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let value = |i: usize| values.get(i).and_then(|(_, v)| v.as_deref());
+        let installed = if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
+            self.muc.install(room, value(0))
+        } else if let Some((service, node)) = entity
+            .strip_prefix(PUBSUB_PREFIX)
+            .and_then(|n| n.split_once('/'))
+        {
+            self.pubsub.install(service, node, value(0), value(1))
+        } else {
+            Err(format!("unknown service entity {entity}"))
+        };
+        let waiting = self.waiting.remove(entity).unwrap_or_default();
+        self.waiting_total = self.waiting_total.saturating_sub(waiting.len());
+        if let Err(e) = installed {
+            tracing::error!("{e}");
+            for st in waiting {
+                out.extend(
+                    error_reply(
+                        &st,
+                        "internal-server-error",
+                        Some("stored state is unreadable"),
+                    )
+                    .map(Action::Send),
+                );
+            }
+            return;
+        }
+        for st in waiting {
+            match target(&st, &self.domains) {
+                Ok(t) => {
+                    self.dispatch(now_unix, t, &st, out);
+                }
+                Err(e) => out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send)),
+            }
+        }
+    }
+
+    /// Records whose services' state changed: `(name, Some(value))` to
+    /// write, `(name, None)` to delete.
+    pub fn take_writes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut w = self.muc.take_writes();
+        w.extend(self.pubsub.take_writes());
+        w
+    }
+
+    fn dispatch(
+        &mut self,
+        now_unix: u64,
+        t: Target,
+        st: &Element,
+        out: &mut Vec<Action>,
+    ) -> Option<Load> {
+        match t {
+            Target::Domain => domain_stanza(st, out),
+            Target::MucService => self.muc.handle_service(st, out),
+            Target::Room { room, nick } => {
+                self.muc.handle(&room, nick.as_deref(), st, now_unix, out)
+            }
+            Target::PubSubService => self.pubsub.handle_service(st, out),
+            Target::PubSubNode { service, node } => self.pubsub.handle(&service, &node, st, out),
+            Target::Other => unknown_user(st, out),
+        }
+        None
+    }
+}
+
+/// Ping and disco for a ring domain.
+fn domain_stanza(stanza: &Element, out: &mut Vec<Action>) {
+    if stanza.name() == "iq" && stanza.attr("type") == Some("get") {
         let payload = stanza.children().next();
         if payload.is_some_and(|p| p.is("ping", NS_PING)) {
-            return vec![result(stanza, None)];
+            return out.push(Action::Send(iq_result(stanza, None)));
         }
         if let Some(q) = payload.filter(|p| p.is("query", NS_DISCO_INFO))
             && q.attr("node").is_none()
@@ -40,52 +271,76 @@ pub fn handle(stanza: &Element, domains: &[String]) -> Vec<Element> {
             let info = DiscoInfoResult {
                 node: None,
                 identities: vec![Identity::new("server", "im", "en", "xmpp-ring")],
-                features: [NS_DISCO_INFO, NS_PING]
+                features: [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING]
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),
                 extensions: vec![],
             };
-            return vec![result(stanza, Some(info.into()))];
+            return out.push(Action::Send(iq_result(stanza, Some(info.into()))));
         }
-        return error_reply(stanza, "service-unavailable", None)
-            .into_iter()
-            .collect();
+        if let Some(q) = payload.filter(|p| p.is("query", NS_DISCO_ITEMS))
+            && q.attr("node").is_none()
+        {
+            let domain = stanza.attr("to").unwrap_or_default();
+            let items = ["conference", "pubsub"]
+                .iter()
+                .filter_map(|s| {
+                    Some(xmpp_parsers::disco::Item {
+                        jid: jid::Jid::new(&format!("{s}.{domain}")).ok()?,
+                        node: None,
+                        name: None,
+                    })
+                })
+                .collect();
+            let items = DiscoItemsResult {
+                node: None,
+                items,
+                rsm: None,
+            };
+            return out.push(Action::Send(iq_result(stanza, Some(items.into()))));
+        }
     }
+    unknown_user(stanza, out)
+}
+
+/// What a server answers for a JID it has no user or service for.
+fn unknown_user(stanza: &Element, out: &mut Vec<Action>) {
     if stanza.name() == "presence" && !matches!(stanza.attr("type"), None | Some("subscribe")) {
         // Unavailable presence, probes, unsubscriptions and errors to JIDs
         // without a service are ignored, as servers do for unknown users.
-        return Vec::new();
+        return;
     }
-    error_reply(stanza, "service-unavailable", None)
-        .into_iter()
-        .collect()
-}
-
-fn result(iq: &Element, payload: Option<Element>) -> Element {
-    let mut r = Element::bare("iq", NS_CLIENT);
-    stanza::set(&mut r, "type", "result");
-    if let Some(id) = iq.attr("id") {
-        stanza::set(&mut r, "id", id);
-    }
-    if let Some(to) = iq.attr("to") {
-        stanza::set(&mut r, "from", to);
-    }
-    if let Some(from) = iq.attr("from") {
-        stanza::set(&mut r, "to", from);
-    }
-    if let Some(p) = payload {
-        r.append_child(p);
-    }
-    r
+    out.extend(error_reply(stanza, "service-unavailable", None).map(Action::Send));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xmpp_edge::xml::NS_CLIENT;
+
+    pub(crate) fn services() -> Services {
+        Services::new(
+            vec!["ring.test".to_string()],
+            "host".into(),
+            pubsub::Limits {
+                max_items: 5,
+                max_item_bytes: 1000,
+                max_record_bytes: 4000,
+            },
+            7,
+        )
+    }
 
     fn run(xml: &str) -> Vec<Element> {
-        handle(&xml.parse().unwrap(), &["ring.test".to_string()])
+        let mut out = Vec::new();
+        assert_eq!(services().handle(0, xml.parse().unwrap(), &mut out), None);
+        out.into_iter()
+            .map(|a| match a {
+                Action::Send(s) => s,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
     }
 
     #[test]
@@ -143,5 +398,88 @@ mod tests {
                 .is_empty()
         );
         assert!(run("<presence xmlns='jabber:client' type='unavailable' from='a@a.test' to='x@ring.test'/>").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn targets_and_keys() {
+        let d = vec!["ring.test".to_string()];
+        let t = |s: &str| target(&el(s), &d).unwrap();
+        assert_eq!(
+            t("<presence xmlns='jabber:client' to='Room@conference.ring.test/Nick'/>"),
+            Target::Room {
+                room: "room@conference.ring.test".into(),
+                nick: Some("Nick".into())
+            }
+        );
+        assert_eq!(
+            t("<iq xmlns='jabber:client' to='conference.ring.test'/>"),
+            Target::MucService
+        );
+        let publish = "<iq xmlns='jabber:client' type='set' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='news'/></pubsub></iq>";
+        assert_eq!(
+            t(publish),
+            Target::PubSubNode {
+                service: "pubsub.ring.test".into(),
+                node: "news".into()
+            }
+        );
+        assert_eq!(
+            routing_key(&el(publish), &d),
+            Some(dht::keys::pubsub_key("pubsub.ring.test", "news"))
+        );
+        assert_eq!(
+            t(
+                "<iq xmlns='jabber:client' type='get' to='pubsub.ring.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+            Target::PubSubService
+        );
+        assert_eq!(
+            t("<message xmlns='jabber:client' to='ring.test'/>"),
+            Target::Domain
+        );
+        assert_eq!(
+            t("<message xmlns='jabber:client' to='u@ring.test'/>"),
+            Target::Other
+        );
+        // Not a ring service: an ordinary user JID.
+        assert_eq!(
+            t("<message xmlns='jabber:client' to='x@conference.other.test'/>"),
+            Target::Other
+        );
+        assert!(target(&el("<message xmlns='jabber:client' to='@@'/>"), &d).is_err());
+        assert!(target(&el("<message xmlns='jabber:client'/>"), &d).is_err());
+    }
+
+    #[test]
+    fn stanzas_wait_for_their_room_and_are_served_in_order() {
+        let mut s = tests::services();
+        let mut out = Vec::new();
+        let join = |nick: &str, from: &str| {
+            el(&format!(
+                "<presence xmlns='jabber:client' from='{from}' to='r@conference.ring.test/{nick}'/>"
+            ))
+        };
+        let load = s
+            .handle(0, join("alice", "alice@a.test/x"), &mut out)
+            .unwrap();
+        assert_eq!(load.names, vec!["muc:r@conference.ring.test".to_string()]);
+        assert_eq!(s.handle(0, join("bob", "bob@b.test/y"), &mut out), None);
+        assert!(out.is_empty());
+        s.loaded(&load.entity, &[(load.names[0].clone(), None)], 0, &mut out);
+        // The room was created by alice (locked): bob is refused.
+        assert!(out.iter().any(|a| matches!(a, Action::Send(p) if p.attr("to") == Some("bob@b.test/y") && p.attr("type") == Some("error"))));
+        assert_eq!(s.loading(), 0);
+        let writes = s.take_writes();
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].1.is_some());
     }
 }

@@ -48,9 +48,12 @@ fn error_type(condition: &str) -> &'static str {
         | "not-allowed"
         | "item-not-found"
         | "jid-malformed" => "cancel",
-        "remote-server-timeout" | "resource-constraint" | "recipient-unavailable" => "wait",
-        "bad-request" => "modify",
-        "forbidden" | "not-authorized" => "auth",
+        "remote-server-timeout"
+        | "resource-constraint"
+        | "recipient-unavailable"
+        | "unexpected-request" => "wait",
+        "bad-request" | "not-acceptable" | "policy-violation" => "modify",
+        "forbidden" | "not-authorized" | "registration-required" => "auth",
         _ => "cancel",
     }
 }
@@ -58,6 +61,17 @@ fn error_type(condition: &str) -> &'static str {
 /// The error reply to `stanza` with `condition`, or `None` when the stanza
 /// must not be answered (it is an error or an IQ result itself).
 pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Option<Element> {
+    error_reply_with(stanza, condition, text, None)
+}
+
+/// [`error_reply`] with an application-specific condition element (XEP-0060
+/// names one for most of its errors) beside the RFC 6120 one.
+pub fn error_reply_with(
+    stanza: &Element,
+    condition: &str,
+    text: Option<&str>,
+    app: Option<Element>,
+) -> Option<Element> {
     if is_error_or_result(stanza) {
         return None;
     }
@@ -85,8 +99,48 @@ pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Opt
         te.append_text(t);
         error.append_child(te);
     }
+    if let Some(app) = app {
+        error.append_child(app);
+    }
     reply.append_child(error);
     Some(reply)
+}
+
+/// The `result` answer to an IQ, with an optional payload.
+pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
+    let mut r = Element::bare("iq", NS_CLIENT);
+    set(&mut r, "type", "result");
+    if let Some(id) = iq.attr("id") {
+        set(&mut r, "id", id);
+    }
+    if let Some(to) = iq.attr("to") {
+        set(&mut r, "from", to);
+    }
+    if let Some(from) = iq.attr("from") {
+        set(&mut r, "to", from);
+    }
+    if let Some(p) = payload {
+        r.append_child(p);
+    }
+    r
+}
+
+/// Removes an attribute.
+pub fn unset(el: &mut Element, name: &str) {
+    el.attrs_mut()
+        .remove(&xmpp_parsers::minidom::rxml::Namespace::NONE, name);
+}
+
+/// `jid` without its resource, normalised as keys are (lowercased domain,
+/// stringprep'd); the plain prefix if it does not parse.
+pub fn bare(jid: &str) -> String {
+    dht::keys::normalise_bare_jid(jid)
+        .unwrap_or_else(|_| jid.split('/').next().unwrap_or(jid).to_string())
+}
+
+/// The resource part of `jid`, if any.
+pub fn resource(jid: &str) -> Option<&str> {
+    jid.split_once('/').map(|(_, r)| r)
 }
 
 fn ncname(s: &str) -> xmpp_parsers::minidom::rxml::NcName {

@@ -9,6 +9,7 @@
 
 mod record_fetch;
 mod records;
+mod services;
 mod stanzas;
 
 pub(crate) use records::Records;
@@ -85,6 +86,9 @@ pub(crate) struct Core {
     announce_at: Option<Instant>,
     /// This node's part of the record store.
     records: Records,
+    /// The rooms and PubSub nodes this node hosts.
+    services: crate::xmpp::services::Services,
+    service_driver: services::ServiceDriver,
 }
 
 impl Core {
@@ -106,6 +110,7 @@ impl Core {
             .unwrap_or(0);
         let seed = me.id.prefix_u64() ^ unix_us;
         let peer_id = me.addr.peer_id().unwrap_or(PeerId::random());
+        let services = services::new_services(&settings, me.id.to_hex(), seed);
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
             node,
@@ -130,6 +135,8 @@ impl Core {
             edge,
             announce_at: None,
             records,
+            services,
+            service_driver: Default::default(),
         };
         core.rebuild_hello();
         core
@@ -379,6 +386,9 @@ impl Core {
 
     /// Hands the state machine's outputs to the network and the admin side.
     fn flush(&mut self, now: Instant) {
+        // Service state changed this turn is committed before anything the
+        // turn produced leaves the node.
+        self.persist_services(now);
         loop {
             while let Some(ev) = self.node.poll_event() {
                 self.on_event(now, ev);
@@ -536,6 +546,7 @@ impl Core {
                 .map(|e| edge_report(e.local_addr(), e.stats())),
             edges_known: self.known_edges(None).len(),
             records: self.records.report(),
+            services: self.services_report(),
         }
     }
 

@@ -22,8 +22,17 @@ const FETCH_TIMEOUT: Duration = Duration::from_millis(1500);
 /// this node holds.
 const MAX_FETCHES: usize = 1024;
 
+/// What waits for a fetch.
+pub(super) enum FetchFor {
+    /// A client's request at its coordinator.
+    Request(CoordinatorRequest),
+    /// A service loading a room's or node's state (the entity's name).
+    Service(String),
+}
+
 struct Fetch {
-    request: CoordinatorRequest,
+    name: String,
+    then: FetchFor,
     waiting: usize,
     best: Option<Record>,
     deadline: Instant,
@@ -45,14 +54,14 @@ impl Fetches {
 impl Core {
     /// Asks the replicas for their copies; false when there is nobody to
     /// ask (or too much in progress), and the request is answered at once.
-    pub(super) fn start_fetch(&mut self, now: Instant, request: &CoordinatorRequest) -> bool {
+    pub(super) fn start_fetch(&mut self, now: Instant, name: &str, then: FetchFor) -> bool {
         if self.records.fetches.by_id.len() >= MAX_FETCHES {
             return false;
         }
-        let name = request.op.name().to_string();
+        let name = name.to_string();
         let me = self.node.id();
         let others: Vec<Key> = self
-            .replica_set(&dht::keys::record_key(&name))
+            .replica_set(&crate::records::key_of(&name))
             .into_iter()
             .filter(|id| *id != me)
             .collect();
@@ -66,7 +75,7 @@ impl Core {
             RecordMsg::Fetch {
                 fetch: id,
                 from: *me.as_bytes(),
-                name,
+                name: name.clone(),
             }
             .encode(),
         );
@@ -86,7 +95,8 @@ impl Core {
         self.records.fetches.by_id.insert(
             id,
             Fetch {
-                request: request.clone(),
+                name,
+                then,
                 waiting: sent,
                 best: None,
                 deadline: now + FETCH_TIMEOUT,
@@ -147,13 +157,13 @@ impl Core {
             return;
         };
         if let Some(best) = &f.best
-            && let Err(e) = self.records.store.apply(f.request.op.name(), best)
+            && let Err(e) = self.records.store.apply(&f.name, best)
         {
-            tracing::warn!(
-                name = f.request.op.name(),
-                "cannot keep a fetched copy: {e}"
-            );
+            tracing::warn!(name = f.name, "cannot keep a fetched copy: {e}");
         }
-        self.answer_request(now, f.request);
+        match f.then {
+            FetchFor::Request(r) => self.answer_request(now, r),
+            FetchFor::Service(entity) => self.service_fetch_done(now, &entity),
+        }
     }
 }

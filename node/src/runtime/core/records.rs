@@ -4,6 +4,7 @@
 //! described in [`crate::records`].
 
 use super::Core;
+use super::record_fetch::FetchFor;
 use crate::api::{RecordReport, RecordsReport};
 use crate::records::{Record, RecordMsg, RecordOp, RecordOutcome, RecordStore, WriteId};
 use bytes::Bytes;
@@ -205,6 +206,20 @@ impl Core {
             return;
         }
         self.records.counters.requests += 1;
+        let service_record = [
+            crate::records::MUC_PREFIX,
+            crate::records::PUBSUB_PREFIX,
+            crate::records::PUBSUB_ITEMS_PREFIX,
+        ]
+        .iter()
+        .any(|p| op.name().starts_with(p));
+        if service_record && !matches!(op, RecordOp::Get { .. }) {
+            let _ = reply.send(answer_for(
+                &op,
+                Err("records of rooms and PubSub nodes are written by their service only".into()),
+            ));
+            return;
+        }
         let local_check = match &op {
             RecordOp::Put { name, value } => self.records.store.check(
                 name,
@@ -280,7 +295,7 @@ impl Core {
             origin: *self.node.id().as_bytes(),
             op: op.clone(),
         };
-        let key = dht::keys::record_key(op.name());
+        let key = crate::records::key_of(op.name());
         self.node.route(
             now,
             key,
@@ -308,8 +323,9 @@ impl Core {
                 };
                 // Without a copy of its own, this node may have just become
                 // responsible for the key: ask the replicas first.
-                if matches!(self.records.store.get(request.op.name()), Ok(None))
-                    && self.start_fetch(now, &request)
+                let name = request.op.name().to_string();
+                if matches!(self.records.store.get(&name), Ok(None))
+                    && self.start_fetch(now, &name, FetchFor::Request(request.clone()))
                 {
                     return;
                 }
@@ -328,7 +344,7 @@ impl Core {
                     if changed {
                         // The sender pushed to the set it sees; do not echo
                         // the copy back unless the set changes later.
-                        let set = self.replica_set(&dht::keys::record_key(&name));
+                        let set = self.replica_set(&crate::records::key_of(&name));
                         self.records.pushed.insert(name, set_hash(&set));
                     }
                 }
@@ -390,7 +406,12 @@ impl Core {
     }
 
     /// The coordinator's side of a request.
-    fn coordinate(&mut self, now: Instant, op: &RecordOp, write: WriteId) -> RecordOutcome {
+    pub(super) fn coordinate(
+        &mut self,
+        now: Instant,
+        op: &RecordOp,
+        write: WriteId,
+    ) -> RecordOutcome {
         let name = op.name();
         let current = match self.records.store.get(name) {
             Ok(c) => c,
@@ -401,7 +422,7 @@ impl Core {
         if !matches!(op, RecordOp::Get { .. })
             && let Some(c) = current.as_ref().filter(|c| c.write == Some(write))
         {
-            let set = self.replica_set(&dht::keys::record_key(name));
+            let set = self.replica_set(&crate::records::key_of(name));
             let replicas = self.push_copies(now, name, c, &set);
             return RecordOutcome::Written {
                 version: c.version,
@@ -439,7 +460,7 @@ impl Core {
             self.records.counters.refused += 1;
             return RecordOutcome::Refused(e.to_string());
         }
-        let set = self.replica_set(&dht::keys::record_key(name));
+        let set = self.replica_set(&crate::records::key_of(name));
         let replicas = self.push_copies(now, name, &record, &set);
         self.records.pushed.insert(name.to_string(), set_hash(&set));
         RecordOutcome::Written {
@@ -540,6 +561,7 @@ impl Core {
         if !self.node.is_joined() {
             return;
         }
+        self.check_service_hosts(now);
         let names = self
             .records
             .store
@@ -550,7 +572,7 @@ impl Core {
             names.last().cloned()
         };
         for name in names {
-            let set = self.replica_set(&dht::keys::record_key(&name));
+            let set = self.replica_set(&crate::records::key_of(&name));
             let h = set_hash(&set);
             if self.records.pushed.get(&name) == Some(&h) {
                 continue;

@@ -10,7 +10,9 @@
 //!   answered, which also ends any loop).
 
 use super::Core;
-use crate::xmpp::{SERVICE_EDGE_OUT, SERVICE_EDGE_OUT_RETRY, edges, services, stanza};
+use crate::xmpp::{
+    SERVICE_EDGE_FANOUT, SERVICE_EDGE_OUT, SERVICE_EDGE_OUT_RETRY, edges, services, stanza,
+};
 use dht::{BounceReason, Envelope, EnvelopeKind, NodeId, Role};
 use std::time::Instant;
 use xmpp_edge::EdgeEvent;
@@ -51,9 +53,12 @@ impl Core {
 
     /// Routes a stanza for a ring JID to its responsible node.
     pub(super) fn route_stanza(&mut self, now: Instant, st: Element) {
-        let key = match stanza::to(&st).map(dht::keys::jid_key) {
-            Some(Ok(k)) => k,
-            _ => return self.reply_error(now, &st, "jid-malformed"),
+        let key = match services::routing_key(&st, &self.settings.domains) {
+            Some(k) => k,
+            None => match stanza::to(&st).map(dht::keys::jid_key) {
+                Some(Ok(k)) => k,
+                _ => return self.reply_error(now, &st, "jid-malformed"),
+            },
         };
         tracing::debug!(to = stanza::to(&st), key = %key.short(), "routing a stanza");
         if let Err(e) =
@@ -71,7 +76,7 @@ impl Core {
     }
 
     /// Hands a stanza for a remote domain to its edge.
-    fn send_out(
+    pub(super) fn send_out(
         &mut self,
         now: Instant,
         st: Element,
@@ -117,6 +122,9 @@ impl Core {
         if env.kind == EnvelopeKind::Record {
             return self.on_record_envelope(now, env);
         }
+        if env.kind == EnvelopeKind::Service(SERVICE_EDGE_FANOUT) {
+            return self.on_fanout(now, &env);
+        }
         let Some(st) = stanza::parse(&env.payload) else {
             if matches!(env.kind, EnvelopeKind::Stanza | EnvelopeKind::Service(_)) {
                 tracing::warn!(kind = ?env.kind, "undecodable stanza in an envelope");
@@ -127,9 +135,7 @@ impl Core {
         match env.kind {
             EnvelopeKind::Stanza => {
                 self.net.stanzas_handled += 1;
-                for reply in services::handle(&st, &self.settings.domains) {
-                    self.send_stanza(now, reply);
-                }
+                self.run_services(now, st);
             }
             EnvelopeKind::Service(tag @ (SERVICE_EDGE_OUT | SERVICE_EDGE_OUT_RETRY)) => {
                 let domain = stanza::to(&st).and_then(domain_of).unwrap_or_default();

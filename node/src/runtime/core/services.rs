@@ -1,0 +1,324 @@
+//! The services' driver in the core: loading a room's or PubSub node's
+//! state from the record store before its first stanza, writing back what
+//! changed, fanning broadcasts out per domain, and moving rooms and nodes
+//! when responsibility for their key moves.
+//!
+//! A service's records are keyed on the service's own key
+//! ([`crate::records::key_of`]), so the host is also their coordinator: it
+//! writes them locally (one redb commit per record and turn) and pushes
+//! copies to the next nodes in line, which are exactly the nodes that take
+//! over when it dies.
+
+use super::Core;
+use crate::api::ServicesReport;
+use crate::records::{MUC_PREFIX, RecordOp, RecordOutcome, key_of};
+use crate::xmpp::fanout::{self, FanoutMsg, MAX_RECIPIENTS_PER_ENVELOPE};
+use crate::xmpp::muc::room::RoomState;
+use crate::xmpp::services::{Load, Services};
+use crate::xmpp::{Action, SERVICE_EDGE_FANOUT, SERVICE_EDGE_OUT_RETRY, edges, stanza};
+use bytes::Bytes;
+use dht::{Envelope, EnvelopeKind};
+use std::collections::HashMap;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use xmpp_edge::conn::serves;
+use xmpp_parsers::minidom::Element;
+
+/// Rooms checked for a dead host per sweep.
+const TAKEOVER_BATCH: usize = 256;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The driver's own state.
+#[derive(Default)]
+pub(crate) struct ServiceDriver {
+    /// Loads waiting for fetches: entity -> (fetches left, record names).
+    loads: HashMap<String, (usize, Vec<String>)>,
+    /// Numbers the services' writes (with this node's id, their write id).
+    write_seq: u64,
+    pub(super) takeovers: u64,
+    pub(super) fanout_envelopes: u64,
+    pub(super) fanout_stanzas: u64,
+}
+
+pub(crate) fn new_services(
+    settings: &crate::config::NodeSettings,
+    host: String,
+    seed: u64,
+) -> Services {
+    Services::new(
+        settings.domains.clone(),
+        host,
+        crate::xmpp::pubsub::Limits {
+            max_items: settings.records.pubsub_max_items,
+            max_item_bytes: settings.records.pubsub_max_item_bytes,
+            max_record_bytes: settings.records.limits.max_record_bytes,
+        },
+        seed,
+    )
+}
+
+impl Core {
+    /// A stanza for a ring JID this node is responsible for.
+    pub(super) fn run_services(&mut self, now: Instant, st: Element) {
+        let mut out = Vec::new();
+        let load = self.services.handle(unix_now(), st, &mut out);
+        self.apply_actions(now, out);
+        if let Some(load) = load {
+            self.start_service_load(now, load);
+        }
+    }
+
+    fn apply_actions(&mut self, now: Instant, out: Vec<Action>) {
+        for a in out {
+            match a {
+                Action::Send(st) => self.send_stanza(now, st),
+                Action::Reroute(st) => self.route_stanza(now, st),
+                Action::Broadcast { stanza, to } => self.broadcast(now, stanza, to),
+            }
+        }
+    }
+
+    /// Reads the load's records; those this node has no copy of are
+    /// fetched from the other replicas first (this node may have just
+    /// become responsible for the key).
+    fn start_service_load(&mut self, now: Instant, load: Load) {
+        let missing: Vec<String> = load
+            .names
+            .iter()
+            .filter(|n| matches!(self.records.store.get(n), Ok(None)))
+            .cloned()
+            .collect();
+        let mut fetching = 0;
+        for name in missing {
+            if self.start_fetch(
+                now,
+                &name,
+                super::record_fetch::FetchFor::Service(load.entity.clone()),
+            ) {
+                fetching += 1;
+            }
+        }
+        if fetching == 0 {
+            self.finish_service_load(now, &load.entity, &load.names);
+        } else {
+            self.service_driver
+                .loads
+                .insert(load.entity, (fetching, load.names));
+        }
+    }
+
+    /// One of a load's fetches finished.
+    pub(super) fn service_fetch_done(&mut self, now: Instant, entity: &str) {
+        let Some((left, _)) = self.service_driver.loads.get_mut(entity) else {
+            return;
+        };
+        *left -= 1;
+        if *left == 0
+            && let Some((_, names)) = self.service_driver.loads.remove(entity)
+        {
+            self.finish_service_load(now, entity, &names);
+        }
+    }
+
+    fn finish_service_load(&mut self, now: Instant, entity: &str, names: &[String]) {
+        let values: Vec<(String, Option<Vec<u8>>)> = names
+            .iter()
+            .map(|n| {
+                let v = match self.records.store.get(n) {
+                    Ok(Some(r)) if !r.deleted => Some(r.value),
+                    _ => None,
+                };
+                (n.clone(), v)
+            })
+            .collect();
+        let mut out = Vec::new();
+        self.services.loaded(entity, &values, unix_now(), &mut out);
+        self.apply_actions(now, out);
+    }
+
+    /// Writes what the services changed: as the records' coordinator, a
+    /// local commit and pushes to the other replicas.
+    pub(super) fn persist_services(&mut self, now: Instant) {
+        for (name, value) in self.services.take_writes() {
+            self.service_driver.write_seq += 1;
+            let write = (*self.node.id().as_bytes(), self.service_driver.write_seq);
+            let op = match value {
+                Some(value) => RecordOp::Put { name, value },
+                None => RecordOp::Delete { name },
+            };
+            if let RecordOutcome::Refused(e) = self.coordinate(now, &op, write) {
+                tracing::error!(name = op.name(), "service state not stored: {e}");
+            }
+        }
+    }
+
+    /// One stanza to many JIDs: per remote domain one fan-out envelope
+    /// (per batch) to that domain's edge; ring JIDs one by one.
+    fn broadcast(&mut self, now: Instant, template: Element, to: Vec<String>) {
+        let text = xmpp_edge::xml_write::element_to_string(&template);
+        for (domain, jids) in fanout::by_domain(to) {
+            if serves(&self.settings.domains, &domain) {
+                for j in jids {
+                    let mut st = template.clone();
+                    stanza::set(&mut st, "to", &j);
+                    self.route_stanza(now, st);
+                }
+                continue;
+            }
+            let Some(edge_id) = edges::pick(&self.known_edges(None), &domain) else {
+                tracing::warn!(domain, n = jids.len(), "no edge to fan a broadcast out to");
+                continue;
+            };
+            if edge_id == self.node.id()
+                && let Some(edge) = &self.edge
+            {
+                for j in jids {
+                    let mut st = template.clone();
+                    stanza::set(&mut st, "to", &j);
+                    edge.send(st);
+                }
+                continue;
+            }
+            for chunk in jids.chunks(MAX_RECIPIENTS_PER_ENVELOPE) {
+                let msg = FanoutMsg {
+                    stanza: text.clone(),
+                    to: chunk.to_vec(),
+                };
+                match self.node.route(
+                    now,
+                    edge_id,
+                    EnvelopeKind::Service(SERVICE_EDGE_FANOUT),
+                    Bytes::from(msg.encode()),
+                    false,
+                ) {
+                    Ok(_) => {
+                        self.service_driver.fanout_envelopes += 1;
+                        self.service_driver.fanout_stanzas += chunk.len() as u64;
+                    }
+                    Err(e) => tracing::warn!(domain, "cannot fan a broadcast out: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A fan-out envelope delivered here: written out by this edge, or, if
+    /// the edge it was for has left, sent on one by one through another.
+    pub(super) fn on_fanout(&mut self, now: Instant, env: &Envelope) {
+        let Some(stanzas) = FanoutMsg::decode(&env.payload).and_then(|m| m.expand()) else {
+            tracing::warn!("undecodable fan-out envelope");
+            return;
+        };
+        if env.key == self.node.id()
+            && let Some(edge) = &self.edge
+        {
+            for st in stanzas {
+                edge.send(st);
+            }
+            return;
+        }
+        for st in stanzas {
+            let domain = stanza::to(&st)
+                .and_then(xmpp_edge::conn::domain_of)
+                .unwrap_or_default();
+            self.send_out(now, st, &domain, SERVICE_EDGE_OUT_RETRY, Some(env.key));
+        }
+    }
+
+    /// Once per sweep: rooms and nodes whose key another node is now
+    /// closer to are dropped from memory (their state is stored; the new
+    /// host loads it), and rooms whose host died are taken over.
+    pub(super) fn check_service_hosts(&mut self, now: Instant) {
+        let me = self.node.id();
+        let hosted: Vec<String> = self
+            .services
+            .muc
+            .rooms()
+            .map(|r| crate::xmpp::muc::record_name(r))
+            .chain(self.services.pubsub.loaded().cloned())
+            .collect();
+        for name in hosted {
+            if self.replica_set(&key_of(&name)).first() != Some(&me) {
+                tracing::info!(%name, "no longer responsible: unloading");
+                match name.strip_prefix(MUC_PREFIX) {
+                    Some(room) => self.services.muc.unload(room),
+                    None => self.services.pubsub.unload(&name),
+                }
+            }
+        }
+        // Rooms with occupants whose host is gone: this node, now the
+        // closest, tells the occupants (332) so they can join again here.
+        let live: std::collections::HashSet<String> = self
+            .node
+            .table()
+            .iter()
+            .filter(|e| e.failures == 0)
+            .map(|e| e.contact.id.to_hex())
+            .collect();
+        let names = self
+            .records
+            .store
+            .names_after(Some(MUC_PREFIX), TAKEOVER_BATCH);
+        let mut out = Vec::new();
+        for name in names.into_iter().take_while(|n| n.starts_with(MUC_PREFIX)) {
+            let room = &name[MUC_PREFIX.len()..];
+            if self.services.muc.is_loaded(room)
+                || self.replica_set(&key_of(&name)).first() != Some(&me)
+            {
+                continue;
+            }
+            let Ok(Some(rec)) = self.records.store.get(&name) else {
+                continue;
+            };
+            if rec.deleted {
+                continue;
+            }
+            let Ok(state) = serde_json::from_slice::<RoomState>(&rec.value) else {
+                continue;
+            };
+            if state.occupants.is_empty() || state.host == me.to_hex() || live.contains(&state.host)
+            {
+                continue;
+            }
+            tracing::info!(%room, host = %state.host, "taking over a room whose host is gone");
+            match self.services.muc.take_over(room, &rec.value, &mut out) {
+                Ok(()) => self.service_driver.takeovers += 1,
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        self.apply_actions(now, out);
+    }
+
+    pub(super) fn services_report(&self) -> ServicesReport {
+        let mut rooms: Vec<String> = self.services.muc.rooms().cloned().collect();
+        rooms.sort();
+        let room_count = rooms.len();
+        rooms.truncate(100);
+        let mut nodes: Vec<String> = self
+            .services
+            .pubsub
+            .loaded()
+            .map(|n| {
+                n.trim_start_matches(crate::records::PUBSUB_PREFIX)
+                    .to_string()
+            })
+            .collect();
+        nodes.sort();
+        let node_count = nodes.len();
+        nodes.truncate(100);
+        ServicesReport {
+            rooms,
+            room_count,
+            occupants: self.services.muc.occupants(),
+            pubsub_nodes: nodes,
+            pubsub_node_count: node_count,
+            subscriptions: self.services.pubsub.subscriptions(),
+            takeovers: self.service_driver.takeovers,
+            fanout_envelopes: self.service_driver.fanout_envelopes,
+            fanout_stanzas: self.service_driver.fanout_stanzas,
+        }
+    }
+}

@@ -1,0 +1,525 @@
+//! One multi-user chat room (XEP-0045): who is in it and what they may
+//! do, and what the room sends when someone joins, talks, changes nick or
+//! leaves.
+//!
+//! [`RoomState`] is everything that survives the host: configuration,
+//! affiliations, subject and the occupant list. It is written to the record
+//! store after every change (see [`super::Muc::take_writes`]), so the node
+//! next in line holds a fresh copy when the host dies. The discussion
+//! history is the host's alone (it would cost a replicated write per
+//! message) and starts empty after a failover.
+
+// Items named after XEP-0045/0060/0004 terms (roles, affiliations, form
+// fields, namespaces) are documented by those XEPs.
+#![allow(missing_docs)]
+
+use crate::xmpp::Action;
+use crate::xmpp::stanza::{self, bare, error_reply};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, VecDeque};
+use xmpp_edge::xml::NS_CLIENT;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Role as XRole, Status};
+
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+
+/// Longest nickname accepted (bytes).
+pub const MAX_NICK_BYTES: usize = 256;
+/// Most messages kept for history, whatever the configuration says.
+pub const MAX_HISTORY: usize = 100;
+
+/// A user's long-lived standing in a room, ordered by rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Affiliation {
+    Outcast,
+    None,
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Affiliation {
+    pub fn parse(s: &str) -> Option<Affiliation> {
+        Some(match s {
+            "outcast" => Affiliation::Outcast,
+            "none" => Affiliation::None,
+            "member" => Affiliation::Member,
+            "admin" => Affiliation::Admin,
+            "owner" => Affiliation::Owner,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Affiliation::Outcast => "outcast",
+            Affiliation::None => "none",
+            Affiliation::Member => "member",
+            Affiliation::Admin => "admin",
+            Affiliation::Owner => "owner",
+        }
+    }
+
+    fn to_x(self) -> XAffiliation {
+        match self {
+            Affiliation::Outcast => XAffiliation::Outcast,
+            Affiliation::None => XAffiliation::None,
+            Affiliation::Member => XAffiliation::Member,
+            Affiliation::Admin => XAffiliation::Admin,
+            Affiliation::Owner => XAffiliation::Owner,
+        }
+    }
+}
+
+/// An occupant's role for the current visit, ordered by rank.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Role {
+    None,
+    Visitor,
+    Participant,
+    Moderator,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "none" => Role::None,
+            "visitor" => Role::Visitor,
+            "participant" => Role::Participant,
+            "moderator" => Role::Moderator,
+            _ => return None,
+        })
+    }
+
+    fn to_x(self) -> XRole {
+        match self {
+            Role::None => XRole::None,
+            Role::Visitor => XRole::Visitor,
+            Role::Participant => XRole::Participant,
+            Role::Moderator => XRole::Moderator,
+        }
+    }
+}
+
+/// The owner-settable configuration (`muc#roomconfig`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomConfig {
+    pub name: String,
+    pub description: String,
+    pub persistent: bool,
+    pub public: bool,
+    pub members_only: bool,
+    pub moderated: bool,
+    pub password: Option<String>,
+    pub max_users: usize,
+    pub history: usize,
+    /// Real JIDs visible to every occupant (non-anonymous) instead of to
+    /// moderators only (semi-anonymous).
+    pub whois_anyone: bool,
+    /// Participants, not only moderators, may change the subject.
+    pub change_subject: bool,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            name: String::new(),
+            description: String::new(),
+            persistent: false,
+            public: true,
+            members_only: false,
+            moderated: false,
+            password: None,
+            max_users: 1000,
+            history: 20,
+            whois_anyone: false,
+            change_subject: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Occupant {
+    pub nick: String,
+    /// The occupant's real (full) JID.
+    pub jid: String,
+    pub role: Role,
+    /// The children of the occupant's last presence (show, status, caps),
+    /// serialised, repeated in the presence the room broadcasts.
+    pub presence: Vec<String>,
+}
+
+/// What the record store keeps of a room.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub config: RoomConfig,
+    /// A new room stays locked until its owner configures it (XEP-0045
+    /// §10.1): nobody else can enter.
+    pub locked: bool,
+    /// Affiliations by bare JID (absent means `none`).
+    pub affiliations: BTreeMap<String, Affiliation>,
+    /// The subject and the nick that set it.
+    pub subject: Option<(String, String)>,
+    pub occupants: Vec<Occupant>,
+    /// The id (hex) of the node that last hosted the room.
+    pub host: String,
+}
+
+pub struct HistoryEntry {
+    pub message: Element,
+    pub stamp_unix: u64,
+}
+
+pub struct Room {
+    /// The room's bare JID (normalised).
+    pub jid: String,
+    pub state: RoomState,
+    pub history: VecDeque<HistoryEntry>,
+    /// Destroyed: the record is to be deleted and the room forgotten.
+    pub destroyed: bool,
+}
+
+/// Builds an element in the client namespace with attributes.
+pub fn el(name: &str, attrs: &[(&str, &str)]) -> Element {
+    let mut e = Element::bare(name, NS_CLIENT);
+    for (k, v) in attrs {
+        stanza::set(&mut e, k, v);
+    }
+    e
+}
+
+impl Room {
+    pub fn new(jid: String, state: RoomState) -> Room {
+        Room {
+            jid,
+            state,
+            history: VecDeque::new(),
+            destroyed: false,
+        }
+    }
+
+    pub fn occupant_jid(&self, nick: &str) -> String {
+        format!("{}/{}", self.jid, nick)
+    }
+
+    pub fn affiliation(&self, jid: &str) -> Affiliation {
+        self.state
+            .affiliations
+            .get(&bare(jid))
+            .copied()
+            .unwrap_or(Affiliation::None)
+    }
+
+    pub fn by_jid(&self, jid: &str) -> Option<usize> {
+        self.state.occupants.iter().position(|o| o.jid == jid)
+    }
+
+    pub fn by_nick(&self, nick: &str) -> Option<usize> {
+        self.state.occupants.iter().position(|o| o.nick == nick)
+    }
+
+    /// The role a user of `affiliation` gets on entering.
+    pub fn default_role(&self, affiliation: Affiliation) -> Role {
+        match affiliation {
+            Affiliation::Owner | Affiliation::Admin => Role::Moderator,
+            Affiliation::Member => Role::Participant,
+            _ if self.state.config.moderated => Role::Visitor,
+            _ => Role::Participant,
+        }
+    }
+
+    /// The presence the room sends about `occ` (from `room/nick`).
+    /// `with_jid`: the receiver may see the occupant's real JID.
+    pub fn presence_of(
+        &self,
+        occ: &Occupant,
+        unavailable: bool,
+        with_jid: bool,
+        statuses: Vec<Status>,
+        new_nick: Option<&str>,
+    ) -> Element {
+        let mut p = el("presence", &[("from", &self.occupant_jid(&occ.nick))]);
+        if unavailable {
+            stanza::set(&mut p, "type", "unavailable");
+        } else {
+            for child in &occ.presence {
+                if let Ok(c) = child.parse::<Element>() {
+                    p.append_child(c);
+                }
+            }
+        }
+        let aff = self.affiliation(&occ.jid);
+        let role = if unavailable { Role::None } else { occ.role };
+        let mut item = Item::new(aff.to_x(), role.to_x());
+        if with_jid && let Ok(full) = jid::FullJid::new(&occ.jid) {
+            item = item.with_jid(full);
+        }
+        if let Some(n) = new_nick {
+            item = item.with_nick(n);
+        }
+        let x = MucUser::new()
+            .with_items(vec![item])
+            .with_statuses(statuses);
+        p.append_child(x.into());
+        p
+    }
+
+    /// Tells every occupant about `occ` (itself included, with status 110
+    /// and `self_statuses`). `others_statuses` go to everyone.
+    pub fn broadcast_presence(
+        &self,
+        occ: &Occupant,
+        unavailable: bool,
+        others_statuses: &[Status],
+        self_statuses: &[Status],
+        new_nick: Option<&str>,
+        out: &mut Vec<Action>,
+    ) {
+        let mut with_jid = Vec::new();
+        let mut without_jid = Vec::new();
+        for o in &self.state.occupants {
+            if o.jid == occ.jid {
+                continue;
+            }
+            if self.state.config.whois_anyone || o.role == Role::Moderator {
+                with_jid.push(o.jid.clone());
+            } else {
+                without_jid.push(o.jid.clone());
+            }
+        }
+        for (to, jid) in [(with_jid, true), (without_jid, false)] {
+            if !to.is_empty() {
+                let stanza =
+                    self.presence_of(occ, unavailable, jid, others_statuses.to_vec(), new_nick);
+                out.push(Action::Broadcast { stanza, to });
+            }
+        }
+        let mut statuses = others_statuses.to_vec();
+        statuses.push(Status::SelfPresence);
+        statuses.extend_from_slice(self_statuses);
+        let mut p = self.presence_of(occ, unavailable, true, statuses, new_nick);
+        stanza::set(&mut p, "to", &occ.jid);
+        out.push(Action::Send(p));
+    }
+
+    /// Takes occupant `i` out of the room, telling everyone (`statuses`
+    /// say why: 301 banned, 307 kicked, 321/322 affiliation, 333 error).
+    pub fn remove_occupant(&mut self, i: usize, statuses: &[Status], out: &mut Vec<Action>) {
+        let occ = self.state.occupants[i].clone();
+        self.broadcast_presence(&occ, true, statuses, &[], None, out);
+        self.state.occupants.remove(i);
+    }
+
+    /// Enters `from` as `nick` (the checks are done). `created`: the join
+    /// created the room. `history_max`: the stanzas the user asked for.
+    pub fn enter(
+        &mut self,
+        from: &str,
+        nick: &str,
+        presence: &Element,
+        created: bool,
+        history_max: Option<usize>,
+        out: &mut Vec<Action>,
+    ) {
+        let aff = self.affiliation(from);
+        let occ = Occupant {
+            nick: nick.to_string(),
+            jid: from.to_string(),
+            role: self.default_role(aff),
+            presence: presence_children(presence),
+        };
+        let sees_jids = self.state.config.whois_anyone || occ.role == Role::Moderator;
+        // 1. The occupants already there, to the newcomer.
+        for o in &self.state.occupants {
+            let mut p = self.presence_of(o, false, sees_jids, vec![], None);
+            stanza::set(&mut p, "to", from);
+            out.push(Action::Send(p));
+        }
+        // 2. The newcomer to everyone, itself last (with 110).
+        self.state.occupants.push(occ.clone());
+        let mut own = Vec::new();
+        if self.state.config.whois_anyone {
+            own.push(Status::NonAnonymousRoom);
+        }
+        if created {
+            own.push(Status::RoomHasBeenCreated);
+        }
+        self.broadcast_presence(&occ, false, &[], &own, None, out);
+        // 3. History, then the subject (always, possibly empty).
+        let max = history_max
+            .unwrap_or(self.state.config.history)
+            .min(self.state.config.history);
+        let skip = self.history.len().saturating_sub(max);
+        for h in self.history.iter().skip(skip) {
+            let mut m = h.message.clone();
+            stanza::set(&mut m, "to", from);
+            let mut delay = Element::bare("delay", "urn:xmpp:delay");
+            stanza::set(&mut delay, "from", &self.jid);
+            stanza::set(&mut delay, "stamp", &utc_stamp(h.stamp_unix));
+            m.append_child(delay);
+            out.push(Action::Send(m));
+        }
+        let (snick, text) = self.state.subject.clone().unwrap_or_default();
+        let from_subject = if snick.is_empty() {
+            self.jid.clone()
+        } else {
+            self.occupant_jid(&snick)
+        };
+        let mut m = el(
+            "message",
+            &[("from", &from_subject), ("to", from), ("type", "groupchat")],
+        );
+        let mut s = Element::bare("subject", NS_CLIENT);
+        s.append_text(&text);
+        m.append_child(s);
+        out.push(Action::Send(m));
+    }
+
+    /// A groupchat message from occupant `i`: a subject change or a message
+    /// for everyone.
+    pub fn groupchat(&mut self, i: usize, msg: &Element, now_unix: u64, out: &mut Vec<Action>) {
+        let occ = self.state.occupants[i].clone();
+        if occ.role < Role::Participant {
+            return out.extend(
+                error_reply(msg, "forbidden", Some("visitors may not speak")).map(Action::Send),
+            );
+        }
+        let subject = msg.get_child("subject", NS_CLIENT);
+        let has_body = msg.get_child("body", NS_CLIENT).is_some();
+        if let Some(s) = subject.filter(|_| !has_body) {
+            if occ.role != Role::Moderator && !self.state.config.change_subject {
+                return out.extend(
+                    error_reply(
+                        msg,
+                        "forbidden",
+                        Some("only moderators may change the subject"),
+                    )
+                    .map(Action::Send),
+                );
+            }
+            self.state.subject = Some((occ.nick.clone(), s.text()));
+        }
+        let mut m = msg.clone();
+        stanza::unset(&mut m, "to");
+        stanza::set(&mut m, "from", &self.occupant_jid(&occ.nick));
+        if has_body {
+            self.history.push_back(HistoryEntry {
+                message: m.clone(),
+                stamp_unix: now_unix,
+            });
+            let cap = self.state.config.history.min(MAX_HISTORY);
+            while self.history.len() > cap {
+                self.history.pop_front();
+            }
+        }
+        let to = self.state.occupants.iter().map(|o| o.jid.clone()).collect();
+        out.push(Action::Broadcast { stanza: m, to });
+    }
+
+    /// A private message from occupant `i` to the occupant called `nick`.
+    pub fn private_message(&self, i: usize, nick: &str, msg: &Element, out: &mut Vec<Action>) {
+        if msg.attr("type") == Some("groupchat") {
+            return out.extend(
+                error_reply(msg, "bad-request", Some("groupchat to an occupant")).map(Action::Send),
+            );
+        }
+        let Some(t) = self.by_nick(nick) else {
+            return out.extend(error_reply(msg, "item-not-found", None).map(Action::Send));
+        };
+        let mut m = msg.clone();
+        stanza::set(
+            &mut m,
+            "from",
+            &self.occupant_jid(&self.state.occupants[i].nick),
+        );
+        stanza::set(&mut m, "to", &self.state.occupants[t].jid);
+        if m.get_child("x", NS_MUC_USER).is_none() {
+            m.append_child(Element::bare("x", NS_MUC_USER));
+        }
+        out.push(Action::Send(m));
+    }
+
+    /// Tells every occupant that the room is gone (`destroy`: the XEP's
+    /// `<destroy/>` element, or `None` for a service shutdown, status 332)
+    /// and empties it.
+    pub fn evict_all(&mut self, destroy: Option<Element>, out: &mut Vec<Action>) {
+        for occ in std::mem::take(&mut self.state.occupants) {
+            let mut p = el(
+                "presence",
+                &[
+                    ("from", &self.occupant_jid(&occ.nick)),
+                    ("to", &occ.jid),
+                    ("type", "unavailable"),
+                ],
+            );
+            let aff = self.affiliation(&occ.jid);
+            let mut x = MucUser::new()
+                .with_items(vec![Item::new(aff.to_x(), XRole::None)])
+                .with_statuses(vec![Status::SelfPresence]);
+            if destroy.is_none() {
+                x.status.push(Status::ServiceShutdown);
+            }
+            let mut x: Element = x.into();
+            if let Some(d) = &destroy {
+                x.append_child(d.clone());
+            }
+            p.append_child(x);
+            out.push(Action::Send(p));
+        }
+    }
+}
+
+/// The presence children the room repeats (not the MUC join element).
+pub fn presence_children(p: &Element) -> Vec<String> {
+    p.children()
+        .filter(|c| !c.is("x", NS_MUC) && !c.is("x", NS_MUC_USER))
+        .map(xmpp_edge::xml_write::element_to_string)
+        .collect()
+}
+
+/// `YYYY-MM-DDThh:mm:ssZ` (XEP-0082) for a Unix time.
+pub fn utc_stamp(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(utc_stamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_stamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_stamp(1_795_651_199), "2026-11-25T23:59:59Z");
+    }
+
+    #[test]
+    fn ranks_order_as_the_xep_says() {
+        assert!(Affiliation::Owner > Affiliation::Admin);
+        assert!(Affiliation::Member > Affiliation::None);
+        assert!(Affiliation::None > Affiliation::Outcast);
+        assert!(Role::Moderator > Role::Participant);
+        for a in ["owner", "admin", "member", "none", "outcast"] {
+            assert_eq!(Affiliation::parse(a).unwrap().as_str(), a);
+        }
+        assert_eq!(Affiliation::parse("god"), None);
+    }
+}

@@ -1,0 +1,365 @@
+//! The room state machine driven stanza by stanza: every delivery it asks
+//! for is checked, broadcasts flattened to one stanza per recipient.
+
+use super::*;
+use crate::xmpp::stanza::NS_STANZAS;
+use xmpp_edge::xml::NS_CLIENT;
+
+const ROOM: &str = "room@conference.ring.test";
+
+struct Harness {
+    muc: Muc,
+}
+
+/// (recipient, stanza) for everything the service asked to send.
+fn flatten(out: Vec<Action>) -> Vec<(String, Element)> {
+    let mut v = Vec::new();
+    for a in out {
+        match a {
+            Action::Send(s) => v.push((s.attr("to").unwrap_or_default().to_string(), s)),
+            Action::Broadcast { stanza, to } => {
+                for t in to {
+                    let mut s = stanza.clone();
+                    crate::xmpp::stanza::set(&mut s, "to", &t);
+                    v.push((t, s));
+                }
+            }
+            Action::Reroute(_) => panic!("rooms never reroute"),
+        }
+    }
+    v
+}
+
+fn error_of(s: &Element) -> Option<String> {
+    (s.attr("type") == Some("error")).then(|| {
+        s.get_child("error", NS_CLIENT)
+            .and_then(|e| e.children().find(|c| c.ns() == NS_STANZAS))
+            .map(|c| c.name().to_string())
+            .unwrap_or_default()
+    })
+}
+
+fn statuses(p: &Element) -> Vec<String> {
+    p.get_child("x", room::NS_MUC_USER)
+        .map(|x| {
+            x.children()
+                .filter(|c| c.name() == "status")
+                .filter_map(|c| c.attr("code").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            muc: Muc::new("me".into()),
+        }
+    }
+
+    fn send(&mut self, xml: &str) -> Vec<(String, Element)> {
+        let st: Element = xml.parse().unwrap();
+        let to = st.attr("to").unwrap().to_string();
+        let (room, nick) = match to.split_once('/') {
+            Some((r, n)) => (r.to_string(), Some(n.to_string())),
+            None => (to, None),
+        };
+        let mut out = Vec::new();
+        self.muc
+            .handle(&room, nick.as_deref(), &st, 1_000, &mut out);
+        flatten(out)
+    }
+
+    fn join(&mut self, jid: &str, nick: &str) -> Vec<(String, Element)> {
+        self.send(&format!(
+            "<presence xmlns='jabber:client' from='{jid}' to='{ROOM}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+    }
+
+    fn configure(&mut self, owner: &str, fields: &[(&str, &str)]) -> Vec<(String, Element)> {
+        let f: String = fields
+            .iter()
+            .map(|(k, v)| format!("<field var='{k}'><value>{v}</value></field>"))
+            .collect();
+        self.send(&format!(
+            "<iq xmlns='jabber:client' type='set' id='c' from='{owner}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>{f}</x></query></iq>"
+        ))
+    }
+
+    /// alice creates an instant room (with `fields`) and bob joins.
+    fn room_with_alice_and_bob(fields: &[(&str, &str)]) -> Harness {
+        let mut h = Harness::new();
+        let created = h.join("alice@a.test/x", "alice");
+        let own = created
+            .iter()
+            .find(|(to, s)| to == "alice@a.test/x" && s.name() == "presence")
+            .unwrap();
+        assert!(statuses(&own.1).contains(&"201".to_string()));
+        assert!(statuses(&own.1).contains(&"110".to_string()));
+        let r = h.configure("alice@a.test/x", fields);
+        assert_eq!(r[0].1.attr("type"), Some("result"));
+        h.join("bob@b.test/y", "bob");
+        h
+    }
+}
+
+#[test]
+fn a_locked_room_refuses_others_until_configured() {
+    let mut h = Harness::new();
+    h.join("alice@a.test/x", "alice");
+    let r = h.join("bob@b.test/y", "bob");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("item-not-found"));
+    // To anyone but its owner a locked room does not exist yet.
+    let r = h.configure("bob@b.test/y", &[]);
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("item-not-found"));
+    h.configure("alice@a.test/x", &[]);
+    let r = h.join("bob@b.test/y", "bob");
+    assert!(r.iter().all(|(_, s)| error_of(s).is_none()));
+    // Once open, only owners may configure.
+    let r = h.configure("bob@b.test/y", &[]);
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("forbidden"));
+}
+
+#[test]
+fn joining_shows_everyone_and_ends_with_self_presence_and_subject() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    let r = h.join("carol@b.test/z", "carol");
+    let to_carol: Vec<&Element> = r
+        .iter()
+        .filter(|(t, _)| t == "carol@b.test/z")
+        .map(|(_, s)| s)
+        .collect();
+    // alice and bob, then carol herself (110), then the subject.
+    assert_eq!(
+        to_carol[0].attr("from"),
+        Some("room@conference.ring.test/alice")
+    );
+    assert_eq!(
+        to_carol[1].attr("from"),
+        Some("room@conference.ring.test/bob")
+    );
+    assert_eq!(
+        to_carol[2].attr("from"),
+        Some("room@conference.ring.test/carol")
+    );
+    assert!(statuses(to_carol[2]).contains(&"110".to_string()));
+    assert!(to_carol[3].get_child("subject", NS_CLIENT).is_some());
+    // The others see carol; alice (a moderator) with her real JID, bob
+    // (semi-anonymous room) without.
+    let item = |to: &str| {
+        let p = &r
+            .iter()
+            .find(|(t, s)| t == to && s.name() == "presence")
+            .unwrap()
+            .1;
+        p.get_child("x", room::NS_MUC_USER)
+            .unwrap()
+            .get_child("item", room::NS_MUC_USER)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(item("alice@a.test/x").attr("jid"), Some("carol@b.test/z"));
+    assert_eq!(item("bob@b.test/y").attr("jid"), None);
+}
+
+#[test]
+fn groupchat_private_messages_subject_and_history() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    let r = h.send("<message xmlns='jabber:client' type='groupchat' id='m1' from='bob@b.test/y' to='room@conference.ring.test'><body>hello</body></message>");
+    assert_eq!(r.len(), 2);
+    assert!(
+        r.iter()
+            .all(|(_, s)| s.attr("from") == Some("room@conference.ring.test/bob"))
+    );
+    // Strangers may not talk.
+    let r = h.send("<message xmlns='jabber:client' type='groupchat' from='eve@e.test/1' to='room@conference.ring.test'><body>x</body></message>");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("not-acceptable"));
+    // A private message reaches only its addressee.
+    let r = h.send("<message xmlns='jabber:client' type='chat' from='alice@a.test/x' to='room@conference.ring.test/bob'><body>psst</body></message>");
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "bob@b.test/y");
+    assert_eq!(r[0].1.attr("from"), Some("room@conference.ring.test/alice"));
+    let r = h.send("<message xmlns='jabber:client' type='chat' from='alice@a.test/x' to='room@conference.ring.test/nobody'><body>x</body></message>");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("item-not-found"));
+    // Only moderators change the subject by default.
+    let r = h.send("<message xmlns='jabber:client' type='groupchat' from='bob@b.test/y' to='room@conference.ring.test'><subject>mine</subject></message>");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("forbidden"));
+    h.send("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='room@conference.ring.test'><subject>Topic</subject></message>");
+    // A newcomer gets the history (with delay) and the subject.
+    let r = h.join("carol@c.test/1", "carol");
+    let bodies: Vec<_> = r
+        .iter()
+        .filter_map(|(_, s)| s.get_child("body", NS_CLIENT).map(|b| b.text()))
+        .collect();
+    assert_eq!(bodies, vec!["hello".to_string()]);
+    assert!(
+        r.iter()
+            .any(|(_, s)| s.get_child("delay", "urn:xmpp:delay").is_some())
+    );
+    let subject = r
+        .iter()
+        .rev()
+        .find_map(|(_, s)| s.get_child("subject", NS_CLIENT))
+        .unwrap();
+    assert_eq!(subject.text(), "Topic");
+    // The subject is part of the stored state.
+    let w = h.muc.take_writes();
+    let state: RoomState = serde_json::from_slice(w[0].1.as_ref().unwrap()).unwrap();
+    assert_eq!(state.subject.unwrap().1, "Topic");
+    assert_eq!(state.occupants.len(), 3);
+}
+
+#[test]
+fn nick_changes_and_conflicts() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    let r = h.join("bob@b.test/y", "alice");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("conflict"));
+    let r = h.join("carol@c.test/1", "bob");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("conflict"));
+    let r = h.join("bob@b.test/y", "robert");
+    let gone = r
+        .iter()
+        .find(|(t, s)| t == "alice@a.test/x" && s.attr("type") == Some("unavailable"))
+        .unwrap();
+    assert!(statuses(&gone.1).contains(&"303".to_string()));
+    let item = gone
+        .1
+        .get_child("x", room::NS_MUC_USER)
+        .unwrap()
+        .get_child("item", room::NS_MUC_USER)
+        .unwrap();
+    assert_eq!(item.attr("nick"), Some("robert"));
+    assert!(r.iter().any(|(t, s)| t == "alice@a.test/x"
+        && s.attr("from") == Some("room@conference.ring.test/robert")));
+}
+
+#[test]
+fn leaving_and_the_last_one_out_of_a_temporary_room() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    let r = h.send("<presence xmlns='jabber:client' type='unavailable' from='bob@b.test/y' to='room@conference.ring.test/bob'/>");
+    assert_eq!(r.len(), 2);
+    h.send("<presence xmlns='jabber:client' type='unavailable' from='alice@a.test/x' to='room@conference.ring.test/alice'/>");
+    assert!(!h.muc.is_loaded(ROOM));
+    let w = h.muc.take_writes();
+    assert_eq!(
+        w,
+        vec![(record_name(ROOM), None)],
+        "a temporary room is deleted"
+    );
+}
+
+#[test]
+fn kick_ban_and_rank_checks() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    h.join("carol@c.test/1", "carol");
+    // bob is no moderator.
+    let r = h.send("<iq xmlns='jabber:client' type='set' id='k' from='bob@b.test/y' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='carol' role='none'/></query></iq>");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("forbidden"));
+    // alice kicks carol: 307 to everyone.
+    let r = h.send("<iq xmlns='jabber:client' type='set' id='k' from='alice@a.test/x' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='carol' role='none'/></query></iq>");
+    let kicked = r.iter().find(|(t, _)| t == "carol@c.test/1").unwrap();
+    assert!(statuses(&kicked.1).contains(&"307".to_string()));
+    assert!(r.iter().any(|(_, s)| s.attr("type") == Some("result")));
+    // alice bans bob: 301, and he cannot come back.
+    let r = h.send("<iq xmlns='jabber:client' type='set' id='b' from='alice@a.test/x' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='bob@b.test' affiliation='outcast'/></query></iq>");
+    let banned = r.iter().find(|(t, _)| t == "bob@b.test/y").unwrap();
+    assert!(statuses(&banned.1).contains(&"301".to_string()));
+    let r = h.join("bob@b.test/other", "bob");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("forbidden"));
+    // The owner cannot be removed as the last owner.
+    let r = h.send("<iq xmlns='jabber:client' type='set' id='o' from='alice@a.test/x' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@a.test' affiliation='none'/></query></iq>");
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("conflict"));
+    // The outcast list.
+    let r = h.send("<iq xmlns='jabber:client' type='get' id='l' from='alice@a.test/x' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='outcast'/></query></iq>");
+    let q = r[0].1.get_child("query", admin::NS_MUC_ADMIN).unwrap();
+    assert_eq!(q.children().next().unwrap().attr("jid"), Some("bob@b.test"));
+}
+
+#[test]
+fn members_only_and_password_rooms() {
+    let mut h = Harness::room_with_alice_and_bob(&[
+        ("muc#roomconfig_passwordprotectedroom", "1"),
+        ("muc#roomconfig_roomsecret", "pw"),
+    ]);
+    // bob joined after the password was set, without it: refused.
+    assert_eq!(h.muc.occupants(), 1);
+    let r = h.send(&format!("<presence xmlns='jabber:client' from='bob@b.test/y' to='{ROOM}/bob'><x xmlns='http://jabber.org/protocol/muc'><password>pw</password></x></presence>"));
+    assert!(r.iter().all(|(_, s)| error_of(s).is_none()));
+    // Members only: bob (no affiliation) is removed with 322; carol refused.
+    let r = h.configure("alice@a.test/x", &[("muc#roomconfig_membersonly", "1")]);
+    assert!(
+        r.iter()
+            .any(|(t, s)| t == "bob@b.test/y" && statuses(s).contains(&"322".to_string()))
+    );
+    let r = h.send(&format!("<presence xmlns='jabber:client' from='carol@c.test/1' to='{ROOM}/carol'><x xmlns='http://jabber.org/protocol/muc'><password>pw</password></x></presence>"));
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("registration-required"));
+    // Made a member, carol gets in.
+    h.send("<iq xmlns='jabber:client' type='set' id='m' from='alice@a.test/x' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='carol@c.test' affiliation='member'/></query></iq>");
+    let r = h.send(&format!("<presence xmlns='jabber:client' from='carol@c.test/1' to='{ROOM}/carol'><x xmlns='http://jabber.org/protocol/muc'><password>pw</password></x></presence>"));
+    assert!(r.iter().all(|(_, s)| error_of(s).is_none()));
+    // Disco shows the configuration.
+    let r = h.send("<iq xmlns='jabber:client' type='get' id='d' from='x@x.test/1' to='room@conference.ring.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+    let info = DiscoInfoResult::try_from(r[0].1.get_child("query", NS_DISCO_INFO).unwrap().clone())
+        .unwrap();
+    assert!(info.features.contains("muc_membersonly"));
+    assert!(info.features.contains("muc_passwordprotected"));
+}
+
+#[test]
+fn bad_requests_get_the_xep_errors() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    for (xml, cond) in [
+        // No nick.
+        (format!("<presence xmlns='jabber:client' from='c@c.test/1' to='{ROOM}'/>"), "jid-malformed"),
+        // Groupchat to an occupant, chat to the room.
+        (format!("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='{ROOM}/bob'><body>x</body></message>"), "bad-request"),
+        (format!("<message xmlns='jabber:client' type='chat' from='alice@a.test/x' to='{ROOM}'><body>x</body></message>"), "bad-request"),
+        // Malformed forms and admin items.
+        (format!("<iq xmlns='jabber:client' type='set' id='1' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_maxusers'><value>lots</value></field></x></query></iq>"), "not-acceptable"),
+        (format!("<iq xmlns='jabber:client' type='set' id='1' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>"), "bad-request"),
+        (format!("<iq xmlns='jabber:client' type='set' id='1' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='bob' role='emperor'/></query></iq>"), "bad-request"),
+        (format!("<iq xmlns='jabber:client' type='set' id='1' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'/></iq>"), "bad-request"),
+        (format!("<iq xmlns='jabber:client' type='get' id='1' from='alice@a.test/x' to='{ROOM}'><query xmlns='jabber:iq:version'/></iq>"), "service-unavailable"),
+        // A room that does not exist.
+        ("<message xmlns='jabber:client' type='groupchat' from='a@a.test/x' to='none@conference.ring.test'><body>x</body></message>".to_string(), "item-not-found"),
+        ("<iq xmlns='jabber:client' type='get' id='1' from='a@a.test/x' to='none@conference.ring.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>".to_string(), "item-not-found"),
+    ] {
+        let r = h.send(&xml);
+        assert_eq!(r.len(), 1, "{xml}");
+        assert_eq!(error_of(&r[0].1).as_deref(), Some(cond), "{xml}");
+    }
+}
+
+#[test]
+fn takeover_tells_occupants_and_keeps_the_configuration() {
+    let mut h = Harness::room_with_alice_and_bob(&[("muc#roomconfig_roomname", "Kept")]);
+    h.send("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='room@conference.ring.test'><subject>S</subject></message>");
+    let state = h.muc.take_writes().pop().unwrap().1.unwrap();
+    let mut successor = Muc::new("other".into());
+    let mut out = Vec::new();
+    successor.take_over(ROOM, &state, &mut out).unwrap();
+    let r = flatten(out);
+    assert_eq!(r.len(), 2);
+    for (_, p) in &r {
+        assert_eq!(p.attr("type"), Some("unavailable"));
+        assert!(statuses(p).contains(&"332".to_string()));
+    }
+    // Configuration and subject stay; the occupants may join again.
+    let mut h2 = Harness { muc: successor };
+    let r = h2.join("bob@b.test/y", "bob");
+    let subject = r
+        .iter()
+        .rev()
+        .find_map(|(_, s)| s.get_child("subject", NS_CLIENT))
+        .unwrap();
+    assert_eq!(subject.text(), "S");
+    let w = h2.muc.take_writes();
+    let st: RoomState = serde_json::from_slice(w[0].1.as_ref().unwrap()).unwrap();
+    assert_eq!(st.config.name, "Kept");
+    assert_eq!(st.host, "other");
+    assert!(
+        Muc::new("x".into())
+            .install(ROOM, Some(b"not json"))
+            .is_err()
+    );
+}

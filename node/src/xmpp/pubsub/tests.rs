@@ -1,0 +1,390 @@
+//! The PubSub state machine driven request by request.
+
+use super::*;
+use crate::xmpp::stanza::NS_STANZAS;
+use xmpp_edge::xml::NS_CLIENT;
+
+const SVC: &str = "pubsub.ring.test";
+
+fn ps() -> PubSub {
+    PubSub::new(
+        Limits {
+            max_items: 3,
+            max_item_bytes: 200,
+            max_record_bytes: 2000,
+        },
+        1,
+    )
+}
+
+fn run(p: &mut PubSub, xml: &str) -> Vec<Action> {
+    let st: Element = xml.parse().unwrap();
+    let mut out = Vec::new();
+    match target_node(&st) {
+        Some(n) => p.handle(SVC, &n, &st, &mut out),
+        None => p.handle_service(&st, &mut out),
+    }
+    out
+}
+
+fn iq(from: &str, ty: &str, ns: &str, inner: &str) -> String {
+    format!(
+        "<iq xmlns='jabber:client' type='{ty}' id='i' from='{from}' to='{SVC}'><pubsub xmlns='{ns}'>{inner}</pubsub></iq>"
+    )
+}
+
+fn reply(out: &[Action]) -> &Element {
+    out.iter()
+        .find_map(|a| match a {
+            Action::Send(s) => Some(s),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+/// The stanza error condition and the XEP-0060 one.
+fn errors(out: &[Action]) -> (String, Option<String>) {
+    let e = reply(out).get_child("error", NS_CLIENT).expect("an error");
+    let c = e
+        .children()
+        .find(|c| c.ns() == NS_STANZAS)
+        .unwrap()
+        .name()
+        .to_string();
+    let a = e
+        .children()
+        .find(|c| c.ns() == NS_PUBSUB_ERRORS)
+        .map(|c| c.name().to_string());
+    (c, a)
+}
+
+fn created(p: &mut PubSub) {
+    let out = run(
+        p,
+        &iq("alice@a.test/x", "set", NS_PUBSUB, "<create node='news'/>"),
+    );
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+}
+
+#[test]
+fn create_subscribe_publish_notify_and_retrieve() {
+    let mut p = ps();
+    created(&mut p);
+    let out = run(
+        &mut p,
+        &iq("alice@a.test/x", "set", NS_PUBSUB, "<create node='news'/>"),
+    );
+    assert_eq!(errors(&out).0, "conflict");
+    for who in ["bob@b.test", "carol@a.test"] {
+        let out = run(
+            &mut p,
+            &iq(
+                &format!("{who}/r"),
+                "set",
+                NS_PUBSUB,
+                &format!("<subscribe node='news' jid='{who}'/>"),
+            ),
+        );
+        let sub = reply(&out)
+            .get_child("pubsub", NS_PUBSUB)
+            .unwrap()
+            .get_child("subscription", NS_PUBSUB)
+            .unwrap();
+        assert_eq!(sub.attr("subscription"), Some("subscribed"));
+    }
+    let out = run(
+        &mut p,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB,
+            "<publish node='news'><item id='1'><entry xmlns='urn:test'>hello</entry></item></publish>",
+        ),
+    );
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+    let Action::Broadcast { stanza, to } = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        to,
+        &vec!["bob@b.test".to_string(), "carol@a.test".to_string()]
+    );
+    let item = stanza
+        .get_child("event", NS_PUBSUB_EVENT)
+        .unwrap()
+        .get_child("items", NS_PUBSUB_EVENT)
+        .unwrap()
+        .get_child("item", NS_PUBSUB_EVENT)
+        .unwrap();
+    assert_eq!(item.attr("id"), Some("1"));
+    assert_eq!(item.get_child("entry", "urn:test").unwrap().text(), "hello");
+    // Retrieval, and the bound on kept items (3): the oldest goes.
+    for i in 2..=4 {
+        run(
+            &mut p,
+            &iq(
+                "alice@a.test/x",
+                "set",
+                NS_PUBSUB,
+                &format!(
+                    "<publish node='news'><item id='{i}'><e xmlns='urn:test'/></item></publish>"
+                ),
+            ),
+        );
+    }
+    let out = run(
+        &mut p,
+        &iq("bob@b.test/r", "get", NS_PUBSUB, "<items node='news'/>"),
+    );
+    let ids: Vec<_> = reply(&out)
+        .get_child("pubsub", NS_PUBSUB)
+        .unwrap()
+        .get_child("items", NS_PUBSUB)
+        .unwrap()
+        .children()
+        .filter_map(|i| i.attr("id"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids, vec!["2", "3", "4"]);
+    // Both records are written; a new host reads them back.
+    let writes = p.take_writes();
+    assert_eq!(writes.len(), 2);
+    let mut q = ps();
+    q.install(SVC, "news", writes[0].1.as_deref(), writes[1].1.as_deref())
+        .unwrap();
+    assert_eq!(q.subscriptions(), 2);
+    let out = run(
+        &mut q,
+        &iq(
+            "bob@b.test/r",
+            "get",
+            NS_PUBSUB,
+            "<items node='news' max_items='1'/>",
+        ),
+    );
+    let items = reply(&out)
+        .get_child("pubsub", NS_PUBSUB)
+        .unwrap()
+        .get_child("items", NS_PUBSUB)
+        .unwrap();
+    assert_eq!(items.children().count(), 1);
+}
+
+#[test]
+fn permissions_and_the_xep_errors() {
+    let mut p = ps();
+    let out = run(
+        &mut p,
+        &iq(
+            "bob@b.test/r",
+            "set",
+            NS_PUBSUB,
+            "<publish node='none'><item><e xmlns='urn:t'/></item></publish>",
+        ),
+    );
+    assert_eq!(errors(&out).0, "item-not-found");
+    created(&mut p);
+    let cases = [
+        (
+            iq(
+                "bob@b.test/r",
+                "set",
+                NS_PUBSUB,
+                "<publish node='news'><item><e xmlns='urn:t'/></item></publish>",
+            ),
+            "forbidden",
+            None,
+        ),
+        (
+            iq(
+                "alice@a.test/x",
+                "set",
+                NS_PUBSUB,
+                "<publish node='news'><item id='x'/></publish>",
+            ),
+            "bad-request",
+            Some("payload-required"),
+        ),
+        (
+            iq(
+                "alice@a.test/x",
+                "set",
+                NS_PUBSUB,
+                &format!(
+                    "<publish node='news'><item><e xmlns='urn:t'>{}</e></item></publish>",
+                    "x".repeat(300)
+                ),
+            ),
+            "not-acceptable",
+            Some("payload-too-big"),
+        ),
+        (
+            iq(
+                "bob@b.test/r",
+                "set",
+                NS_PUBSUB,
+                "<subscribe node='news' jid='carol@a.test'/>",
+            ),
+            "bad-request",
+            Some("invalid-jid"),
+        ),
+        (
+            iq(
+                "bob@b.test/r",
+                "set",
+                NS_PUBSUB,
+                "<unsubscribe node='news' jid='bob@b.test'/>",
+            ),
+            "unexpected-request",
+            Some("not-subscribed"),
+        ),
+        (
+            iq(
+                "bob@b.test/r",
+                "get",
+                NS_PUBSUB_OWNER,
+                "<configure node='news'/>",
+            ),
+            "forbidden",
+            None,
+        ),
+        (
+            iq(
+                "bob@b.test/r",
+                "set",
+                NS_PUBSUB_OWNER,
+                "<delete node='news'/>",
+            ),
+            "forbidden",
+            None,
+        ),
+        (
+            iq(
+                "alice@a.test/x",
+                "set",
+                NS_PUBSUB,
+                "<retract node='news'><item id='nope'/></retract>",
+            ),
+            "item-not-found",
+            None,
+        ),
+        (
+            iq("alice@a.test/x", "set", NS_PUBSUB, "<bogus node='news'/>"),
+            "bad-request",
+            None,
+        ),
+        (
+            iq("alice@a.test/x", "set", NS_PUBSUB, "<publish/>"),
+            "bad-request",
+            Some("nodeid-required"),
+        ),
+    ];
+    for (xml, cond, app) in cases {
+        let out = run(&mut p, &xml);
+        assert_eq!(
+            errors(&out),
+            (cond.to_string(), app.map(str::to_string)),
+            "{xml}"
+        );
+    }
+    // Whitelisted nodes: only affiliated users subscribe; a publisher may publish.
+    let out = run(
+        &mut p,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB_OWNER,
+            "<configure node='news'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>whitelist</value></field></x></configure>",
+        ),
+    );
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+    let out = run(
+        &mut p,
+        &iq(
+            "bob@b.test/r",
+            "set",
+            NS_PUBSUB,
+            "<subscribe node='news' jid='bob@b.test'/>",
+        ),
+    );
+    assert_eq!(
+        errors(&out),
+        ("not-allowed".into(), Some("closed-node".into()))
+    );
+    run(
+        &mut p,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB_OWNER,
+            "<affiliations node='news'><affiliation jid='bob@b.test' affiliation='publisher'/></affiliations>",
+        ),
+    );
+    let out = run(
+        &mut p,
+        &iq(
+            "bob@b.test/r",
+            "set",
+            NS_PUBSUB,
+            "<subscribe node='news' jid='bob@b.test'/>",
+        ),
+    );
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+    let out = run(
+        &mut p,
+        &iq(
+            "bob@b.test/r",
+            "set",
+            NS_PUBSUB,
+            "<publish node='news'><item><e xmlns='urn:t'/></item></publish>",
+        ),
+    );
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+    // The node cannot lose its last owner.
+    let out = run(
+        &mut p,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB_OWNER,
+            "<affiliations node='news'><affiliation jid='alice@a.test' affiliation='none'/></affiliations>",
+        ),
+    );
+    assert_eq!(errors(&out).0, "not-acceptable");
+}
+
+#[test]
+fn delete_notifies_and_instant_nodes_are_rerouted() {
+    let mut p = ps();
+    created(&mut p);
+    run(
+        &mut p,
+        &iq(
+            "bob@b.test/r",
+            "set",
+            NS_PUBSUB,
+            "<subscribe node='news' jid='bob@b.test'/>",
+        ),
+    );
+    let out = run(
+        &mut p,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB_OWNER,
+            "<delete node='news'/>",
+        ),
+    );
+    assert!(out.iter().any(|a| matches!(a, Action::Broadcast { stanza, .. } if stanza.get_child("event", NS_PUBSUB_EVENT).unwrap().get_child("delete", NS_PUBSUB_EVENT).is_some())));
+    assert!(!p.is_loaded("pubsub:pubsub.ring.test/news"));
+    assert!(
+        p.take_writes().iter().all(|(_, v)| v.is_none()),
+        "both records deleted"
+    );
+    let out = run(&mut p, &iq("alice@a.test/x", "set", NS_PUBSUB, "<create/>"));
+    let Action::Reroute(st) = &out[0] else {
+        panic!("{out:?}")
+    };
+    let name = target_node(st).expect("a chosen name");
+    assert_eq!(name.len(), 16);
+}

@@ -14,8 +14,9 @@ use xmpp_edge::xml_write::element_to_string;
 use xmpp_parsers::minidom::Element;
 
 pub struct XmppClient {
-    writer: WriteHalf<TcpStream>,
-    incoming: mpsc::UnboundedReceiver<Element>,
+    pub writer: WriteHalf<TcpStream>,
+    /// Stanzas received, in order (benchmarks move it into a counting task).
+    pub incoming: mpsc::UnboundedReceiver<Element>,
     pub jid: String,
     /// The bound full JID.
     pub full_jid: String,

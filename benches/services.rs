@@ -1,0 +1,607 @@
+//! MUC and PubSub fan-out: the ring's services against Prosody's own, side
+//! by side in one run, with the same users on the same two Prosody servers.
+//!
+//! * MUC: `--occupants` users (half on a.test, half on b.test) in one room;
+//!   ten of them (five per server) send `--messages` groupchat messages in
+//!   a burst. Delivered messages per second (every occupant gets every
+//!   message, its own included) and the send-to-delivery latency. The room
+//!   is either `bench@conference.ring.test` (hosted by a ring node, fanned
+//!   out per domain through the edge) or `bench@conference.a.test` (Prosody
+//!   0.12's mod_muc on a.test).
+//! * PubSub: `--subscribers` users (half on each server) subscribed to one
+//!   node; a user of a.test publishes `--publishes` items in a burst.
+//!   Notifications delivered per second and publish-to-notification
+//!   latency. The node is on `pubsub.ring.test` or on Prosody's mod_pubsub
+//!   at `pubsub.a.test`.
+//!
+//! Runs alternate ring / Prosody, `--rounds` times each; the JSON reports
+//! the median run by rate with every run's rate, and the CPU each process
+//! group used per delivered stanza (everything shares this machine's two
+//! cores: the load generator's CPU is printed beside every rate). All
+//! processes listen on 127.0.0.0/8 only.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use node::cluster::{Cluster, cpu_us};
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::certs::Ca;
+use support::client::XmppClient;
+use support::dns::DnsServer;
+use support::prosody::{Prosody, ProsodyOptions, free_port};
+use support::{EdgeArgs, ring};
+use tokio::sync::mpsc;
+use xmpp_parsers::minidom::Element;
+
+const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+const EDGE_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+const SENDERS: usize = 10;
+
+struct Args {
+    occupants: usize,
+    messages: usize,
+    subscribers: usize,
+    publishes: usize,
+    rounds: usize,
+    apps: usize,
+    muc: bool,
+    pubsub: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        occupants: 100,
+        messages: 200,
+        subscribers: 1000,
+        publishes: 20,
+        rounds: 3,
+        apps: 4,
+        muc: true,
+        pubsub: true,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let num = |j: usize| -> usize {
+            argv.get(j)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{} needs a number", argv[i]))
+        };
+        match argv[i].as_str() {
+            "--occupants" => a.occupants = num(i + 1),
+            "--messages" => a.messages = num(i + 1),
+            "--subscribers" => a.subscribers = num(i + 1),
+            "--publishes" => a.publishes = num(i + 1),
+            "--rounds" => a.rounds = num(i + 1),
+            "--apps" => a.apps = num(i + 1),
+            "--muc-only" => {
+                a.pubsub = false;
+                i -= 1;
+            }
+            "--pubsub-only" => {
+                a.muc = false;
+                i -= 1;
+            }
+            "--quick" => {
+                a.occupants = 20;
+                a.messages = 50;
+                a.subscribers = 100;
+                a.publishes = 10;
+                a.rounds = 1;
+                i -= 1;
+            }
+            // cargo bench passes --bench.
+            _ => i -= 1,
+        }
+        i += 2;
+    }
+    a.occupants = a.occupants.max(SENDERS);
+    a
+}
+
+struct World {
+    a: Prosody,
+    b: Prosody,
+    ring: Cluster,
+    _dns: DnsServer,
+    _dir: tempfile::TempDir,
+}
+
+/// Users `a0..` on a.test and `b0..` on b.test, `n` in all.
+fn user_jids(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("a{}@a.test", i / 2)
+            } else {
+                format!("b{}@b.test", i / 2)
+            }
+        })
+        .collect()
+}
+
+fn world(apps: usize, users: usize) -> World {
+    support::require_prosody();
+    let dir = tempfile::tempdir().expect("tmp");
+    let dns = DnsServer::start();
+    let start = |domain: &str, ip: Ipv4Addr, components: &str| {
+        let cert = Ca::new(dir.path(), &format!("ca-{domain}")).issue(dir.path(), domain);
+        let p = Prosody::start(
+            dir.path(),
+            domain,
+            ip,
+            dns.addr,
+            &cert,
+            &[],
+            ProsodyOptions {
+                components: components.to_string(),
+                ..ProsodyOptions::default()
+            },
+        );
+        dns.add_a(domain, ip);
+        dns.add_s2s_srv(domain, domain, p.s2s_port);
+        p
+    };
+    let a = start(
+        "a.test",
+        A_IP,
+        // Prosody lets only admins create PubSub nodes by default.
+        "Component \"conference.a.test\" \"muc\"\nComponent \"pubsub.a.test\" \"pubsub\"\n    admins = { \"a0@a.test\" }\n",
+    );
+    for d in ["conference.a.test", "pubsub.a.test"] {
+        dns.add_s2s_srv(d, "a.test", a.s2s_port);
+    }
+    let b = start("b.test", B_IP, "");
+    let accounts = |prefix: &str| -> Vec<(String, String)> {
+        (0..users.div_ceil(2))
+            .map(|i| (format!("{prefix}{i}"), "pw".to_string()))
+            .collect()
+    };
+    a.add_accounts(&accounts("a"));
+    b.add_accounts(&accounts("b"));
+    let port = free_port(EDGE_IP);
+    dns.add_a("edge1.ring.test", EDGE_IP);
+    for d in ["ring.test", "conference.ring.test", "pubsub.ring.test"] {
+        dns.add_s2s_srv(d, "edge1.ring.test", port);
+    }
+    let ring = ring(
+        dir.path(),
+        &["ring.test"],
+        apps,
+        &[EdgeArgs {
+            ip: EDGE_IP,
+            port,
+            extra: vec![],
+        }],
+        dns.addr,
+    );
+    World {
+        a,
+        b,
+        ring,
+        _dns: dns,
+        _dir: dir,
+    }
+}
+
+async fn login(w: &World, n: usize) -> Vec<XmppClient> {
+    let mut out = Vec::with_capacity(n);
+    let jids = user_jids(n);
+    for chunk in jids.chunks(50) {
+        let logins = chunk.iter().map(|j| {
+            let addr = if j.ends_with("@a.test") {
+                w.a.c2s()
+            } else {
+                w.b.c2s()
+            };
+            let j = j.clone();
+            async move { XmppClient::connect(&j, "pw", &addr).await }
+        });
+        out.extend(futures::future::join_all(logins).await);
+    }
+    out
+}
+
+/// Throws away whatever the clients received so far.
+async fn drain(clients: &mut [XmppClient]) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for c in clients.iter_mut() {
+        while c.incoming.try_recv().is_ok() {}
+    }
+}
+
+/// Sends an IQ from each client and waits for every answer; panics on
+/// errors.
+async fn iq_all(clients: &mut [XmppClient], make: impl Fn(usize, &XmppClient) -> String) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        let xml = make(i, c);
+        c.send_raw(&xml).await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = format!("q{i}");
+        let r = c
+            .recv(Duration::from_secs(60), |e| {
+                e.attr("id") == Some(id.as_str())
+            })
+            .await
+            .unwrap_or_else(|| panic!("no answer for {}", c.jid));
+        assert_eq!(r.attr("type"), Some("result"), "{}: {r:?}", c.jid);
+    }
+}
+
+/// What one client saw of a run.
+struct Seen {
+    count: usize,
+    latencies_us: Vec<u64>,
+    last: Option<Instant>,
+}
+
+/// Counts, at every client, the stanzas `stamp` recognises (it returns the
+/// send time in µs since `base`), until each has `expected` or the run
+/// limit passes. Returns the receivers to the clients afterwards.
+async fn count_at_all(
+    clients: &mut [XmppClient],
+    expected: usize,
+    base: Instant,
+    stamp: Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync>,
+) -> impl std::future::Future<Output = Vec<(mpsc::UnboundedReceiver<Element>, Seen)>> + use<> {
+    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
+    let mut tasks = Vec::new();
+    for c in clients.iter_mut() {
+        let (_tx, dummy) = mpsc::unbounded_channel();
+        let mut rx = std::mem::replace(&mut c.incoming, dummy);
+        let stamp = stamp.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Seen {
+                count: 0,
+                latencies_us: Vec::with_capacity(expected),
+                last: None,
+            };
+            while seen.count < expected {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(e)) => {
+                        if let Some(sent) = stamp(&e) {
+                            let now = Instant::now();
+                            seen.count += 1;
+                            seen.last = Some(now);
+                            let at = now.duration_since(base).as_micros() as u64;
+                            seen.latencies_us.push(at.saturating_sub(sent));
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            (rx, seen)
+        }));
+    }
+    async move {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("counting task"));
+        }
+        out
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+struct Cpu(Vec<(&'static str, Vec<u32>, u64)>);
+
+impl Cpu {
+    fn start(w: &World) -> Cpu {
+        let ring: Vec<u32> = w
+            .ring
+            .nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(|c| c.id()))
+            .collect();
+        let groups = vec![
+            ("load_generator", vec![std::process::id()]),
+            ("prosody_a", w.a.pid().into_iter().collect()),
+            ("prosody_b", w.b.pid().into_iter().collect()),
+            ("ring", ring),
+        ];
+        Cpu(groups
+            .into_iter()
+            .map(|(n, p)| {
+                let t = p.iter().map(|&x| cpu_us(x)).sum();
+                (n, p, t)
+            })
+            .collect())
+    }
+
+    fn per(&self, n: usize) -> Value {
+        let mut m = serde_json::Map::new();
+        for (name, pids, t0) in &self.0 {
+            let t: u64 = pids.iter().map(|&p| cpu_us(p)).sum();
+            m.insert(
+                name.to_string(),
+                json!(t.saturating_sub(*t0) as f64 / n.max(1) as f64),
+            );
+        }
+        Value::Object(m)
+    }
+}
+
+/// One measured run.
+struct Run {
+    rate: f64,
+    json: Value,
+}
+
+fn summarise(expected: usize, started: Instant, seen: &[Seen], cpu: &Cpu) -> Run {
+    let delivered: usize = seen.iter().map(|s| s.count).sum();
+    let last = seen.iter().filter_map(|s| s.last).max().unwrap_or(started);
+    let secs = last.duration_since(started).as_secs_f64().max(1e-9);
+    let mut lat: Vec<u64> = seen
+        .iter()
+        .flat_map(|s| s.latencies_us.iter().copied())
+        .collect();
+    lat.sort_unstable();
+    let rate = delivered as f64 / secs;
+    Run {
+        rate,
+        json: json!({
+            "expected": expected,
+            "delivered": delivered,
+            "lost": expected.saturating_sub(delivered),
+            "seconds": secs,
+            "delivered_per_s": rate,
+            "latency_ms": { "p50": pct(&lat, 0.5), "p90": pct(&lat, 0.9), "p99": pct(&lat, 0.99), "max": pct(&lat, 1.0) },
+            "cpu_us_per_delivery": cpu.per(delivered),
+        }),
+    }
+}
+
+fn median(runs: Vec<Run>) -> Value {
+    let mut rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+    let mut sorted: Vec<Run> = runs;
+    sorted.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+    let mid = sorted.len() / 2;
+    let mut v = sorted.swap_remove(mid).json;
+    rates.sort_by(f64::total_cmp);
+    v["runs_delivered_per_s"] = json!(rates);
+    v
+}
+
+async fn muc_setup(clients: &mut [XmppClient], room: &str) {
+    let owner = &mut clients[0];
+    owner
+        .send_raw(&format!(
+            "<presence to='{room}/u0'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await;
+    let me = format!("{room}/u0");
+    owner
+        .recv(Duration::from_secs(30), |e| {
+            e.attr("from") == Some(me.as_str())
+        })
+        .await
+        .unwrap_or_else(|| panic!("cannot create {room}"));
+    owner
+        .send_raw(&format!("<iq type='set' id='cfg' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"))
+        .await;
+    owner
+        .recv(Duration::from_secs(30), |e| e.attr("id") == Some("cfg"))
+        .await
+        .expect("room configured");
+    for (i, c) in clients.iter_mut().enumerate().skip(1) {
+        c.send_raw(&format!("<presence to='{room}/u{i}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"))
+            .await;
+    }
+    for (i, c) in clients.iter_mut().enumerate().skip(1) {
+        let me = format!("{room}/u{i}");
+        let p = c
+            .recv(Duration::from_secs(60), |e| {
+                e.name() == "presence" && e.attr("from") == Some(me.as_str())
+            })
+            .await
+            .unwrap_or_else(|| panic!("{} cannot join {room}", c.jid));
+        assert_ne!(p.attr("type"), Some("error"), "{p:?}");
+    }
+    drain(clients).await;
+}
+
+async fn muc_run(
+    w: &World,
+    clients: &mut [XmppClient],
+    room: &str,
+    round: usize,
+    messages: usize,
+) -> Run {
+    let base = Instant::now();
+    let tag = format!("R{round}-");
+    let room_prefix = format!("{room}/");
+    let stamp: Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync> = Arc::new(move |e: &Element| {
+        if e.name() != "message" || !e.attr("from").is_some_and(|f| f.starts_with(&room_prefix)) {
+            return None;
+        }
+        let body = e.get_child("body", "jabber:client")?.text();
+        body.strip_prefix(&tag)?.rsplit('-').next()?.parse().ok()
+    });
+    let expected_each = messages;
+    let collecting = count_at_all(clients, expected_each, base, stamp).await;
+    let cpu = Cpu::start(w);
+    let started = Instant::now();
+    // Ten senders, five per server, each its share of the burst.
+    let per = messages / SENDERS;
+    for s in 0..SENDERS {
+        let mut batch = String::new();
+        for k in 0..per {
+            let at = base.elapsed().as_micros();
+            batch.push_str(&format!(
+                "<message type='groupchat' to='{room}'><body>R{round}-{s}-{k}-{at}</body></message>"
+            ));
+        }
+        clients[s].send_raw(&batch).await;
+    }
+    let results = collecting.await;
+    let mut seen = Vec::new();
+    for (c, (rx, s)) in clients.iter_mut().zip(results) {
+        c.incoming = rx;
+        seen.push(s);
+    }
+    summarise(per * SENDERS * clients.len(), started, &seen, &cpu)
+}
+
+async fn pubsub_setup(clients: &mut [XmppClient], service: &str) {
+    let owner = &mut clients[0];
+    owner
+        .send_raw(&format!("<iq type='set' id='create' to='{service}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='bench'/></pubsub></iq>"))
+        .await;
+    let r = owner
+        .recv(Duration::from_secs(30), |e| e.attr("id") == Some("create"))
+        .await
+        .expect("node created");
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    iq_all(clients, |i, c| {
+        format!("<iq type='set' id='q{i}' to='{service}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='bench' jid='{}'/></pubsub></iq>", c.jid)
+    })
+    .await;
+    drain(clients).await;
+}
+
+async fn pubsub_run(
+    w: &World,
+    clients: &mut [XmppClient],
+    service: &str,
+    round: usize,
+    publishes: usize,
+) -> Run {
+    let base = Instant::now();
+    let tag = format!("R{round}-");
+    let svc = service.to_string();
+    let stamp: Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync> = Arc::new(move |e: &Element| {
+        if e.name() != "message" || e.attr("from") != Some(svc.as_str()) {
+            return None;
+        }
+        let entry = e
+            .get_child("event", NS_EVENT)?
+            .get_child("items", NS_EVENT)?
+            .get_child("item", NS_EVENT)?
+            .get_child("entry", "urn:bench")?
+            .text();
+        entry.strip_prefix(&tag)?.rsplit('-').next()?.parse().ok()
+    });
+    let collecting = count_at_all(clients, publishes, base, stamp).await;
+    let cpu = Cpu::start(w);
+    let started = Instant::now();
+    let mut batch = String::new();
+    for k in 0..publishes {
+        let at = base.elapsed().as_micros();
+        batch.push_str(&format!(
+            "<iq type='set' id='p{round}-{k}' to='{service}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='bench'><item id='i{k}'><entry xmlns='urn:bench'>R{round}-{k}-{at}</entry></item></publish></pubsub></iq>"
+        ));
+    }
+    clients[0].send_raw(&batch).await;
+    let results = collecting.await;
+    let mut seen = Vec::new();
+    for (c, (rx, s)) in clients.iter_mut().zip(results) {
+        c.incoming = rx;
+        seen.push(s);
+    }
+    summarise(publishes * clients.len(), started, &seen, &cpu)
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let users = a.occupants.max(if a.pubsub { a.subscribers } else { 0 });
+    let w = world(a.apps, users);
+    let mut report = json!({
+        "bench": "services",
+        "ring_nodes": a.apps + 1,
+        "rounds": a.rounds,
+    });
+    rt.block_on(async {
+        let mut clients = login(&w, users).await;
+        eprintln!("{} users logged in", clients.len());
+        if a.muc {
+            let n = a.occupants;
+            let rooms = ["bench@conference.ring.test", "bench@conference.a.test"];
+            for room in rooms {
+                muc_setup(&mut clients[..n], room).await;
+            }
+            let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
+            for round in 0..a.rounds {
+                for (side, room) in rooms.iter().enumerate() {
+                    let r = muc_run(&w, &mut clients[..n], room, round, a.messages).await;
+                    eprintln!("muc {room} round {round}: {:.0} delivered/s", r.rate);
+                    runs[side].push(r);
+                    drain(&mut clients[..n]).await;
+                }
+            }
+            let [ring_runs, prosody_runs] = runs;
+            let (ring, prosody) = (median(ring_runs), median(prosody_runs));
+            let ratio = ring["delivered_per_s"].as_f64().unwrap_or(0.0)
+                / prosody["delivered_per_s"].as_f64().unwrap_or(f64::NAN);
+            report["muc"] = json!({
+                "occupants": n,
+                "messages_per_run": a.messages,
+                "senders": SENDERS,
+                "ring": ring,
+                "prosody_muc": prosody,
+                "ring_vs_prosody": ratio,
+            });
+        }
+        if a.pubsub {
+            let n = a.subscribers;
+            let services = ["pubsub.ring.test", "pubsub.a.test"];
+            for s in services {
+                pubsub_setup(&mut clients[..n], s).await;
+            }
+            let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
+            for round in 0..a.rounds {
+                for (side, s) in services.iter().enumerate() {
+                    let r = pubsub_run(&w, &mut clients[..n], s, round, a.publishes).await;
+                    eprintln!("pubsub {s} round {round}: {:.0} delivered/s", r.rate);
+                    runs[side].push(r);
+                    drain(&mut clients[..n]).await;
+                }
+            }
+            let [ring_runs, prosody_runs] = runs;
+            let (ring, prosody) = (median(ring_runs), median(prosody_runs));
+            let ratio = ring["delivered_per_s"].as_f64().unwrap_or(0.0)
+                / prosody["delivered_per_s"].as_f64().unwrap_or(f64::NAN);
+            report["pubsub"] = json!({
+                "subscribers": n,
+                "publishes_per_run": a.publishes,
+                "ring": ring,
+                "prosody_pubsub": prosody,
+                "ring_vs_prosody": ratio,
+            });
+        }
+        let fan = (0..w.ring.nodes.len())
+            .filter_map(|i| {
+                node::client::get_json::<node::api::StatusReport>(
+                    w.ring.admin(i),
+                    "/status",
+                    support::T,
+                )
+                .ok()
+            })
+            .map(|s| (s.services.fanout_envelopes, s.services.fanout_stanzas))
+            .fold((0, 0), |acc, x| (acc.0 + x.0, acc.1 + x.1));
+        report["ring_fanout"] = json!({ "envelopes": fan.0, "stanzas": fan.1 });
+        for c in clients {
+            c.disconnect().await;
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}

@@ -14,6 +14,10 @@
 //!   latency. The node is on `pubsub.ring.test` or on Prosody's mod_pubsub
 //!   at `pubsub.a.test`.
 //!
+//! Each comparison also has paced runs (`--pace-ms`, default 500: MUC 20
+//! messages/s, PubSub 2 publishes/s, about a third of what the machine can
+//! deliver) whose latency is the service's, not a queue's.
+//!
 //! Runs alternate ring / Prosody, `--rounds` times each; the JSON reports
 //! the median run by rate with every run's rate, and the CPU each process
 //! group used per delivered stanza (everything shares this machine's two
@@ -43,6 +47,10 @@ const RUN_LIMIT: Duration = Duration::from_secs(120);
 const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 const SENDERS: usize = 10;
 
+/// Recognises a measured stanza and returns its send time (µs since the
+/// run's base instant).
+type Stamp = Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync>;
+
 struct Args {
     occupants: usize,
     messages: usize,
@@ -52,6 +60,8 @@ struct Args {
     apps: usize,
     muc: bool,
     pubsub: bool,
+    /// Paced runs: one message (MUC: per sender) or publish every this long.
+    pace: Duration,
 }
 
 fn args() -> Args {
@@ -64,6 +74,7 @@ fn args() -> Args {
         apps: 4,
         muc: true,
         pubsub: true,
+        pace: Duration::from_millis(500),
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,6 +91,7 @@ fn args() -> Args {
             "--publishes" => a.publishes = num(i + 1),
             "--rounds" => a.rounds = num(i + 1),
             "--apps" => a.apps = num(i + 1),
+            "--pace-ms" => a.pace = Duration::from_millis(num(i + 1) as u64),
             "--muc-only" => {
                 a.pubsub = false;
                 i -= 1;
@@ -249,7 +261,7 @@ async fn count_at_all(
     clients: &mut [XmppClient],
     expected: usize,
     base: Instant,
-    stamp: Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync>,
+    stamp: Stamp,
 ) -> impl std::future::Future<Output = Vec<(mpsc::UnboundedReceiver<Element>, Seen)>> + use<> {
     let deadline = tokio::time::Instant::now() + RUN_LIMIT;
     let mut tasks = Vec::new();
@@ -414,17 +426,20 @@ async fn muc_setup(clients: &mut [XmppClient], room: &str) {
     drain(clients).await;
 }
 
+/// `pace`: `None` sends everything in one burst (throughput); `Some(p)`
+/// sends one message every `p` (latency at a load well below capacity).
 async fn muc_run(
     w: &World,
     clients: &mut [XmppClient],
     room: &str,
     round: usize,
     messages: usize,
+    pace: Option<Duration>,
 ) -> Run {
     let base = Instant::now();
     let tag = format!("R{round}-");
     let room_prefix = format!("{room}/");
-    let stamp: Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync> = Arc::new(move |e: &Element| {
+    let stamp: Stamp = Arc::new(move |e: &Element| {
         if e.name() != "message" || !e.attr("from").is_some_and(|f| f.starts_with(&room_prefix)) {
             return None;
         }
@@ -435,17 +450,29 @@ async fn muc_run(
     let collecting = count_at_all(clients, expected_each, base, stamp).await;
     let cpu = Cpu::start(w);
     let started = Instant::now();
-    // Ten senders, five per server, each its share of the burst.
+    // Ten senders, five per server, each its share.
     let per = messages / SENDERS;
-    for s in 0..SENDERS {
-        let mut batch = String::new();
-        for k in 0..per {
-            let at = base.elapsed().as_micros();
-            batch.push_str(&format!(
-                "<message type='groupchat' to='{room}'><body>R{round}-{s}-{k}-{at}</body></message>"
-            ));
+    let msg = |s: usize, k: usize| {
+        let at = base.elapsed().as_micros();
+        format!(
+            "<message type='groupchat' to='{room}'><body>R{round}-{s}-{k}-{at}</body></message>"
+        )
+    };
+    match pace {
+        None => {
+            for (s, c) in clients.iter_mut().take(SENDERS).enumerate() {
+                let batch: String = (0..per).map(|k| msg(s, k)).collect();
+                c.send_raw(&batch).await;
+            }
         }
-        clients[s].send_raw(&batch).await;
+        Some(p) => {
+            for k in 0..per {
+                for (s, c) in clients.iter_mut().take(SENDERS).enumerate() {
+                    c.send_raw(&msg(s, k)).await;
+                    tokio::time::sleep(p).await;
+                }
+            }
+        }
     }
     let results = collecting.await;
     let mut seen = Vec::new();
@@ -473,17 +500,19 @@ async fn pubsub_setup(clients: &mut [XmppClient], service: &str) {
     drain(clients).await;
 }
 
+/// `pace` as for [`muc_run`].
 async fn pubsub_run(
     w: &World,
     clients: &mut [XmppClient],
     service: &str,
     round: usize,
     publishes: usize,
+    pace: Option<Duration>,
 ) -> Run {
     let base = Instant::now();
     let tag = format!("R{round}-");
     let svc = service.to_string();
-    let stamp: Arc<dyn Fn(&Element) -> Option<u64> + Send + Sync> = Arc::new(move |e: &Element| {
+    let stamp: Stamp = Arc::new(move |e: &Element| {
         if e.name() != "message" || e.attr("from") != Some(svc.as_str()) {
             return None;
         }
@@ -498,14 +527,24 @@ async fn pubsub_run(
     let collecting = count_at_all(clients, publishes, base, stamp).await;
     let cpu = Cpu::start(w);
     let started = Instant::now();
-    let mut batch = String::new();
-    for k in 0..publishes {
+    let item = |k: usize| {
         let at = base.elapsed().as_micros();
-        batch.push_str(&format!(
+        format!(
             "<iq type='set' id='p{round}-{k}' to='{service}'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='bench'><item id='i{k}'><entry xmlns='urn:bench'>R{round}-{k}-{at}</entry></item></publish></pubsub></iq>"
-        ));
+        )
+    };
+    match pace {
+        None => {
+            let batch: String = (0..publishes).map(item).collect();
+            clients[0].send_raw(&batch).await;
+        }
+        Some(p) => {
+            for k in 0..publishes {
+                clients[0].send_raw(&item(k)).await;
+                tokio::time::sleep(p).await;
+            }
+        }
     }
-    clients[0].send_raw(&batch).await;
     let results = collecting.await;
     let mut seen = Vec::new();
     for (c, (rx, s)) in clients.iter_mut().zip(results) {
@@ -513,6 +552,65 @@ async fn pubsub_run(
         seen.push(s);
     }
     summarise(publishes * clients.len(), started, &seen, &cpu)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Muc,
+    PubSub,
+}
+
+/// Rounds of burst and paced runs, alternating the ring's service
+/// (`targets[0]`) and Prosody's (`targets[1]`); the medians and the ratio.
+async fn compare(
+    w: &World,
+    clients: &mut [XmppClient],
+    kind: Kind,
+    targets: [&str; 2],
+    a: &Args,
+) -> Value {
+    let mut burst: [Vec<Run>; 2] = [vec![], vec![]];
+    let mut paced: [Vec<Run>; 2] = [vec![], vec![]];
+    for round in 0..a.rounds {
+        for (side, target) in targets.iter().enumerate() {
+            for (pace, runs) in [(None, &mut burst), (Some(a.pace), &mut paced)] {
+                // Paced runs: 20 messages or 10 publishes, one per pace.
+                let tag = round + if pace.is_some() { 100 } else { 0 };
+                let r = match kind {
+                    Kind::Muc => {
+                        let count = if pace.is_some() {
+                            2 * SENDERS
+                        } else {
+                            a.messages
+                        };
+                        let pace = pace.map(|p| p / SENDERS as u32);
+                        muc_run(w, clients, target, tag, count, pace).await
+                    }
+                    Kind::PubSub => {
+                        let count = if pace.is_some() { 10 } else { a.publishes };
+                        pubsub_run(w, clients, target, tag, count, pace).await
+                    }
+                };
+                eprintln!(
+                    "{target} round {round} {}: {:.0} delivered/s, p99 {} ms",
+                    if pace.is_some() { "paced" } else { "burst" },
+                    r.rate,
+                    r.json["latency_ms"]["p99"]
+                );
+                runs[side].push(r);
+                drain(clients).await;
+            }
+        }
+    }
+    let [ring, other] = burst;
+    let (ring, other) = (median(ring), median(other));
+    let ratio = ring["delivered_per_s"].as_f64().unwrap_or(0.0)
+        / other["delivered_per_s"].as_f64().unwrap_or(f64::NAN);
+    let [ring_paced, other_paced] = paced;
+    json!({
+        "burst": { "ring": ring, "prosody": other, "ring_vs_prosody": ratio },
+        "paced": { "ring": median(ring_paced), "prosody": median(other_paced) },
+    })
 }
 
 fn main() {
@@ -538,27 +636,12 @@ fn main() {
             for room in rooms {
                 muc_setup(&mut clients[..n], room).await;
             }
-            let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
-            for round in 0..a.rounds {
-                for (side, room) in rooms.iter().enumerate() {
-                    let r = muc_run(&w, &mut clients[..n], room, round, a.messages).await;
-                    eprintln!("muc {room} round {round}: {:.0} delivered/s", r.rate);
-                    runs[side].push(r);
-                    drain(&mut clients[..n]).await;
-                }
-            }
-            let [ring_runs, prosody_runs] = runs;
-            let (ring, prosody) = (median(ring_runs), median(prosody_runs));
-            let ratio = ring["delivered_per_s"].as_f64().unwrap_or(0.0)
-                / prosody["delivered_per_s"].as_f64().unwrap_or(f64::NAN);
-            report["muc"] = json!({
-                "occupants": n,
-                "messages_per_run": a.messages,
-                "senders": SENDERS,
-                "ring": ring,
-                "prosody_muc": prosody,
-                "ring_vs_prosody": ratio,
-            });
+            let mut v = compare(&w, &mut clients[..n], Kind::Muc, rooms, &a).await;
+            v["occupants"] = json!(n);
+            v["messages_per_run"] = json!(a.messages);
+            v["senders"] = json!(SENDERS);
+            v["paced_messages_per_s"] = json!(1.0 / a.pace.as_secs_f64());
+            report["muc"] = v;
         }
         if a.pubsub {
             let n = a.subscribers;
@@ -566,26 +649,11 @@ fn main() {
             for s in services {
                 pubsub_setup(&mut clients[..n], s).await;
             }
-            let mut runs: [Vec<Run>; 2] = [vec![], vec![]];
-            for round in 0..a.rounds {
-                for (side, s) in services.iter().enumerate() {
-                    let r = pubsub_run(&w, &mut clients[..n], s, round, a.publishes).await;
-                    eprintln!("pubsub {s} round {round}: {:.0} delivered/s", r.rate);
-                    runs[side].push(r);
-                    drain(&mut clients[..n]).await;
-                }
-            }
-            let [ring_runs, prosody_runs] = runs;
-            let (ring, prosody) = (median(ring_runs), median(prosody_runs));
-            let ratio = ring["delivered_per_s"].as_f64().unwrap_or(0.0)
-                / prosody["delivered_per_s"].as_f64().unwrap_or(f64::NAN);
-            report["pubsub"] = json!({
-                "subscribers": n,
-                "publishes_per_run": a.publishes,
-                "ring": ring,
-                "prosody_pubsub": prosody,
-                "ring_vs_prosody": ratio,
-            });
+            let mut v = compare(&w, &mut clients[..n], Kind::PubSub, services, &a).await;
+            v["subscribers"] = json!(n);
+            v["publishes_per_run"] = json!(a.publishes);
+            v["paced_publishes_per_s"] = json!(1.0 / a.pace.as_secs_f64());
+            report["pubsub"] = v;
         }
         let fan = (0..w.ring.nodes.len())
             .filter_map(|i| {

@@ -118,7 +118,7 @@ impl Services {
     pub fn new(domains: Vec<String>, host: String, limits: pubsub::Limits, seed: u64) -> Services {
         Services {
             domains,
-            muc: Muc::new(host),
+            muc: Muc::new(host, limits.max_record_bytes),
             pubsub: PubSub::new(limits, seed),
             waiting: HashMap::new(),
             waiting_total: 0,

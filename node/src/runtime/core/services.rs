@@ -136,6 +136,17 @@ impl Core {
             })
             .collect();
         let mut out = Vec::new();
+        // A room whose host died with occupants in it, reached by a stanza
+        // before the sweep noticed: taken over the same way.
+        if let (Some(room), Some((_, Some(value)))) =
+            (entity.strip_prefix(MUC_PREFIX), values.first())
+            && self.room_host_gone(value)
+        {
+            match self.services.muc.take_over(room, value, &mut out) {
+                Ok(()) => self.service_driver.takeovers += 1,
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
         self.services.loaded(entity, &values, unix_now(), &mut out);
         self.apply_actions(now, out);
     }
@@ -251,13 +262,6 @@ impl Core {
         }
         // Rooms with occupants whose host is gone: this node, now the
         // closest, tells the occupants (332) so they can join again here.
-        let live: std::collections::HashSet<String> = self
-            .node
-            .table()
-            .iter()
-            .filter(|e| e.failures == 0)
-            .map(|e| e.contact.id.to_hex())
-            .collect();
         let names = self
             .records
             .store
@@ -276,20 +280,32 @@ impl Core {
             if rec.deleted {
                 continue;
             }
-            let Ok(state) = serde_json::from_slice::<RoomState>(&rec.value) else {
-                continue;
-            };
-            if state.occupants.is_empty() || state.host == me.to_hex() || live.contains(&state.host)
-            {
+            if !self.room_host_gone(&rec.value) {
                 continue;
             }
-            tracing::info!(%room, host = %state.host, "taking over a room whose host is gone");
+            tracing::info!(%room, "taking over a room whose host is gone");
             match self.services.muc.take_over(room, &rec.value, &mut out) {
                 Ok(()) => self.service_driver.takeovers += 1,
                 Err(e) => tracing::error!("{e}"),
             }
         }
         self.apply_actions(now, out);
+    }
+
+    /// Whether a stored room has occupants and names as its host a node
+    /// other than this one that is not live in the routing table.
+    fn room_host_gone(&self, value: &[u8]) -> bool {
+        let Ok(state) = serde_json::from_slice::<RoomState>(value) else {
+            return false;
+        };
+        if state.occupants.is_empty() || state.host == self.node.id().to_hex() {
+            return false;
+        }
+        !self
+            .node
+            .table()
+            .iter()
+            .any(|e| e.failures == 0 && e.contact.id.to_hex() == state.host)
     }
 
     pub(super) fn services_report(&self) -> ServicesReport {

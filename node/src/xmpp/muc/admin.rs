@@ -194,7 +194,7 @@ impl Room {
             .iter()
             .position(|o| self.affiliation(&o.jid) < Affiliation::Member)
         {
-            self.remove_occupant(i, &[why.clone()], out);
+            self.remove_occupant(i, std::slice::from_ref(&why), out);
         }
     }
 

@@ -36,6 +36,9 @@ pub struct Muc {
     dirty: BTreeSet<String>,
     /// This node's id (hex), written into the rooms it hosts.
     host: String,
+    /// A room's stored state must stay under this (the record store's
+    /// per-record limit): joins past it are refused.
+    max_state_bytes: usize,
 }
 
 /// The record holding `room`'s state.
@@ -55,11 +58,12 @@ fn disco_query<'a>(st: &'a Element, ns: &str) -> Option<&'a Element> {
 }
 
 impl Muc {
-    pub fn new(host: String) -> Muc {
+    pub fn new(host: String, max_state_bytes: usize) -> Muc {
         Muc {
             rooms: HashMap::new(),
             dirty: BTreeSet::new(),
             host,
+            max_state_bytes,
         }
     }
 
@@ -78,7 +82,7 @@ impl Muc {
 
     /// Puts a room's stored state in memory (`None`: there is no room).
     pub fn install(&mut self, room: &str, value: Option<&[u8]>) -> Result<(), String> {
-        let Some(bytes) = value else {
+        let Some(bytes) = value.filter(|_| !self.rooms.contains_key(room)) else {
             return Ok(());
         };
         let mut state: RoomState = serde_json::from_slice(bytes)
@@ -293,6 +297,20 @@ impl Muc {
             Some(("not-authorized", "a password is required"))
         } else if r.state.occupants.len() >= r.state.config.max_users && aff < Affiliation::Admin {
             Some(("service-unavailable", "the room is full"))
+        } else if serde_json::to_vec(&r.state).map_or(usize::MAX, |v| v.len())
+            + from.len()
+            + nick.len()
+            + room::presence_children(st)
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
+            + 128
+            > self.max_state_bytes
+        {
+            Some((
+                "service-unavailable",
+                "the room has reached its storage limit (record_max_bytes)",
+            ))
         } else {
             None
         };

@@ -53,7 +53,7 @@ fn statuses(p: &Element) -> Vec<String> {
 impl Harness {
     fn new() -> Harness {
         Harness {
-            muc: Muc::new("me".into()),
+            muc: Muc::new("me".into(), 65536),
         }
     }
 
@@ -335,7 +335,7 @@ fn takeover_tells_occupants_and_keeps_the_configuration() {
     let mut h = Harness::room_with_alice_and_bob(&[("muc#roomconfig_roomname", "Kept")]);
     h.send("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='room@conference.ring.test'><subject>S</subject></message>");
     let state = h.muc.take_writes().pop().unwrap().1.unwrap();
-    let mut successor = Muc::new("other".into());
+    let mut successor = Muc::new("other".into(), 65536);
     let mut out = Vec::new();
     successor.take_over(ROOM, &state, &mut out).unwrap();
     let r = flatten(out);
@@ -358,8 +358,27 @@ fn takeover_tells_occupants_and_keeps_the_configuration() {
     assert_eq!(st.config.name, "Kept");
     assert_eq!(st.host, "other");
     assert!(
-        Muc::new("x".into())
+        Muc::new("x".into(), 65536)
             .install(ROOM, Some(b"not json"))
             .is_err()
     );
+}
+
+#[test]
+fn joins_stop_at_the_record_limit() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    h.muc.max_state_bytes = 2000;
+    let mut refused = None;
+    for i in 0..100 {
+        let r = h.join(&format!("u{i}@c.test/r"), &format!("user{i}"));
+        if let Some(cond) = error_of(&r[0].1) {
+            refused = Some((i, cond));
+            break;
+        }
+    }
+    let (at, cond) = refused.expect("the state fills 2,000 bytes");
+    assert_eq!(cond, "service-unavailable");
+    assert!(at > 3, "refused too early: {at}");
+    let state = h.muc.take_writes().pop().unwrap().1.unwrap();
+    assert!(state.len() <= 2000, "{} bytes", state.len());
 }

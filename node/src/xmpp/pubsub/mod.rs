@@ -160,8 +160,10 @@ impl PubSub {
         meta: Option<&[u8]>,
         items: Option<&[u8]>,
     ) -> Result<(), String> {
-        let Some(meta) = meta else { return Ok(()) };
         let (meta_name, _) = record_names(service, name);
+        let Some(meta) = meta.filter(|_| !self.nodes.contains_key(&meta_name)) else {
+            return Ok(());
+        };
         let meta: NodeMeta = serde_json::from_slice(meta)
             .map_err(|e| format!("stored node {meta_name} is unreadable: {e}"))?;
         let items: VecDeque<StoredItem> = match items {
@@ -448,8 +450,21 @@ impl PubSub {
                     Some(s) => s.clone(),
                     None => {
                         let s = self.fresh_id();
+                        let max = self.limits.max_record_bytes;
                         if let Some(n) = self.nodes.get_mut(&meta_name) {
                             n.meta.subscriptions.insert(jid.clone(), s.clone());
+                            // The subscriptions are stored in one record:
+                            // past its limit, no more subscribers.
+                            if serde_json::to_vec(&n.meta).map_or(usize::MAX, |v| v.len()) > max {
+                                n.meta.subscriptions.remove(&jid);
+                                return fail(
+                                    st,
+                                    "resource-constraint",
+                                    "the node has reached its storage limit for subscriptions (record_max_bytes)",
+                                    None,
+                                    out,
+                                );
+                            }
                         }
                         self.dirty.meta.insert(meta_name.clone());
                         s

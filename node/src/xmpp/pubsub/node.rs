@@ -187,10 +187,8 @@ pub fn apply_form(
             "pubsub#deliver_payloads" => c.deliver_payloads = forms::parse_bool(var, v)?,
             "pubsub#notify_retract" => c.notify_retract = forms::parse_bool(var, v)?,
             "pubsub#notify_delete" => c.notify_delete = forms::parse_bool(var, v)?,
-            "pubsub#persist_items" => {
-                if !forms::parse_bool(var, v)? {
-                    return Err("items are always persisted".into());
-                }
+            "pubsub#persist_items" if !forms::parse_bool(var, v)? => {
+                return Err("items are always persisted".into());
             }
             _ => {}
         }

@@ -388,3 +388,36 @@ fn delete_notifies_and_instant_nodes_are_rerouted() {
     let name = target_node(st).expect("a chosen name");
     assert_eq!(name.len(), 16);
 }
+
+#[test]
+fn subscriptions_stop_at_the_record_limit() {
+    let mut p = ps();
+    created(&mut p);
+    let mut refused = None;
+    for i in 0..200 {
+        let out = run(
+            &mut p,
+            &iq(
+                &format!("u{i}@b.test/r"),
+                "set",
+                NS_PUBSUB,
+                &format!("<subscribe node='news' jid='u{i}@b.test'/>"),
+            ),
+        );
+        if reply(&out).attr("type") == Some("error") {
+            refused = Some((i, errors(&out).0));
+            break;
+        }
+    }
+    let (at, cond) = refused.expect("the 2,000-byte record fills up");
+    assert_eq!(cond, "resource-constraint");
+    assert!(at > 10, "refused too early: {at}");
+    let meta = p
+        .take_writes()
+        .into_iter()
+        .find(|(n, _)| n.starts_with(PUBSUB_PREFIX))
+        .unwrap()
+        .1
+        .unwrap();
+    assert!(meta.len() <= 2000, "{} bytes", meta.len());
+}

@@ -227,7 +227,10 @@ mod tests {
             v("pubsub#notify_retract", "perhaps"),
             v("pubsub#persist_items", "0"),
         ] {
-            assert!(apply_form(&c, &[bad.clone()], 20).is_err(), "{bad:?}");
+            assert!(
+                apply_form(&c, std::slice::from_ref(&bad), 20).is_err(),
+                "{bad:?}"
+            );
         }
         let df = xmpp_parsers::data_forms::DataForm::try_from(config_form(&c)).unwrap();
         assert_eq!(df.form_type(), Some(FORM_TYPE));

@@ -368,7 +368,10 @@ impl RawConfig {
                 format!("must be 1..=1000, got {pubsub_max_items}"),
             ));
         }
-        let pubsub_max_item_bytes = self.pubsub_max_item_bytes.unwrap_or(16 * 1024);
+        // The default follows a small record limit down.
+        let pubsub_max_item_bytes = self
+            .pubsub_max_item_bytes
+            .unwrap_or((16 * 1024).min(max_record_bytes / 2).max(1));
         // An item must fit in a node's items record.
         if !(1..=max_record_bytes / 2).contains(&pubsub_max_item_bytes) {
             return Err(err(
@@ -690,6 +693,21 @@ mod tests {
                     ..b()
                 },
                 "record_store_max_bytes",
+            ),
+            (
+                RawConfig {
+                    pubsub_max_items: Some(0),
+                    ..b()
+                },
+                "pubsub_max_items",
+            ),
+            (
+                RawConfig {
+                    record_max_bytes: Some(1000),
+                    pubsub_max_item_bytes: Some(600),
+                    ..b()
+                },
+                "pubsub_max_item_bytes",
             ),
             (
                 RawConfig {

@@ -183,6 +183,42 @@ async fn configure(c: &mut XmppClient, room: &str, fields: &[(&str, &str)]) -> E
     .await
 }
 
+/// The items of a disco#items query to `to`, as (jid, node, name),
+/// once `want` holds for them (or whatever came last after 10 s).
+async fn disco_items_until(
+    c: &mut XmppClient,
+    to: &str,
+    want: impl Fn(&[(String, Option<String>, Option<String>)]) -> bool,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = iq(c, &format!(
+            "<iq xmlns='jabber:client' type='get' id='items{n}' to='{to}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+        ))
+        .await;
+        let items: Vec<_> = r
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .map(|q| {
+                q.children()
+                    .map(|i| {
+                        (
+                            i.attr("jid").unwrap_or_default().to_string(),
+                            i.attr("node").map(str::to_string),
+                            i.attr("name").map(str::to_string),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if want(&items) || Instant::now() > deadline {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn groupchat_arrives(c: &mut XmppClient, from: &str, body: &str) {
     let (from, body) = (from.to_string(), body.to_string());
     let got = c
@@ -240,6 +276,17 @@ async fn muc_across_two_prosody_servers_and_the_kill_of_its_host() {
     )
     .await;
     assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    // The service's directory lists it (rooms left locked are not).
+    let listed = disco_items_until(&mut bob, "conference.ring.test", |items| {
+        items.iter().any(|i| i.0 == room)
+    })
+    .await;
+    let entry = listed.iter().find(|i| i.0 == room);
+    assert_eq!(
+        entry.and_then(|i| i.2.as_deref()),
+        Some("The ring room"),
+        "{listed:?}"
+    );
 
     // bob joins from b.test: each sees the other.
     let p = join(&mut bob, &format!("{room}/bob"), "").await;
@@ -412,6 +459,14 @@ async fn pubsub_across_two_prosody_servers_and_the_kill_of_its_host() {
         }
     }
     let (node, host) = chosen.expect("a node off the edge");
+    let listed = disco_items_until(&mut bob, "pubsub.ring.test", |items| {
+        items.iter().any(|i| i.1.as_deref() == Some(node.as_str()))
+    })
+    .await;
+    assert!(
+        listed.iter().any(|i| i.1.as_deref() == Some(node.as_str())),
+        "{listed:?}"
+    );
     let r = iq(&mut alice, &format!(
         "<iq xmlns='jabber:client' type='set' id='again' to='pubsub.ring.test'><pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/></pubsub></iq>"
     ))

@@ -52,12 +52,30 @@ pub const MUC_PREFIX: &str = "muc:";
 pub const PUBSUB_PREFIX: &str = "pubsub:";
 /// See [`MUC_PREFIX`].
 pub const PUBSUB_ITEMS_PREFIX: &str = "pubsub-items:";
+/// The directory of a service's rooms or nodes (`dir:` + service JID),
+/// keyed on the service JID.
+pub const DIRECTORY_PREFIX: &str = "dir:";
+
+/// Whether `name` is a service's record (written by the service only).
+pub fn is_service_record(name: &str) -> bool {
+    [
+        MUC_PREFIX,
+        PUBSUB_PREFIX,
+        PUBSUB_ITEMS_PREFIX,
+        DIRECTORY_PREFIX,
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
 
 /// The key a record called `name` lives at (DESIGN.md's record key, except
 /// for the service records of [`MUC_PREFIX`]).
 pub fn key_of(name: &str) -> dht::Key {
-    if let Some(room) = name.strip_prefix(MUC_PREFIX) {
-        return dht::keys::jid_key_normalised(room);
+    if let Some(jid) = name
+        .strip_prefix(MUC_PREFIX)
+        .or_else(|| name.strip_prefix(DIRECTORY_PREFIX))
+    {
+        return dht::keys::jid_key_normalised(jid);
     }
     let node = name
         .strip_prefix(PUBSUB_ITEMS_PREFIX)

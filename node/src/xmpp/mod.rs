@@ -5,6 +5,7 @@
 //! Inside the ring stanzas are serialised XML in the `jabber:client`
 //! namespace (the edge converts from and to `jabber:server` on the wire).
 
+pub mod directory;
 pub mod edges;
 pub mod fanout;
 pub mod forms;

@@ -16,10 +16,11 @@
 #![allow(missing_docs)]
 
 use super::Action;
+use super::directory::{self, Directories};
 use super::muc::{self, Muc};
 use super::pubsub::{self, PubSub};
 use super::stanza::{self, error_reply, iq_result};
-use crate::records::{MUC_PREFIX, PUBSUB_PREFIX};
+use crate::records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
 use xmpp_edge::conn::serves;
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
@@ -40,11 +41,11 @@ enum Target {
     /// A ring domain itself.
     Domain,
     /// `conference.<domain>`.
-    MucService,
+    MucService { service: String },
     /// A room, and the nick when addressed to an occupant.
     Room { room: String, nick: Option<String> },
     /// `pubsub.<domain>`, for a request that names no node.
-    PubSubService,
+    PubSubService { service: String },
     /// A PubSub node.
     PubSubNode { service: String, node: String },
     /// Anything else (a user of a ring domain).
@@ -64,7 +65,7 @@ fn target(st: &Element, domains: &[String]) -> Result<Target, &'static str> {
     let resource = jid.resource().map(|r| r.as_str().to_string());
     if sub("conference.") {
         return Ok(match node {
-            None => Target::MucService,
+            None => Target::MucService { service: domain },
             Some(n) => Target::Room {
                 room: format!("{n}@{domain}"),
                 nick: resource,
@@ -77,7 +78,7 @@ fn target(st: &Element, domains: &[String]) -> Result<Target, &'static str> {
                 service: domain,
                 node: n,
             },
-            None => Target::PubSubService,
+            None => Target::PubSubService { service: domain },
         });
     }
     if node.is_none() && resource.is_none() && serves(domains, &domain) {
@@ -109,6 +110,9 @@ pub struct Services {
     domains: Vec<String>,
     pub muc: Muc,
     pub pubsub: PubSub,
+    /// The room and node directories of the service JIDs this node is
+    /// responsible for.
+    pub directories: Directories,
     /// Stanzas waiting for their entity's state, by entity.
     waiting: HashMap<String, Vec<Element>>,
     waiting_total: usize,
@@ -120,6 +124,7 @@ impl Services {
             domains,
             muc: Muc::new(host, limits.max_record_bytes),
             pubsub: PubSub::new(limits, seed),
+            directories: Directories::new(limits.max_record_bytes),
             waiting: HashMap::new(),
             waiting_total: 0,
         }
@@ -151,6 +156,12 @@ impl Services {
                     return self.dispatch(now_unix, t, &st, out);
                 }
                 (meta.clone(), vec![meta, items])
+            }
+            Target::MucService { service } | Target::PubSubService { service }
+                if !self.directories.is_loaded(service) =>
+            {
+                let name = directory::record_name(service);
+                (name.clone(), vec![name])
             }
             _ => return self.dispatch(now_unix, t, &st, out),
         };
@@ -195,6 +206,8 @@ impl Services {
         let value = |i: usize| values.get(i).and_then(|(_, v)| v.as_deref());
         let installed = if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
             self.muc.install(room, value(0))
+        } else if let Some(service) = entity.strip_prefix(DIRECTORY_PREFIX) {
+            self.directories.install(service, value(0))
         } else if let Some((service, node)) = entity
             .strip_prefix(PUBSUB_PREFIX)
             .and_then(|n| n.split_once('/'))
@@ -234,6 +247,7 @@ impl Services {
     pub fn take_writes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
         let mut w = self.muc.take_writes();
         w.extend(self.pubsub.take_writes());
+        w.extend(self.directories.take_writes());
         w
     }
 
@@ -246,12 +260,47 @@ impl Services {
     ) -> Option<Load> {
         match t {
             Target::Domain => domain_stanza(st, out),
-            Target::MucService => self.muc.handle_service(st, out),
-            Target::Room { room, nick } => {
-                self.muc.handle(&room, nick.as_deref(), st, now_unix, out)
+            Target::MucService { service } | Target::PubSubService { service }
+                if directory::parse_update(st).is_some() =>
+            {
+                if let Some((item, name)) = directory::parse_update(st) {
+                    self.directories.apply(&service, item, name);
+                }
             }
-            Target::PubSubService => self.pubsub.handle_service(st, out),
-            Target::PubSubNode { service, node } => self.pubsub.handle(&service, &node, st, out),
+            Target::MucService { service } => {
+                let listed = self.directories.list(&service);
+                self.muc.handle_service(st, &listed, out)
+            }
+            Target::Room { room, nick } => {
+                let before = self.muc.listing(&room);
+                self.muc.handle(&room, nick.as_deref(), st, now_unix, out);
+                let after = self.muc.listing(&room);
+                if before != after
+                    && let Some((_, service)) = room.split_once('@')
+                {
+                    out.push(Action::Send(directory::update(
+                        service,
+                        &room,
+                        after.as_deref(),
+                    )));
+                }
+            }
+            Target::PubSubService { service } => {
+                let listed = self.directories.list(&service);
+                self.pubsub.handle_service(st, &listed, out)
+            }
+            Target::PubSubNode { service, node } => {
+                let before = self.pubsub.listing(&service, &node);
+                self.pubsub.handle(&service, &node, st, out);
+                let after = self.pubsub.listing(&service, &node);
+                if before != after {
+                    out.push(Action::Send(directory::update(
+                        &service,
+                        &node,
+                        after.as_deref(),
+                    )));
+                }
+            }
             Target::Other => unknown_user(st, out),
         }
         None
@@ -422,7 +471,9 @@ mod routing_tests {
         );
         assert_eq!(
             t("<iq xmlns='jabber:client' to='conference.ring.test'/>"),
-            Target::MucService
+            Target::MucService {
+                service: "conference.ring.test".into()
+            }
         );
         let publish = "<iq xmlns='jabber:client' type='set' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='news'/></pubsub></iq>";
         assert_eq!(
@@ -440,7 +491,9 @@ mod routing_tests {
             t(
                 "<iq xmlns='jabber:client' type='get' to='pubsub.ring.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
             ),
-            Target::PubSubService
+            Target::PubSubService {
+                service: "pubsub.ring.test".into()
+            }
         );
         assert_eq!(
             t("<message xmlns='jabber:client' to='ring.test'/>"),
@@ -481,5 +534,119 @@ mod routing_tests {
         let writes = s.take_writes();
         assert_eq!(writes.len(), 1);
         assert!(writes[0].1.is_some());
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    /// Feeds `st` to the services, loading empty state when asked, and
+    /// returns what they sent.
+    fn feed(s: &mut Services, st: Element) -> Vec<Element> {
+        let mut out = Vec::new();
+        if let Some(load) = s.handle(0, st, &mut out) {
+            let values: Vec<(String, Option<Vec<u8>>)> =
+                load.names.iter().map(|n| (n.clone(), None)).collect();
+            s.loaded(&load.entity, &values, 0, &mut out);
+        }
+        out.into_iter()
+            .filter_map(|a| match a {
+                Action::Send(st) => Some(st),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn disco_items(s: &mut Services, to: &str) -> Vec<(String, Option<String>, Option<String>)> {
+        let r = feed(
+            s,
+            el(&format!(
+                "<iq xmlns='jabber:client' type='get' id='d' from='x@x.test/1' to='{to}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+            )),
+        );
+        let q = r[0].get_child("query", NS_DISCO_ITEMS).expect("items");
+        q.children()
+            .map(|i| {
+                (
+                    i.attr("jid").unwrap_or_default().to_string(),
+                    i.attr("node").map(str::to_string),
+                    i.attr("name").map(str::to_string),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rooms_and_nodes_are_listed_while_they_exist() {
+        let mut s = tests::services();
+        assert!(disco_items(&mut s, "conference.ring.test").is_empty());
+        feed(
+            &mut s,
+            el("<presence xmlns='jabber:client' from='a@a.test/x' to='r@conference.ring.test/a'/>"),
+        );
+        // Locked: not listed yet. The instant configuration opens it.
+        let out = feed(
+            &mut s,
+            el(
+                "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='r@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_roomname'><value>Hall</value></field></x></query></iq>",
+            ),
+        );
+        let updates: Vec<Element> = out
+            .into_iter()
+            .filter(|m| directory::parse_update(m).is_some())
+            .collect();
+        assert_eq!(updates.len(), 1);
+        // The update travels to the service JID's node (here: the same).
+        for u in updates {
+            assert!(feed(&mut s, u).is_empty(), "updates are not answered");
+        }
+        assert_eq!(
+            disco_items(&mut s, "conference.ring.test"),
+            vec![("r@conference.ring.test".into(), None, Some("Hall".into()))]
+        );
+        // The last occupant leaves a temporary room: it is unlisted.
+        let out = feed(
+            &mut s,
+            el(
+                "<presence xmlns='jabber:client' type='unavailable' from='a@a.test/x' to='r@conference.ring.test/a'/>",
+            ),
+        );
+        for u in out
+            .into_iter()
+            .filter(|m| directory::parse_update(m).is_some())
+        {
+            feed(&mut s, u);
+        }
+        assert!(disco_items(&mut s, "conference.ring.test").is_empty());
+        // PubSub nodes likewise.
+        let out = feed(
+            &mut s,
+            el(
+                "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>",
+            ),
+        );
+        for u in out
+            .into_iter()
+            .filter(|m| directory::parse_update(m).is_some())
+        {
+            feed(&mut s, u);
+        }
+        assert_eq!(
+            disco_items(&mut s, "pubsub.ring.test"),
+            vec![("pubsub.ring.test".into(), Some("news".into()), None)]
+        );
+        // A forged update from outside is not applied.
+        feed(
+            &mut s,
+            el(
+                "<message xmlns='jabber:client' from='eve@e.test' to='pubsub.ring.test'><update xmlns='urn:xmpp-ring:directory' item='evil'/></message>",
+            ),
+        );
+        assert_eq!(disco_items(&mut s, "pubsub.ring.test").len(), 1);
     }
 }

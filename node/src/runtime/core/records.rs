@@ -206,14 +206,7 @@ impl Core {
             return;
         }
         self.records.counters.requests += 1;
-        let service_record = [
-            crate::records::MUC_PREFIX,
-            crate::records::PUBSUB_PREFIX,
-            crate::records::PUBSUB_ITEMS_PREFIX,
-        ]
-        .iter()
-        .any(|p| op.name().starts_with(p));
-        if service_record && !matches!(op, RecordOp::Get { .. }) {
+        if crate::records::is_service_record(op.name()) && !matches!(op, RecordOp::Get { .. }) {
             let _ = reply.send(answer_for(
                 &op,
                 Err("records of rooms and PubSub nodes are written by their service only".into()),

@@ -250,13 +250,22 @@ impl Core {
             .rooms()
             .map(|r| crate::xmpp::muc::record_name(r))
             .chain(self.services.pubsub.loaded().cloned())
+            .chain(
+                self.services
+                    .directories
+                    .loaded()
+                    .map(|s| crate::xmpp::directory::record_name(s)),
+            )
             .collect();
         for name in hosted {
             if self.replica_set(&key_of(&name)).first() != Some(&me) {
                 tracing::info!(%name, "no longer responsible: unloading");
-                match name.strip_prefix(MUC_PREFIX) {
-                    Some(room) => self.services.muc.unload(room),
-                    None => self.services.pubsub.unload(&name),
+                if let Some(room) = name.strip_prefix(MUC_PREFIX) {
+                    self.services.muc.unload(room);
+                } else if let Some(s) = name.strip_prefix(crate::records::DIRECTORY_PREFIX) {
+                    self.services.directories.unload(s);
+                } else {
+                    self.services.pubsub.unload(&name);
                 }
             }
         }

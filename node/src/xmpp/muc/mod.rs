@@ -135,8 +135,16 @@ impl Muc {
             .collect()
     }
 
-    /// A stanza for the service itself (`conference.<domain>`).
-    pub fn handle_service(&self, st: &Element, out: &mut Vec<Action>) {
+    /// How `room` appears in the service's directory: its name when it is
+    /// public and open, else `None`.
+    pub fn listing(&self, room: &str) -> Option<String> {
+        let r = self.rooms.get(room)?;
+        (r.state.config.public && !r.state.locked && !r.destroyed).then(|| r.display_name())
+    }
+
+    /// A stanza for the service itself (`conference.<domain>`); `listed`:
+    /// the directory's public rooms (JID, name).
+    pub fn handle_service(&self, st: &Element, listed: &[(String, String)], out: &mut Vec<Action>) {
         if let Some(q) = disco_query(st, NS_DISCO_INFO) {
             if q.attr("node").is_some() {
                 return reply_error(st, "item-not-found", "no such disco node", out);
@@ -153,11 +161,18 @@ impl Muc {
             return out.push(Action::Send(iq_result(st, Some(info.into()))));
         }
         if disco_query(st, NS_DISCO_ITEMS).is_some() {
-            // Rooms are spread over the ring; there is no ring-wide room
-            // directory yet, so the service lists none.
             let items = DiscoItemsResult {
                 node: None,
-                items: vec![],
+                items: listed
+                    .iter()
+                    .filter_map(|(room, name)| {
+                        Some(xmpp_parsers::disco::Item {
+                            jid: jid::Jid::new(room).ok()?,
+                            node: None,
+                            name: Some(name.clone()),
+                        })
+                    })
+                    .collect(),
                 rsm: None,
             };
             return out.push(Action::Send(iq_result(st, Some(items.into()))));
@@ -439,11 +454,7 @@ impl Muc {
 fn room_info(r: &Room) -> DiscoInfoResult {
     let c = &r.state.config;
     let pick = |cond: bool, yes: &str, no: &str| if cond { yes } else { no }.to_string();
-    let name = if c.name.is_empty() {
-        r.jid.split('@').next().unwrap_or_default().to_string()
-    } else {
-        c.name.clone()
-    };
+    let name = r.display_name();
     DiscoInfoResult {
         node: None,
         identities: vec![Identity::new("conference", "text", "en", name)],

@@ -199,6 +199,15 @@ impl Room {
         }
     }
 
+    /// The configured name, or the room's local part.
+    pub fn display_name(&self) -> String {
+        if self.state.config.name.is_empty() {
+            self.jid.split('@').next().unwrap_or_default().to_string()
+        } else {
+            self.state.config.name.clone()
+        }
+    }
+
     pub fn occupant_jid(&self, nick: &str) -> String {
         format!("{}/{}", self.jid, nick)
     }

@@ -209,8 +209,21 @@ impl PubSub {
         out
     }
 
-    /// A request to the service that names no node.
-    pub fn handle_service(&mut self, st: &Element, out: &mut Vec<Action>) {
+    /// How node `name` appears in the service's directory: its title, if
+    /// the node exists.
+    pub fn listing(&self, service: &str, name: &str) -> Option<String> {
+        let (meta, _) = record_names(service, name);
+        self.nodes.get(&meta).map(|n| n.meta.config.title.clone())
+    }
+
+    /// A request to the service that names no node; `listed`: the
+    /// directory's nodes (name, title).
+    pub fn handle_service(
+        &mut self,
+        st: &Element,
+        listed: &[(String, String)],
+        out: &mut Vec<Action>,
+    ) {
         if stanza::is_error_or_result(st) {
             return;
         }
@@ -247,11 +260,19 @@ impl PubSub {
             return out.push(Action::Send(iq_result(st, Some(info.into()))));
         }
         if st.attr("type") == Some("get") && st.get_child("query", NS_DISCO_ITEMS).is_some() {
-            // Nodes are spread over the ring and there is no ring-wide node
-            // directory yet: the service lists none.
+            let service = jid::Jid::new(st.attr("to").unwrap_or_default()).ok();
             let items = DiscoItemsResult {
                 node: None,
-                items: vec![],
+                items: listed
+                    .iter()
+                    .filter_map(|(node, title)| {
+                        Some(xmpp_parsers::disco::Item {
+                            jid: service.clone()?,
+                            node: Some(node.clone()),
+                            name: (!title.is_empty()).then(|| title.clone()),
+                        })
+                    })
+                    .collect(),
                 rsm: None,
             };
             return out.push(Action::Send(iq_result(st, Some(items.into()))));

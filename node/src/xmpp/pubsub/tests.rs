@@ -22,7 +22,7 @@ fn run(p: &mut PubSub, xml: &str) -> Vec<Action> {
     let mut out = Vec::new();
     match target_node(&st) {
         Some(n) => p.handle(SVC, &n, &st, &mut out),
-        None => p.handle_service(&st, &mut out),
+        None => p.handle_service(&st, &[], &mut out),
     }
     out
 }

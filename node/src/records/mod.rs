@@ -151,12 +151,13 @@ impl RecordOp {
 /// What the coordinator answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecordOutcome {
-    /// Written (put or delete) with this version, and pushed to this many
+    /// Written (put or delete) with this version, and stored by this many
     /// other replicas.
     Written {
         /// New version.
         version: u64,
-        /// Copies pushed besides the coordinator's own.
+        /// Copies committed besides the coordinator's own (those that
+        /// acknowledged within the coordinator's wait).
         replicas: usize,
     },
     /// The current value.
@@ -191,6 +192,16 @@ pub enum RecordMsg {
         name: String,
         /// The copy.
         record: Record,
+        /// For a client's write: the coordinator's id and the number to
+        /// acknowledge with [`RecordMsg::Stored`] once the copy is committed
+        /// (the coordinator answers the client after the replicas' commits).
+        ack: Option<(u64, [u8; 32])>,
+    },
+    /// A replica holds the copy of [`RecordMsg::Replicate`] `ack` (or a
+    /// newer one), routed to the coordinator's id.
+    Stored {
+        /// The number from the `Replicate`.
+        ack: u64,
     },
     /// A coordinator without a copy asks a replica for its copy before it
     /// answers (a node that has just become responsible for the key).
@@ -258,7 +269,9 @@ mod tests {
                     value: vec![],
                     write: Some(([1; 32], 4)),
                 },
+                ack: Some((9, [2; 32])),
             },
+            RecordMsg::Stored { ack: 9 },
             RecordMsg::Fetch {
                 fetch: 3,
                 from: [9; 32],

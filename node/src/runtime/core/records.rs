@@ -27,6 +27,18 @@ const MAX_PENDING: usize = 10_000;
 /// [`crate::records::WriteId`]).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 3;
+/// How long a coordinator waits for the replicas to confirm a write before
+/// it answers with the confirmations it has (well under [`RETRY_AFTER`]).
+const STORED_WAIT: Duration = Duration::from_secs(1);
+
+/// A client's write at its coordinator, waiting for the replicas' commits.
+struct WaitingWrite {
+    request: CoordinatorRequest,
+    version: u64,
+    pushed: usize,
+    stored: usize,
+    deadline: Instant,
+}
 
 /// A request at its coordinator.
 #[derive(Clone)]
@@ -72,6 +84,9 @@ pub(crate) struct Records {
     pub(crate) counters: RecordCounters,
     /// Copies this coordinator is asking replicas for.
     pub(super) fetches: super::record_fetch::Fetches,
+    /// Writes waiting for their replicas, by acknowledgement number.
+    waiting_writes: HashMap<u64, WaitingWrite>,
+    next_ack: u64,
 }
 
 impl Records {
@@ -94,6 +109,8 @@ impl Records {
             next_sweep: now + sweep_every,
             counters: RecordCounters::default(),
             fetches: Default::default(),
+            waiting_writes: HashMap::new(),
+            next_ack: 0,
         }
     }
 
@@ -102,6 +119,7 @@ impl Records {
             .values()
             .map(|p| (p.sent + REQUEST_TIMEOUT).min(p.retry_at))
             .chain(self.fetches.next_deadline())
+            .chain(self.waiting_writes.values().map(|w| w.deadline))
             .min()
             .map_or(self.next_sweep, |t| t.min(self.next_sweep))
     }
@@ -330,22 +348,40 @@ impl Core {
                     self.on_fetch_reply(now, fetch, record);
                 }
             }
-            RecordMsg::Replicate { name, record } => match self.records.store.apply(&name, &record)
-            {
-                Ok(changed) => {
-                    self.records.counters.replicas_in += 1;
-                    if changed {
-                        // The sender pushed to the set it sees; do not echo
-                        // the copy back unless the set changes later.
-                        let set = self.replica_set(&crate::records::key_of(&name));
-                        self.records.pushed.insert(name, set_hash(&set));
+            RecordMsg::Stored { ack } => {
+                if env.key == self.node.id() {
+                    self.on_stored(now, ack);
+                }
+            }
+            RecordMsg::Replicate { name, record, ack } => {
+                match self.records.store.apply(&name, &record) {
+                    Ok(changed) => {
+                        self.records.counters.replicas_in += 1;
+                        // Committed (or superseded by the copy held here).
+                        if let Some((ack, coordinator)) = ack
+                            && let Err(e) = self.node.route(
+                                now,
+                                Key::from_bytes(coordinator),
+                                EnvelopeKind::Record,
+                                Bytes::from(RecordMsg::Stored { ack }.encode()),
+                                false,
+                            )
+                        {
+                            tracing::debug!("cannot acknowledge a replica: {e}");
+                        }
+                        if changed {
+                            // The sender pushed to the set it sees; do not echo
+                            // the copy back unless the set changes later.
+                            let set = self.replica_set(&crate::records::key_of(&name));
+                            self.records.pushed.insert(name, set_hash(&set));
+                        }
+                    }
+                    Err(e) => {
+                        self.records.counters.refused += 1;
+                        tracing::warn!(%name, "replica refused: {e}");
                     }
                 }
-                Err(e) => {
-                    self.records.counters.refused += 1;
-                    tracing::warn!(%name, "replica refused: {e}");
-                }
-            },
+            }
             RecordMsg::Reply { req, hops, outcome } => {
                 // A reply is addressed to the requesting node's id. After a
                 // reroute it can end at a neighbour of a node that left or
@@ -360,9 +396,57 @@ impl Core {
         }
     }
 
-    /// Coordinates `r` and sends the answer to its origin.
+    /// Coordinates `r` and answers its origin: a read at once, a write
+    /// once the replicas have committed their copies (or after
+    /// [`STORED_WAIT`] with the confirmations that came).
     pub(super) fn answer_request(&mut self, now: Instant, r: CoordinatorRequest) {
-        let outcome = self.coordinate(now, &r.op, (r.origin, r.req));
+        let write = !matches!(r.op, RecordOp::Get { .. });
+        let ack = self.records.next_ack;
+        self.records.next_ack = self.records.next_ack.wrapping_add(1);
+        let outcome = self.coordinate(now, &r.op, (r.origin, r.req), write.then_some(ack));
+        if let RecordOutcome::Written { version, replicas } = outcome
+            && write
+            && replicas > 0
+            && self.records.waiting_writes.len() < MAX_PENDING
+        {
+            self.records.waiting_writes.insert(
+                ack,
+                WaitingWrite {
+                    request: r,
+                    version,
+                    pushed: replicas,
+                    stored: 0,
+                    deadline: now + STORED_WAIT,
+                },
+            );
+            return;
+        }
+        self.send_answer(now, r, outcome);
+    }
+
+    /// A replica confirmed a copy.
+    fn on_stored(&mut self, now: Instant, ack: u64) {
+        let Some(w) = self.records.waiting_writes.get_mut(&ack) else {
+            return;
+        };
+        w.stored += 1;
+        if w.stored >= w.pushed
+            && let Some(w) = self.records.waiting_writes.remove(&ack)
+        {
+            self.finish_write(now, w);
+        }
+    }
+
+    fn finish_write(&mut self, now: Instant, w: WaitingWrite) {
+        let outcome = RecordOutcome::Written {
+            version: w.version,
+            replicas: w.stored,
+        };
+        self.send_answer(now, w.request, outcome);
+    }
+
+    /// Sends `outcome` to the request's origin.
+    fn send_answer(&mut self, now: Instant, r: CoordinatorRequest, outcome: RecordOutcome) {
         let origin = Key::from_bytes(r.origin);
         if origin == self.node.id() {
             self.on_record_reply(r.req, r.hops, outcome);
@@ -399,11 +483,13 @@ impl Core {
     }
 
     /// The coordinator's side of a request.
+    /// `ack`: the number replicas acknowledge a client's write with.
     pub(super) fn coordinate(
         &mut self,
         now: Instant,
         op: &RecordOp,
         write: WriteId,
+        ack: Option<u64>,
     ) -> RecordOutcome {
         let name = op.name();
         let current = match self.records.store.get(name) {
@@ -416,7 +502,7 @@ impl Core {
             && let Some(c) = current.as_ref().filter(|c| c.write == Some(write))
         {
             let set = self.replica_set(&crate::records::key_of(name));
-            let replicas = self.push_copies(now, name, c, &set);
+            let replicas = self.push_copies(now, name, c, &set, ack);
             return RecordOutcome::Written {
                 version: c.version,
                 replicas,
@@ -454,7 +540,7 @@ impl Core {
             return RecordOutcome::Refused(e.to_string());
         }
         let set = self.replica_set(&crate::records::key_of(name));
-        let replicas = self.push_copies(now, name, &record, &set);
+        let replicas = self.push_copies(now, name, &record, &set, ack);
         self.records.pushed.insert(name.to_string(), set_hash(&set));
         RecordOutcome::Written {
             version: record.version,
@@ -463,16 +549,24 @@ impl Core {
     }
 
     /// Pushes `record` to every member of `set` but this node.
-    fn push_copies(&mut self, now: Instant, name: &str, record: &Record, set: &[NodeId]) -> usize {
+    fn push_copies(
+        &mut self,
+        now: Instant,
+        name: &str,
+        record: &Record,
+        set: &[NodeId],
+        ack: Option<u64>,
+    ) -> usize {
+        let me = self.node.id();
         let payload = Bytes::from(
             RecordMsg::Replicate {
                 name: name.to_string(),
                 record: record.clone(),
+                ack: ack.map(|a| (a, *me.as_bytes())),
             }
             .encode(),
         );
         let mut n = 0;
-        let me = self.node.id();
         for id in set.iter().filter(|id| **id != me) {
             match self
                 .node
@@ -511,6 +605,23 @@ impl Core {
     /// Timeouts of client requests and one sweep batch.
     pub(super) fn on_record_timers(&mut self, now: Instant) {
         self.on_fetch_timers(now);
+        let late: Vec<u64> = self
+            .records
+            .waiting_writes
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(a, _)| *a)
+            .collect();
+        for ack in late {
+            if let Some(w) = self.records.waiting_writes.remove(&ack) {
+                tracing::debug!(
+                    stored = w.stored,
+                    pushed = w.pushed,
+                    "write answered without every replica"
+                );
+                self.finish_write(now, w);
+            }
+        }
         let expired: Vec<u64> = self
             .records
             .pending
@@ -573,7 +684,7 @@ impl Core {
             let Ok(Some(record)) = self.records.store.get(&name) else {
                 continue;
             };
-            self.push_copies(now, &name, &record, &set);
+            self.push_copies(now, &name, &record, &set, None);
             self.records.pushed.insert(name, h);
         }
     }

@@ -161,7 +161,7 @@ impl Core {
                 Some(value) => RecordOp::Put { name, value },
                 None => RecordOp::Delete { name },
             };
-            if let RecordOutcome::Refused(e) = self.coordinate(now, &op, write) {
+            if let RecordOutcome::Refused(e) = self.coordinate(now, &op, write, None) {
                 tracing::error!(name = op.name(), "service state not stored: {e}");
             }
         }

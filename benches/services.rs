@@ -27,16 +27,16 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use node::cluster::{Cluster, cpu_us};
+use node::cluster::Cluster;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::certs::Ca;
 use support::client::XmppClient;
+use support::cpu::Cpu;
 use support::dns::DnsServer;
-use support::prosody::{Prosody, ProsodyOptions, free_port};
-use support::{EdgeArgs, ring};
+use support::prosody::{Prosody, ProsodyOptions};
+use support::{prosody_with_own_ca, ring_with_edge};
 use tokio::sync::mpsc;
 use xmpp_parsers::minidom::Element;
 
@@ -143,22 +143,11 @@ fn world(apps: usize, users: usize) -> World {
     let dir = tempfile::tempdir().expect("tmp");
     let dns = DnsServer::start();
     let start = |domain: &str, ip: Ipv4Addr, components: &str| {
-        let cert = Ca::new(dir.path(), &format!("ca-{domain}")).issue(dir.path(), domain);
-        let p = Prosody::start(
-            dir.path(),
-            domain,
-            ip,
-            dns.addr,
-            &cert,
-            &[],
-            ProsodyOptions {
-                components: components.to_string(),
-                ..ProsodyOptions::default()
-            },
-        );
-        dns.add_a(domain, ip);
-        dns.add_s2s_srv(domain, domain, p.s2s_port);
-        p
+        let opts = ProsodyOptions {
+            components: components.to_string(),
+            ..ProsodyOptions::default()
+        };
+        prosody_with_own_ca(dir.path(), &dns, domain, ip, &[], opts)
     };
     let a = start(
         "a.test",
@@ -177,21 +166,12 @@ fn world(apps: usize, users: usize) -> World {
     };
     a.add_accounts(&accounts("a"));
     b.add_accounts(&accounts("b"));
-    let port = free_port(EDGE_IP);
-    dns.add_a("edge1.ring.test", EDGE_IP);
-    for d in ["ring.test", "conference.ring.test", "pubsub.ring.test"] {
-        dns.add_s2s_srv(d, "edge1.ring.test", port);
-    }
-    let ring = ring(
+    let ring = ring_with_edge(
         dir.path(),
-        &["ring.test"],
+        &dns,
         apps,
-        &[EdgeArgs {
-            ip: EDGE_IP,
-            port,
-            extra: vec![],
-        }],
-        dns.addr,
+        EDGE_IP,
+        &["ring.test", "conference.ring.test", "pubsub.ring.test"],
     );
     World {
         a,
@@ -309,48 +289,42 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-struct Cpu(Vec<(&'static str, Vec<u32>, u64)>);
-
-impl Cpu {
-    fn start(w: &World) -> Cpu {
-        let ring: Vec<u32> = w
-            .ring
-            .nodes
-            .iter()
-            .filter_map(|n| n.child.as_ref().map(|c| c.id()))
-            .collect();
-        let groups = vec![
-            ("load_generator", vec![std::process::id()]),
-            ("prosody_a", w.a.pid().into_iter().collect()),
-            ("prosody_b", w.b.pid().into_iter().collect()),
-            ("ring", ring),
-        ];
-        Cpu(groups
-            .into_iter()
-            .map(|(n, p)| {
-                let t = p.iter().map(|&x| cpu_us(x)).sum();
-                (n, p, t)
-            })
-            .collect())
-    }
-
-    fn per(&self, n: usize) -> Value {
-        let mut m = serde_json::Map::new();
-        for (name, pids, t0) in &self.0 {
-            let t: u64 = pids.iter().map(|&p| cpu_us(p)).sum();
-            m.insert(
-                name.to_string(),
-                json!(t.saturating_sub(*t0) as f64 / n.max(1) as f64),
-            );
-        }
-        Value::Object(m)
-    }
+/// Meters the load generator, each Prosody and the ring.
+fn cpu_meter(w: &World) -> Cpu {
+    let ring: Vec<u32> = w
+        .ring
+        .nodes
+        .iter()
+        .filter_map(|n| n.child.as_ref().map(|c| c.id()))
+        .collect();
+    Cpu::start(vec![
+        ("load_generator".into(), vec![std::process::id()]),
+        ("prosody_a".into(), w.a.pid().into_iter().collect()),
+        ("prosody_b".into(), w.b.pid().into_iter().collect()),
+        ("ring".into(), ring),
+    ])
 }
 
 /// One measured run.
 struct Run {
     rate: f64,
     json: Value,
+}
+
+/// Gives the clients their receivers back and summarises what they saw.
+fn finish(
+    clients: &mut [XmppClient],
+    results: Vec<(mpsc::UnboundedReceiver<Element>, Seen)>,
+    expected: usize,
+    started: Instant,
+    cpu: &Cpu,
+) -> Run {
+    let mut seen = Vec::new();
+    for (c, (rx, s)) in clients.iter_mut().zip(results) {
+        c.incoming = rx;
+        seen.push(s);
+    }
+    summarise(expected, started, &seen, cpu)
 }
 
 fn summarise(expected: usize, started: Instant, seen: &[Seen], cpu: &Cpu) -> Run {
@@ -372,7 +346,7 @@ fn summarise(expected: usize, started: Instant, seen: &[Seen], cpu: &Cpu) -> Run
             "seconds": secs,
             "delivered_per_s": rate,
             "latency_ms": { "p50": pct(&lat, 0.5), "p90": pct(&lat, 0.9), "p99": pct(&lat, 0.99), "max": pct(&lat, 1.0) },
-            "cpu_us_per_delivery": cpu.per(delivered),
+            "cpu_us_per_delivery": cpu.per(delivered as u64),
         }),
     }
 }
@@ -448,7 +422,7 @@ async fn muc_run(
     });
     let expected_each = messages;
     let collecting = count_at_all(clients, expected_each, base, stamp).await;
-    let cpu = Cpu::start(w);
+    let cpu = cpu_meter(w);
     let started = Instant::now();
     // Ten senders, five per server, each its share.
     let per = messages / SENDERS;
@@ -474,13 +448,8 @@ async fn muc_run(
             }
         }
     }
-    let results = collecting.await;
-    let mut seen = Vec::new();
-    for (c, (rx, s)) in clients.iter_mut().zip(results) {
-        c.incoming = rx;
-        seen.push(s);
-    }
-    summarise(per * SENDERS * clients.len(), started, &seen, &cpu)
+    let expected = per * SENDERS * clients.len();
+    finish(clients, collecting.await, expected, started, &cpu)
 }
 
 async fn pubsub_setup(clients: &mut [XmppClient], service: &str) {
@@ -525,7 +494,7 @@ async fn pubsub_run(
         entry.strip_prefix(&tag)?.rsplit('-').next()?.parse().ok()
     });
     let collecting = count_at_all(clients, publishes, base, stamp).await;
-    let cpu = Cpu::start(w);
+    let cpu = cpu_meter(w);
     let started = Instant::now();
     let item = |k: usize| {
         let at = base.elapsed().as_micros();
@@ -545,13 +514,8 @@ async fn pubsub_run(
             }
         }
     }
-    let results = collecting.await;
-    let mut seen = Vec::new();
-    for (c, (rx, s)) in clients.iter_mut().zip(results) {
-        c.incoming = rx;
-        seen.push(s);
-    }
-    summarise(publishes * clients.len(), started, &seen, &cpu)
+    let expected = publishes * clients.len();
+    finish(clients, collecting.await, expected, started, &cpu)
 }
 
 #[derive(Clone, Copy)]

@@ -14,11 +14,10 @@ use node::client::get_json;
 use node::cluster::Cluster;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-use support::certs::Ca;
 use support::client::XmppClient;
 use support::dns::DnsServer;
-use support::prosody::{Prosody, ProsodyOptions, free_port};
-use support::{EdgeArgs, T, require_prosody, ring};
+use support::prosody::{Prosody, ProsodyOptions};
+use support::{T, prosody_with_own_ca, require_prosody, ring_with_edge};
 use xmpp_parsers::minidom::Element;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -48,19 +47,14 @@ fn world() -> World {
     let dir = tempfile::tempdir().expect("tmp");
     let dns = DnsServer::start();
     let start = |domain: &str, ip: Ipv4Addr, users: &[(&str, &str)]| {
-        let cert = Ca::new(dir.path(), &format!("ca-{domain}")).issue(dir.path(), domain);
-        let p = Prosody::start(
+        prosody_with_own_ca(
             dir.path(),
+            &dns,
             domain,
             ip,
-            dns.addr,
-            &cert,
             users,
             ProsodyOptions::default(),
-        );
-        dns.add_a(domain, ip);
-        dns.add_s2s_srv(domain, domain, p.s2s_port);
-        p
+        )
     };
     let a = start(
         "a.test",
@@ -68,21 +62,12 @@ fn world() -> World {
         &[("alice", "pw"), ("carol", "pw"), ("eve", "pw")],
     );
     let b = start("b.test", B_IP, &[("bob", "pw")]);
-    let port = free_port(EDGE_IP);
-    dns.add_a("edge1.ring.test", EDGE_IP);
-    for d in ["ring.test", "conference.ring.test", "pubsub.ring.test"] {
-        dns.add_s2s_srv(d, "edge1.ring.test", port);
-    }
-    let ring = ring(
+    let ring = ring_with_edge(
         dir.path(),
-        &["ring.test"],
+        &dns,
         4,
-        &[EdgeArgs {
-            ip: EDGE_IP,
-            port,
-            extra: vec![],
-        }],
-        dns.addr,
+        EDGE_IP,
+        &["ring.test", "conference.ring.test", "pubsub.ring.test"],
     );
     World {
         a,

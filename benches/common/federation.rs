@@ -9,14 +9,14 @@
 //! two cores, so the CPU of each (clients included) is reported beside each
 //! rate.
 
-use crate::support::certs::Ca;
 use crate::support::client::XmppClient;
+use crate::support::cpu::Cpu;
 use crate::support::dns::DnsServer;
-use crate::support::prosody::{Prosody, ProsodyOptions, free_port};
-use crate::support::{EdgeArgs, ring};
+use crate::support::prosody::{Prosody, ProsodyOptions};
+use crate::support::{prosody_with_own_ca, ring_with_edge};
 use node::api::StatusReport;
 use node::client::get_json;
-use node::cluster::{Cluster, cpu_us};
+use node::cluster::Cluster;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -55,42 +55,21 @@ pub fn world(ring_apps: usize) -> World {
     let dir = tempfile::tempdir().expect("tmp");
     let dns = DnsServer::start();
     let start = |domain: &str, ip: Ipv4Addr, prefix: &str| {
-        // Each server's certificate comes from its own CA: nobody trusts
-        // anybody's, so s2s authenticates by dialback over TLS.
-        let cert = Ca::new(dir.path(), &format!("ca-{domain}")).issue(dir.path(), domain);
         let u = users(prefix);
         let refs: Vec<(&str, &str)> = u.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-        let p = Prosody::start(
+        prosody_with_own_ca(
             dir.path(),
+            &dns,
             domain,
             ip,
-            dns.addr,
-            &cert,
             &refs,
             ProsodyOptions::default(),
-        );
-        dns.add_a(domain, ip);
-        dns.add_s2s_srv(domain, domain, p.s2s_port);
-        p
+        )
     };
     let a = start("a.test", A_IP, "s");
     let b = start("b.test", B_IP, "r");
-    let ring = (ring_apps > 0).then(|| {
-        let port = free_port(EDGE_IP);
-        dns.add_a("edge1.ring.test", EDGE_IP);
-        dns.add_s2s_srv("ring.test", "edge1.ring.test", port);
-        ring(
-            dir.path(),
-            &["ring.test"],
-            ring_apps,
-            &[EdgeArgs {
-                ip: EDGE_IP,
-                port,
-                extra: vec![],
-            }],
-            dns.addr,
-        )
-    });
+    let ring = (ring_apps > 0)
+        .then(|| ring_with_edge(dir.path(), &dns, ring_apps, EDGE_IP, &["ring.test"]));
     World {
         a,
         b,
@@ -102,34 +81,6 @@ pub fn world(ring_apps: usize) -> World {
 
 fn my_pid() -> u32 {
     std::process::id()
-}
-
-/// CPU meters for a set of processes.
-struct Cpu(Vec<(String, Vec<u32>, u64)>);
-
-impl Cpu {
-    fn start(groups: Vec<(String, Vec<u32>)>) -> Cpu {
-        Cpu(groups
-            .into_iter()
-            .map(|(name, pids)| {
-                let t = pids.iter().map(|&p| cpu_us(p)).sum();
-                (name, pids, t)
-            })
-            .collect())
-    }
-
-    /// CPU per message, µs, for each group.
-    fn per_msg(&self, msgs: u64) -> Value {
-        let mut m = serde_json::Map::new();
-        for (name, pids, t0) in &self.0 {
-            let t: u64 = pids.iter().map(|&p| cpu_us(p)).sum();
-            m.insert(
-                name.clone(),
-                json!((t.saturating_sub(*t0)) as f64 / msgs.max(1) as f64),
-            );
-        }
-        Value::Object(m)
-    }
 }
 
 fn message(to: &str, id: &str, body: &str) -> String {
@@ -312,7 +263,7 @@ pub async fn prosody_to_prosody(
         arrived: distinct,
         duplicates: dups,
         elapsed_s,
-        cpu_us_per_msg: cpu.per_msg(distinct),
+        cpu_us_per_msg: cpu.per(distinct),
         errors_back: None,
     };
     (run, senders, receivers)
@@ -363,7 +314,7 @@ pub async fn prosody_to_ring(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let cpu_json = cpu.per_msg(handled.min(sent));
+    let cpu_json = cpu.per(handled.min(sent));
     // Late duplicates would show up after the count was reached.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = ring_handled(ring) - base;

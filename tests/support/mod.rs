@@ -7,6 +7,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod cpu;
 pub mod dns;
 pub mod prosody;
 
@@ -99,6 +100,51 @@ pub fn ring(
         std::thread::sleep(Duration::from_millis(200));
     }
     c
+}
+
+/// Starts Prosody for `domain` on `ip` with a certificate from its own CA
+/// (nobody trusts anybody's, so s2s authenticates by dialback over TLS),
+/// and registers its A and SRV records.
+pub fn prosody_with_own_ca(
+    dir: &Path,
+    dns: &dns::DnsServer,
+    domain: &str,
+    ip: Ipv4Addr,
+    users: &[(&str, &str)],
+    opts: prosody::ProsodyOptions,
+) -> prosody::Prosody {
+    let cert = certs::Ca::new(dir, &format!("ca-{domain}")).issue(dir, domain);
+    let p = prosody::Prosody::start(dir, domain, ip, dns.addr, &cert, users, opts);
+    dns.add_a(domain, ip);
+    dns.add_s2s_srv(domain, domain, p.s2s_port);
+    p
+}
+
+/// A ring serving ring.test with `apps` application nodes and one edge on
+/// `edge_ip` (the last node), which the SRV records of `names` point at.
+pub fn ring_with_edge(
+    dir: &Path,
+    dns: &dns::DnsServer,
+    apps: usize,
+    edge_ip: Ipv4Addr,
+    names: &[&str],
+) -> Cluster {
+    let port = prosody::free_port(edge_ip);
+    dns.add_a("edge1.ring.test", edge_ip);
+    for n in names {
+        dns.add_s2s_srv(n, "edge1.ring.test", port);
+    }
+    ring(
+        dir,
+        &["ring.test"],
+        apps,
+        &[EdgeArgs {
+            ip: edge_ip,
+            port,
+            extra: vec![],
+        }],
+        dns.addr,
+    )
 }
 
 pub fn status(c: &Cluster, i: usize) -> StatusReport {

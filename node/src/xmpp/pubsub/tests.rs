@@ -58,6 +58,13 @@ fn errors(out: &[Action]) -> (String, Option<String>) {
     (c, a)
 }
 
+/// Runs a request that must succeed; returns what it produced.
+fn succeeds(p: &mut PubSub, xml: &str) -> Vec<Action> {
+    let out = run(p, xml);
+    assert_eq!(reply(&out).attr("type"), Some("result"), "{xml}: {out:?}");
+    out
+}
+
 fn created(p: &mut PubSub) {
     let out = run(
         p,
@@ -92,7 +99,7 @@ fn create_subscribe_publish_notify_and_retrieve() {
             .unwrap();
         assert_eq!(sub.attr("subscription"), Some("subscribed"));
     }
-    let out = run(
+    let out = succeeds(
         &mut p,
         &iq(
             "alice@a.test/x",
@@ -101,7 +108,6 @@ fn create_subscribe_publish_notify_and_retrieve() {
             "<publish node='news'><item id='1'><entry xmlns='urn:test'>hello</entry></item></publish>",
         ),
     );
-    assert_eq!(reply(&out).attr("type"), Some("result"));
     let Action::Broadcast { stanza, to } = &out[1] else {
         panic!("{out:?}")
     };
@@ -288,7 +294,7 @@ fn permissions_and_the_xep_errors() {
         );
     }
     // Whitelisted nodes: only affiliated users subscribe; a publisher may publish.
-    let out = run(
+    succeeds(
         &mut p,
         &iq(
             "alice@a.test/x",
@@ -297,7 +303,6 @@ fn permissions_and_the_xep_errors() {
             "<configure node='news'><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>whitelist</value></field></x></configure>",
         ),
     );
-    assert_eq!(reply(&out).attr("type"), Some("result"));
     let out = run(
         &mut p,
         &iq(
@@ -320,7 +325,7 @@ fn permissions_and_the_xep_errors() {
             "<affiliations node='news'><affiliation jid='bob@b.test' affiliation='publisher'/></affiliations>",
         ),
     );
-    let out = run(
+    succeeds(
         &mut p,
         &iq(
             "bob@b.test/r",
@@ -329,8 +334,7 @@ fn permissions_and_the_xep_errors() {
             "<subscribe node='news' jid='bob@b.test'/>",
         ),
     );
-    assert_eq!(reply(&out).attr("type"), Some("result"));
-    let out = run(
+    succeeds(
         &mut p,
         &iq(
             "bob@b.test/r",
@@ -339,7 +343,6 @@ fn permissions_and_the_xep_errors() {
             "<publish node='news'><item><e xmlns='urn:t'/></item></publish>",
         ),
     );
-    assert_eq!(reply(&out).attr("type"), Some("result"));
     // The node cannot lose its last owner.
     let out = run(
         &mut p,

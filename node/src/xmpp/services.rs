@@ -113,6 +113,9 @@ pub struct Services {
     /// The room and node directories of the service JIDs this node is
     /// responsible for.
     pub directories: Directories,
+    /// When each loaded room, node or directory was last used (Unix
+    /// seconds), by entity.
+    last_used: HashMap<String, u64>,
     /// Stanzas waiting for their entity's state, by entity.
     waiting: HashMap<String, Vec<Element>>,
     waiting_total: usize,
@@ -125,6 +128,7 @@ impl Services {
             muc: Muc::new(host, limits.max_record_bytes),
             pubsub: PubSub::new(limits, seed),
             directories: Directories::new(limits.max_record_bytes),
+            last_used: HashMap::new(),
             waiting: HashMap::new(),
             waiting_total: 0,
         }
@@ -133,6 +137,47 @@ impl Services {
     /// Loads in progress.
     pub fn loading(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Every room, node and directory in memory (as entity names).
+    pub fn entities(&self) -> Vec<String> {
+        self.muc
+            .rooms()
+            .map(|r| muc::record_name(r))
+            .chain(self.pubsub.loaded().cloned())
+            .chain(self.directories.loaded().map(|s| directory::record_name(s)))
+            .collect()
+    }
+
+    /// Rooms without occupants and PubSub nodes not used for `idle_secs`.
+    pub fn idle(&mut self, now_unix: u64, idle_secs: u64) -> Vec<String> {
+        // Forget the use of what is gone (destroyed rooms, deleted nodes).
+        let loaded: std::collections::HashSet<String> = self.entities().into_iter().collect();
+        self.last_used.retain(|e, _| loaded.contains(e));
+        let quiet = |e: &String| {
+            self.last_used
+                .get(e)
+                .is_none_or(|t| now_unix.saturating_sub(*t) >= idle_secs)
+        };
+        self.muc
+            .rooms()
+            .filter(|r| self.muc.occupants_of(r) == 0)
+            .map(|r| muc::record_name(r))
+            .chain(self.pubsub.loaded().cloned())
+            .filter(quiet)
+            .collect()
+    }
+
+    /// Drops an entity from memory (its state is stored).
+    pub fn unload(&mut self, entity: &str) {
+        self.last_used.remove(entity);
+        if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
+            self.muc.unload(room);
+        } else if let Some(s) = entity.strip_prefix(DIRECTORY_PREFIX) {
+            self.directories.unload(s);
+        } else {
+            self.pubsub.unload(entity);
+        }
     }
 
     /// Answers a stanza delivered to this node as the responsible node of
@@ -258,6 +303,16 @@ impl Services {
         st: &Element,
         out: &mut Vec<Action>,
     ) -> Option<Load> {
+        match &t {
+            Target::Room { room, .. } => {
+                self.last_used.insert(muc::record_name(room), now_unix);
+            }
+            Target::PubSubNode { service, node } => {
+                self.last_used
+                    .insert(pubsub::record_names(service, node).0, now_unix);
+            }
+            _ => {}
+        }
         match t {
             Target::Domain => domain_stanza(st, out),
             Target::MucService { service } | Target::PubSubService { service }
@@ -648,5 +703,70 @@ mod directory_tests {
             ),
         );
         assert_eq!(disco_items(&mut s, "pubsub.ring.test").len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+
+    #[test]
+    fn empty_rooms_and_unused_nodes_leave_memory_and_come_back() {
+        let mut s = tests::services();
+        let run = |s: &mut Services, xml: &str, at: u64| {
+            let mut out = Vec::new();
+            if let Some(load) = s.handle(at, xml.parse().unwrap(), &mut out) {
+                let stored: Vec<(String, Option<Vec<u8>>)> =
+                    load.names.iter().map(|n| (n.clone(), None)).collect();
+                s.loaded(&load.entity, &stored, at, &mut out);
+            }
+        };
+        run(
+            &mut s,
+            "<presence xmlns='jabber:client' from='a@a.test/x' to='r@conference.ring.test/a'/>",
+            0,
+        );
+        run(
+            &mut s,
+            "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='r@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>",
+            0,
+        );
+        run(
+            &mut s,
+            "<iq xmlns='jabber:client' type='set' id='n' from='a@a.test/x' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>",
+            0,
+        );
+        // An occupied room is never idle; an unused node is, after a while.
+        assert_eq!(
+            s.idle(1000, 300),
+            vec!["pubsub:pubsub.ring.test/news".to_string()]
+        );
+        run(
+            &mut s,
+            "<presence xmlns='jabber:client' type='unavailable' from='a@a.test/x' to='r@conference.ring.test/a'/>",
+            1000,
+        );
+        assert_eq!(
+            s.idle(1100, 300),
+            vec!["pubsub:pubsub.ring.test/news".to_string()],
+            "the room was left 100 s ago"
+        );
+        let idle = s.idle(1300, 300);
+        assert_eq!(idle.len(), 2, "{idle:?}");
+        s.take_writes();
+        for e in idle {
+            s.unload(&e);
+        }
+        assert!(s.entities().is_empty());
+        // The next stanza loads the room again.
+        let mut out = Vec::new();
+        let load = s.handle(
+            1400,
+            "<presence xmlns='jabber:client' from='a@a.test/x' to='r@conference.ring.test/a'/>"
+                .parse()
+                .unwrap(),
+            &mut out,
+        );
+        assert!(load.is_some());
     }
 }

@@ -25,6 +25,9 @@ use xmpp_parsers::minidom::Element;
 
 /// Rooms checked for a dead host per sweep.
 const TAKEOVER_BATCH: usize = 256;
+/// Rooms without occupants and PubSub nodes unused this long are dropped
+/// from memory.
+const IDLE_UNLOAD_SECS: u64 = 300;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -243,31 +246,21 @@ impl Core {
     /// closer to are dropped from memory (their state is stored; the new
     /// host loads it), and rooms whose host died are taken over.
     pub(super) fn check_service_hosts(&mut self, now: Instant) {
+        // What changed this turn is stored before anything is dropped.
+        self.persist_services(now);
         let me = self.node.id();
-        let hosted: Vec<String> = self
-            .services
-            .muc
-            .rooms()
-            .map(|r| crate::xmpp::muc::record_name(r))
-            .chain(self.services.pubsub.loaded().cloned())
-            .chain(
-                self.services
-                    .directories
-                    .loaded()
-                    .map(|s| crate::xmpp::directory::record_name(s)),
-            )
-            .collect();
-        for name in hosted {
+        for name in self.services.entities() {
             if self.replica_set(&key_of(&name)).first() != Some(&me) {
                 tracing::info!(%name, "no longer responsible: unloading");
-                if let Some(room) = name.strip_prefix(MUC_PREFIX) {
-                    self.services.muc.unload(room);
-                } else if let Some(s) = name.strip_prefix(crate::records::DIRECTORY_PREFIX) {
-                    self.services.directories.unload(s);
-                } else {
-                    self.services.pubsub.unload(&name);
-                }
+                self.services.unload(&name);
             }
+        }
+        // Empty rooms and unused nodes leave memory (they are stored and
+        // load again with their next stanza): memory follows activity, not
+        // the number of rooms and nodes ever created.
+        for name in self.services.idle(unix_now(), IDLE_UNLOAD_SECS) {
+            tracing::debug!(%name, "idle: unloading");
+            self.services.unload(&name);
         }
         // Rooms with occupants whose host is gone: this node, now the
         // closest, tells the occupants (332) so they can join again here.

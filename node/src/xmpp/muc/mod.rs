@@ -76,6 +76,11 @@ impl Muc {
         self.rooms.keys()
     }
 
+    /// Occupants of `room` (0 if it is not loaded).
+    pub fn occupants_of(&self, room: &str) -> usize {
+        self.rooms.get(room).map_or(0, |r| r.state.occupants.len())
+    }
+
     pub fn occupants(&self) -> usize {
         self.rooms.values().map(|r| r.state.occupants.len()).sum()
     }

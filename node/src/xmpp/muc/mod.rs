@@ -364,6 +364,13 @@ impl Muc {
             }
             return false;
         }
+        let x = st
+            .get_child("x", room::NS_MUC_USER)
+            .filter(|_| nick.is_none() && st.attr("type") != Some("groupchat"));
+        if let Some(x) = x.filter(|x| x.get_child("decline", room::NS_MUC_USER).is_some()) {
+            r.decline(from, x, out);
+            return false;
+        }
         let Some(i) = occupant else {
             reply_error(
                 st,
@@ -373,6 +380,9 @@ impl Muc {
             );
             return false;
         };
+        if let Some(x) = x.filter(|x| x.get_child("invite", room::NS_MUC_USER).is_some()) {
+            return r.invite(i, st, x, out);
+        }
         match nick {
             Some(n) => {
                 r.private_message(i, n, st, out);

@@ -449,6 +449,98 @@ impl Room {
         out.push(Action::Send(m));
     }
 
+    /// Mediated invitations (XEP-0045 §7.8.2) from occupant `i`: each
+    /// invitee gets a message from the room. In a members-only room only
+    /// admins and owners invite, and their invitees become members.
+    /// Returns whether the affiliations changed.
+    pub fn invite(&mut self, i: usize, msg: &Element, x: &Element, out: &mut Vec<Action>) -> bool {
+        let inviter = self.state.occupants[i].jid.clone();
+        let members_only = self.state.config.members_only;
+        if members_only && self.affiliation(&inviter) < Affiliation::Admin {
+            out.extend(
+                error_reply(
+                    msg,
+                    "forbidden",
+                    Some("only admins and owners invite to this room"),
+                )
+                .map(Action::Send),
+            );
+            return false;
+        }
+        let invites: Vec<&Element> = x
+            .children()
+            .filter(|c| c.is("invite", NS_MUC_USER))
+            .collect();
+        let mut targets = Vec::new();
+        for inv in &invites {
+            match inv.attr("to").filter(|t| jid::Jid::new(t).is_ok()) {
+                Some(t) => targets.push((
+                    t.to_string(),
+                    inv.get_child("reason", NS_MUC_USER).map(|r| r.text()),
+                )),
+                None => {
+                    out.extend(
+                        error_reply(
+                            msg,
+                            "jid-malformed",
+                            Some("an invitation needs a valid 'to'"),
+                        )
+                        .map(Action::Send),
+                    );
+                    return false;
+                }
+            }
+        }
+        let mut changed = false;
+        for (to, reason) in targets {
+            if members_only && self.affiliation(&to) < Affiliation::Member {
+                self.state
+                    .affiliations
+                    .insert(bare(&to), Affiliation::Member);
+                changed = true;
+            }
+            let mut m = el("message", &[("from", &self.jid), ("to", &to)]);
+            let mut x = Element::bare("x", NS_MUC_USER);
+            let mut inv = Element::bare("invite", NS_MUC_USER);
+            stanza::set(&mut inv, "from", &inviter);
+            if let Some(r) = reason {
+                let mut re = Element::bare("reason", NS_MUC_USER);
+                re.append_text(&r);
+                inv.append_child(re);
+            }
+            x.append_child(inv);
+            if let Some(pw) = &self.state.config.password {
+                let mut p = Element::bare("password", NS_MUC_USER);
+                p.append_text(pw);
+                x.append_child(p);
+            }
+            m.append_child(x);
+            out.push(Action::Send(m));
+        }
+        changed
+    }
+
+    /// A declined invitation, passed on to the inviter.
+    pub fn decline(&self, from: &str, x: &Element, out: &mut Vec<Action>) {
+        for d in x.children().filter(|c| c.is("decline", NS_MUC_USER)) {
+            let Some(to) = d.attr("to").filter(|t| jid::Jid::new(t).is_ok()) else {
+                continue;
+            };
+            let mut m = el("message", &[("from", &self.jid), ("to", to)]);
+            let mut x = Element::bare("x", NS_MUC_USER);
+            let mut dec = Element::bare("decline", NS_MUC_USER);
+            stanza::set(&mut dec, "from", &bare(from));
+            if let Some(r) = d.get_child("reason", NS_MUC_USER) {
+                let mut re = Element::bare("reason", NS_MUC_USER);
+                re.append_text(&r.text());
+                dec.append_child(re);
+            }
+            x.append_child(dec);
+            m.append_child(x);
+            out.push(Action::Send(m));
+        }
+    }
+
     /// Tells every occupant that the room is gone (`destroy`: the XEP's
     /// `<destroy/>` element, or `None` for a service shutdown, status 332)
     /// and empties it.

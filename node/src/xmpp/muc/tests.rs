@@ -382,3 +382,46 @@ fn joins_stop_at_the_record_limit() {
     let state = h.muc.take_writes().pop().unwrap().1.unwrap();
     assert!(state.len() <= 2000, "{} bytes", state.len());
 }
+
+#[test]
+fn invitations_make_members_of_members_only_rooms() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    h.configure("alice@a.test/x", &[("muc#roomconfig_membersonly", "1")]);
+    // bob (no affiliation) was removed; alice invites carol.
+    let r = h.send(&format!("<message xmlns='jabber:client' from='alice@a.test/x' to='{ROOM}'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='carol@c.test'><reason>join us</reason></invite></x></message>"));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "carol@c.test");
+    let inv = r[0]
+        .1
+        .get_child("x", room::NS_MUC_USER)
+        .unwrap()
+        .get_child("invite", room::NS_MUC_USER)
+        .unwrap();
+    assert_eq!(inv.attr("from"), Some("alice@a.test/x"));
+    assert_eq!(
+        inv.get_child("reason", room::NS_MUC_USER).unwrap().text(),
+        "join us"
+    );
+    let r = h.join("carol@c.test/1", "carol");
+    assert!(
+        r.iter().all(|(_, s)| error_of(s).is_none()),
+        "carol is a member now"
+    );
+    // A participant may not invite to a members-only room.
+    let r = h.send(&format!("<message xmlns='jabber:client' from='carol@c.test/1' to='{ROOM}'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='dave@d.test'/></x></message>"));
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("forbidden"));
+    // A declined invitation goes back to the inviter.
+    let r = h.send(&format!("<message xmlns='jabber:client' from='dave@d.test/1' to='{ROOM}'><x xmlns='http://jabber.org/protocol/muc#user'><decline to='alice@a.test/x'><reason>busy</reason></decline></x></message>"));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "alice@a.test/x");
+    let dec = r[0]
+        .1
+        .get_child("x", room::NS_MUC_USER)
+        .unwrap()
+        .get_child("decline", room::NS_MUC_USER)
+        .unwrap();
+    assert_eq!(dec.attr("from"), Some("dave@d.test"));
+    // A malformed invitation.
+    let r = h.send(&format!("<message xmlns='jabber:client' from='alice@a.test/x' to='{ROOM}'><x xmlns='http://jabber.org/protocol/muc#user'><invite/></x></message>"));
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("jid-malformed"));
+}

@@ -532,7 +532,7 @@ impl Room {
             stanza::set(&mut dec, "from", &bare(from));
             if let Some(r) = d.get_child("reason", NS_MUC_USER) {
                 let mut re = Element::bare("reason", NS_MUC_USER);
-                re.append_text(&r.text());
+                re.append_text(r.text());
                 dec.append_child(re);
             }
             x.append_child(dec);

@@ -391,6 +391,21 @@ async fn muc_across_two_prosody_servers_and_the_kill_of_its_host() {
     .await;
     groupchat_arrives(&mut alice, &format!("{room}/bob"), "back again").await;
 
+    // The takeover is counted, and the services' figures are exported.
+    let takeovers: u64 = (0..w.ring.nodes.len())
+        .filter(|i| *i != host)
+        .map(|i| status(&w.ring, i).services.takeovers)
+        .sum();
+    assert!(takeovers >= 1, "a takeover is counted");
+    let m = node::client::get_text(w.ring.admin(new_host), "/metrics", T).expect("metrics");
+    for name in [
+        "xmpp_ring_muc_rooms",
+        "xmpp_ring_muc_occupants",
+        "xmpp_ring_service_takeovers_total",
+    ] {
+        assert!(m.contains(name), "{name} missing:\n{m}");
+    }
+
     // Nothing crashed: every node but the killed one still answers.
     for i in (0..w.ring.nodes.len()).filter(|i| *i != host) {
         assert!(w.ring.is_running(i), "node {i} died");

@@ -8,7 +8,7 @@
 //! histograms, whose bucket bounds match.
 
 use crate::addr::PeerAddr;
-use crate::api::{Counters, RecordsReport};
+use crate::api::{Counters, RecordsReport, ServicesReport};
 use dht::RingNode;
 use dht::node::{Histogram, Stats};
 use metrics::{counter, gauge, histogram};
@@ -56,12 +56,20 @@ impl Exporter {
         &mut self,
         node: &RingNode<PeerAddr>,
         records: &RecordsReport,
+        services: &ServicesReport,
         net: &Counters,
         connections: usize,
         inbox_depth: usize,
     ) {
         let s = node.stats();
         let c = counters(s, net);
+        gauge!("xmpp_ring_muc_rooms").set(services.room_count as f64);
+        gauge!("xmpp_ring_muc_occupants").set(services.occupants as f64);
+        gauge!("xmpp_ring_pubsub_nodes").set(services.pubsub_node_count as f64);
+        gauge!("xmpp_ring_pubsub_subscriptions").set(services.subscriptions as f64);
+        counter!("xmpp_ring_service_takeovers_total").absolute(services.takeovers);
+        counter!("xmpp_ring_fanout_envelopes_total").absolute(services.fanout_envelopes);
+        counter!("xmpp_ring_fanout_stanzas_total").absolute(services.fanout_stanzas);
         gauge!("xmpp_ring_records").set(records.count as f64);
         gauge!("xmpp_ring_record_bytes").set(records.bytes as f64);
         counter!("xmpp_ring_record_requests_total").absolute(records.requests);

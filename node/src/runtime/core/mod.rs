@@ -250,6 +250,7 @@ impl Core {
             self.metrics.update(
                 &self.node,
                 &self.records.report(),
+                &self.services_report(),
                 &self.net,
                 self.connected.len(),
                 self.inbox_tx.max_capacity() - self.inbox_tx.capacity(),

@@ -412,6 +412,14 @@ impl Muc {
         st: &Element,
         out: &mut Vec<Action>,
     ) -> bool {
+        if let Some(n) = nick {
+            if let Some(r) = self.rooms.get(room_jid) {
+                r.relay_iq(n, st, out);
+            } else {
+                reply_error(st, "item-not-found", "no such room", out);
+            }
+            return false;
+        }
         if stanza::is_error_or_result(st) {
             return false;
         }
@@ -424,15 +432,6 @@ impl Muc {
             reply_error(st, "item-not-found", "no such room", out);
             return false;
         };
-        if nick.is_some() {
-            reply_error(
-                st,
-                "service-unavailable",
-                "IQs to occupants are not relayed",
-                out,
-            );
-            return false;
-        }
         if disco_query(st, NS_DISCO_INFO).is_some() {
             let info = room_info(r);
             out.push(Action::Send(iq_result(st, Some(info.into()))));

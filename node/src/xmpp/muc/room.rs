@@ -541,6 +541,34 @@ impl Room {
         }
     }
 
+    /// An IQ between occupants, relayed without revealing real JIDs: a
+    /// request from occupant A to `room/B` goes to B's real JID from
+    /// `room/A`; B's answer, addressed to `room/A`, goes back to A's real
+    /// JID from `room/B`. Nothing is remembered in between.
+    pub fn relay_iq(&self, nick: &str, iq: &Element, out: &mut Vec<Action>) {
+        let from = iq.attr("from").unwrap_or_default();
+        let answer = stanza::is_error_or_result(iq);
+        let (Some(sender), Some(target)) = (self.by_jid(from), self.by_nick(nick)) else {
+            if !answer {
+                let condition = if self.by_jid(from).is_none() {
+                    "not-acceptable"
+                } else {
+                    "item-not-found"
+                };
+                out.extend(error_reply(iq, condition, None).map(Action::Send));
+            }
+            return;
+        };
+        let mut fwd = iq.clone();
+        stanza::set(
+            &mut fwd,
+            "from",
+            &self.occupant_jid(&self.state.occupants[sender].nick),
+        );
+        stanza::set(&mut fwd, "to", &self.state.occupants[target].jid);
+        out.push(Action::Send(fwd));
+    }
+
     /// Tells every occupant that the room is gone (`destroy`: the XEP's
     /// `<destroy/>` element, or `None` for a service shutdown, status 332)
     /// and empties it.

@@ -425,3 +425,29 @@ fn invitations_make_members_of_members_only_rooms() {
     let r = h.send(&format!("<message xmlns='jabber:client' from='alice@a.test/x' to='{ROOM}'><x xmlns='http://jabber.org/protocol/muc#user'><invite/></x></message>"));
     assert_eq!(error_of(&r[0].1).as_deref(), Some("jid-malformed"));
 }
+
+#[test]
+fn iqs_between_occupants_are_relayed_without_real_jids() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    let r = h.send(&format!("<iq xmlns='jabber:client' type='get' id='v1' from='alice@a.test/x' to='{ROOM}/bob'><vCard xmlns='vcard-temp'/></iq>"));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "bob@b.test/y");
+    assert_eq!(r[0].1.attr("from"), Some("room@conference.ring.test/alice"));
+    assert_eq!(r[0].1.attr("id"), Some("v1"));
+    // bob's answer goes back to alice's real JID.
+    let r = h.send(&format!("<iq xmlns='jabber:client' type='result' id='v1' from='bob@b.test/y' to='{ROOM}/alice'><vCard xmlns='vcard-temp'/></iq>"));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, "alice@a.test/x");
+    assert_eq!(r[0].1.attr("from"), Some("room@conference.ring.test/bob"));
+    // Strangers and unknown nicks get errors; stray answers are dropped.
+    let r = h.send(&format!("<iq xmlns='jabber:client' type='get' id='v2' from='eve@e.test/1' to='{ROOM}/bob'><vCard xmlns='vcard-temp'/></iq>"));
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("not-acceptable"));
+    let r = h.send(&format!("<iq xmlns='jabber:client' type='get' id='v3' from='alice@a.test/x' to='{ROOM}/nobody'><vCard xmlns='vcard-temp'/></iq>"));
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("item-not-found"));
+    assert!(
+        h.send(&format!(
+            "<iq xmlns='jabber:client' type='result' id='v4' from='eve@e.test/1' to='{ROOM}/bob'/>"
+        ))
+        .is_empty()
+    );
+}

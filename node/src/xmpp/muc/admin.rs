@@ -283,7 +283,9 @@ impl Room {
         out: &mut Vec<Action>,
     ) -> bool {
         enum Change {
-            Role(usize, Role),
+            /// By nick: earlier changes of the same request may have
+            /// removed occupants, so positions would shift.
+            Role(String, Role),
             Affiliation(String, Affiliation),
         }
         let mut changes = Vec::new();
@@ -312,7 +314,7 @@ impl Room {
                         out,
                     );
                 }
-                changes.push(Change::Role(i, role));
+                changes.push(Change::Role(nick.to_string(), role));
             } else if let (Some(jid), Some(a)) = (item.attr("jid"), item.attr("affiliation")) {
                 let Some(aff) = Affiliation::parse(a) else {
                     return error(iq, "bad-request", "unknown affiliation", out);
@@ -354,13 +356,16 @@ impl Room {
         }
         for c in changes {
             match c {
-                Change::Role(i, Role::None) => {
-                    if i < self.state.occupants.len() {
+                Change::Role(nick, Role::None) => {
+                    if let Some(i) = self.by_nick(&nick) {
                         self.remove_occupant(i, &[Status::Kicked], out);
                     }
                 }
-                Change::Role(i, role) => {
-                    if let Some(o) = self.state.occupants.get_mut(i) {
+                Change::Role(nick, role) => {
+                    if let Some(o) = self
+                        .by_nick(&nick)
+                        .and_then(|i| self.state.occupants.get_mut(i))
+                    {
                         o.role = role;
                         let o = o.clone();
                         self.broadcast_presence(&o, false, &[], &[], None, out);

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::xmpp::stanza::NS_STANZAS;
+use room::Role;
 use xmpp_edge::xml::NS_CLIENT;
 
 const ROOM: &str = "room@conference.ring.test";
@@ -449,5 +450,29 @@ fn iqs_between_occupants_are_relayed_without_real_jids() {
             "<iq xmlns='jabber:client' type='result' id='v4' from='eve@e.test/1' to='{ROOM}/bob'/>"
         ))
         .is_empty()
+    );
+}
+
+#[test]
+fn several_role_changes_in_one_request_hit_the_right_occupants() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    h.join("carol@c.test/1", "carol");
+    h.join("dave@d.test/1", "dave");
+    // bob (index 1) is kicked first; dave must still be the one muted.
+    let r = h.send(&format!("<iq xmlns='jabber:client' type='set' id='k' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='bob' role='none'/><item nick='dave' role='visitor'/></query></iq>"));
+    assert!(r.iter().any(|(_, s)| s.attr("type") == Some("result")));
+    let state = &h.muc.rooms[ROOM].state;
+    let roles: Vec<(&str, Role)> = state
+        .occupants
+        .iter()
+        .map(|o| (o.nick.as_str(), o.role))
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            ("alice", Role::Moderator),
+            ("carol", Role::Participant),
+            ("dave", Role::Visitor)
+        ]
     );
 }

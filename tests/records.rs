@@ -388,6 +388,21 @@ fn a_node_that_becomes_responsible_fetches_before_it_answers() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // Every node knows every other (so reads anywhere route to the newcomer
+    // from now on: a node that has not heard of it yet still takes itself
+    // for the coordinator, which is routing convergence, not this test).
+    let all = c.nodes.len();
+    let start = Instant::now();
+    while !(0..all).all(|i| {
+        get_json::<StatusReport>(c.admin(i), "/status", T).is_ok_and(|s| s.table_size == all - 1)
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "tables do not converge"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // A write through the newcomer (which coordinates it itself) gets the
     // next version, not a fresh version 1 that the replicas' version 2
     // would silently beat; reads anywhere see it.

@@ -14,6 +14,7 @@
 #![allow(missing_docs)]
 
 pub mod admin;
+mod relay;
 pub mod room;
 
 use super::Action;

@@ -1,0 +1,153 @@
+//! What passes through a room between its occupants and others: private
+//! messages, mediated invitations and declines (XEP-0045 §7.5, §7.8), and
+//! IQs between occupants.
+
+use super::room::{Affiliation, NS_MUC_USER, Room, el};
+use crate::xmpp::Action;
+use crate::xmpp::stanza::{self, bare, error_reply};
+use xmpp_parsers::minidom::Element;
+
+impl Room {
+    /// A private message from occupant `i` to the occupant called `nick`.
+    pub fn private_message(&self, i: usize, nick: &str, msg: &Element, out: &mut Vec<Action>) {
+        if msg.attr("type") == Some("groupchat") {
+            return out.extend(
+                error_reply(msg, "bad-request", Some("groupchat to an occupant")).map(Action::Send),
+            );
+        }
+        let Some(t) = self.by_nick(nick) else {
+            return out.extend(error_reply(msg, "item-not-found", None).map(Action::Send));
+        };
+        let mut m = msg.clone();
+        stanza::set(
+            &mut m,
+            "from",
+            &self.occupant_jid(&self.state.occupants[i].nick),
+        );
+        stanza::set(&mut m, "to", &self.state.occupants[t].jid);
+        if m.get_child("x", NS_MUC_USER).is_none() {
+            m.append_child(Element::bare("x", NS_MUC_USER));
+        }
+        out.push(Action::Send(m));
+    }
+
+    /// Mediated invitations (XEP-0045 §7.8.2) from occupant `i`: each
+    /// invitee gets a message from the room. In a members-only room only
+    /// admins and owners invite, and their invitees become members.
+    /// Returns whether the affiliations changed.
+    pub fn invite(&mut self, i: usize, msg: &Element, x: &Element, out: &mut Vec<Action>) -> bool {
+        let inviter = self.state.occupants[i].jid.clone();
+        let members_only = self.state.config.members_only;
+        if members_only && self.affiliation(&inviter) < Affiliation::Admin {
+            out.extend(
+                error_reply(
+                    msg,
+                    "forbidden",
+                    Some("only admins and owners invite to this room"),
+                )
+                .map(Action::Send),
+            );
+            return false;
+        }
+        let invites: Vec<&Element> = x
+            .children()
+            .filter(|c| c.is("invite", NS_MUC_USER))
+            .collect();
+        let mut targets = Vec::new();
+        for inv in &invites {
+            match inv.attr("to").filter(|t| jid::Jid::new(t).is_ok()) {
+                Some(t) => targets.push((
+                    t.to_string(),
+                    inv.get_child("reason", NS_MUC_USER).map(|r| r.text()),
+                )),
+                None => {
+                    out.extend(
+                        error_reply(
+                            msg,
+                            "jid-malformed",
+                            Some("an invitation needs a valid 'to'"),
+                        )
+                        .map(Action::Send),
+                    );
+                    return false;
+                }
+            }
+        }
+        let mut changed = false;
+        for (to, reason) in targets {
+            if members_only && self.affiliation(&to) < Affiliation::Member {
+                self.state
+                    .affiliations
+                    .insert(bare(&to), Affiliation::Member);
+                changed = true;
+            }
+            let mut m = el("message", &[("from", &self.jid), ("to", &to)]);
+            let mut x = Element::bare("x", NS_MUC_USER);
+            let mut inv = Element::bare("invite", NS_MUC_USER);
+            stanza::set(&mut inv, "from", &inviter);
+            if let Some(r) = reason {
+                let mut re = Element::bare("reason", NS_MUC_USER);
+                re.append_text(&r);
+                inv.append_child(re);
+            }
+            x.append_child(inv);
+            if let Some(pw) = &self.state.config.password {
+                let mut p = Element::bare("password", NS_MUC_USER);
+                p.append_text(pw);
+                x.append_child(p);
+            }
+            m.append_child(x);
+            out.push(Action::Send(m));
+        }
+        changed
+    }
+
+    /// A declined invitation, passed on to the inviter.
+    pub fn decline(&self, from: &str, x: &Element, out: &mut Vec<Action>) {
+        for d in x.children().filter(|c| c.is("decline", NS_MUC_USER)) {
+            let Some(to) = d.attr("to").filter(|t| jid::Jid::new(t).is_ok()) else {
+                continue;
+            };
+            let mut m = el("message", &[("from", &self.jid), ("to", to)]);
+            let mut x = Element::bare("x", NS_MUC_USER);
+            let mut dec = Element::bare("decline", NS_MUC_USER);
+            stanza::set(&mut dec, "from", &bare(from));
+            if let Some(r) = d.get_child("reason", NS_MUC_USER) {
+                let mut re = Element::bare("reason", NS_MUC_USER);
+                re.append_text(r.text());
+                dec.append_child(re);
+            }
+            x.append_child(dec);
+            m.append_child(x);
+            out.push(Action::Send(m));
+        }
+    }
+
+    /// An IQ between occupants, relayed without revealing real JIDs: a
+    /// request from occupant A to `room/B` goes to B's real JID from
+    /// `room/A`; B's answer, addressed to `room/A`, goes back to A's real
+    /// JID from `room/B`. Nothing is remembered in between.
+    pub fn relay_iq(&self, nick: &str, iq: &Element, out: &mut Vec<Action>) {
+        let from = iq.attr("from").unwrap_or_default();
+        let answer = stanza::is_error_or_result(iq);
+        let (Some(sender), Some(target)) = (self.by_jid(from), self.by_nick(nick)) else {
+            if !answer {
+                let condition = if self.by_jid(from).is_none() {
+                    "not-acceptable"
+                } else {
+                    "item-not-found"
+                };
+                out.extend(error_reply(iq, condition, None).map(Action::Send));
+            }
+            return;
+        };
+        let mut fwd = iq.clone();
+        stanza::set(
+            &mut fwd,
+            "from",
+            &self.occupant_jid(&self.state.occupants[sender].nick),
+        );
+        stanza::set(&mut fwd, "to", &self.state.occupants[target].jid);
+        out.push(Action::Send(fwd));
+    }
+}

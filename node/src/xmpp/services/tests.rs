@@ -1,0 +1,357 @@
+//! The dispatcher driven stanza by stanza: targets and keys, loading,
+//! the directory, idle unloading.
+
+use super::*;
+
+/// Services for ring.test with small limits.
+fn services() -> Services {
+    Services::new(
+        vec!["ring.test".to_string()],
+        "host".into(),
+        pubsub::Limits {
+            max_items: 5,
+            max_item_bytes: 1000,
+            max_record_bytes: 4000,
+        },
+        7,
+    )
+}
+
+mod dispatch_tests {
+    use super::*;
+    use xmpp_edge::xml::NS_CLIENT;
+
+    fn run(xml: &str) -> Vec<Element> {
+        let mut out = Vec::new();
+        assert_eq!(
+            super::services().handle(0, xml.parse().unwrap(), &mut out),
+            None
+        );
+        out.into_iter()
+            .map(|a| match a {
+                Action::Send(s) => s,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ping_to_the_domain_is_answered() {
+        let r = run(
+            "<iq xmlns='jabber:client' type='get' id='p1' from='alice@a.test/x' to='ring.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].attr("type"), Some("result"));
+        assert_eq!(r[0].attr("id"), Some("p1"));
+        assert_eq!(r[0].attr("to"), Some("alice@a.test/x"));
+        assert_eq!(r[0].attr("from"), Some("ring.test"));
+    }
+
+    #[test]
+    fn disco_info_of_the_domain() {
+        let r = run(
+            "<iq xmlns='jabber:client' type='get' id='d' from='a@a.test' to='ring.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        );
+        let q = r[0]
+            .get_child("query", NS_DISCO_INFO)
+            .expect("disco result");
+        let info = DiscoInfoResult::try_from(q.clone()).unwrap();
+        assert!(info.features.contains(NS_PING));
+        assert_eq!(info.identities[0].category, "server");
+    }
+
+    #[test]
+    fn jids_without_a_service_are_unavailable() {
+        for xml in [
+            "<message xmlns='jabber:client' from='a@a.test' to='nobody@ring.test' id='m'><body>x</body></message>",
+            "<iq xmlns='jabber:client' type='get' id='i' from='a@a.test' to='nobody@ring.test'><ping xmlns='urn:xmpp:ping'/></iq>",
+            "<iq xmlns='jabber:client' type='set' id='i' from='a@a.test' to='ring.test'><query xmlns='jabber:iq:version'/></iq>",
+            "<presence xmlns='jabber:client' type='subscribe' from='a@a.test' to='nobody@ring.test'/>",
+        ] {
+            let r = run(xml);
+            assert_eq!(r.len(), 1, "{xml}");
+            assert_eq!(r[0].attr("type"), Some("error"));
+            let e = r[0].get_child("error", NS_CLIENT).unwrap();
+            assert!(
+                e.get_child("service-unavailable", stanza::NS_STANZAS)
+                    .is_some()
+            );
+        }
+    }
+
+    #[test]
+    fn errors_results_and_unavailable_presence_get_no_answer() {
+        assert!(
+            run("<message xmlns='jabber:client' type='error' from='a@a.test' to='x@ring.test'/>")
+                .is_empty()
+        );
+        assert!(
+            run("<iq xmlns='jabber:client' type='result' id='1' from='a@a.test' to='ring.test'/>")
+                .is_empty()
+        );
+        assert!(run("<presence xmlns='jabber:client' type='unavailable' from='a@a.test' to='x@ring.test'/>").is_empty());
+    }
+}
+
+mod routing_tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn targets_and_keys() {
+        let d = vec!["ring.test".to_string()];
+        let t = |s: &str| target(&el(s), &d).unwrap();
+        assert_eq!(
+            t("<presence xmlns='jabber:client' to='Room@conference.ring.test/Nick'/>"),
+            Target::Room {
+                room: "room@conference.ring.test".into(),
+                nick: Some("Nick".into())
+            }
+        );
+        assert_eq!(
+            t("<iq xmlns='jabber:client' to='conference.ring.test'/>"),
+            Target::MucService {
+                service: "conference.ring.test".into()
+            }
+        );
+        let publish = "<iq xmlns='jabber:client' type='set' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='news'/></pubsub></iq>";
+        assert_eq!(
+            t(publish),
+            Target::PubSubNode {
+                service: "pubsub.ring.test".into(),
+                node: "news".into()
+            }
+        );
+        assert_eq!(
+            routing_key(&el(publish), &d),
+            Some(dht::keys::pubsub_key("pubsub.ring.test", "news"))
+        );
+        assert_eq!(
+            t(
+                "<iq xmlns='jabber:client' type='get' to='pubsub.ring.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+            Target::PubSubService {
+                service: "pubsub.ring.test".into()
+            }
+        );
+        assert_eq!(
+            t("<message xmlns='jabber:client' to='ring.test'/>"),
+            Target::Domain
+        );
+        assert_eq!(
+            t("<message xmlns='jabber:client' to='u@ring.test'/>"),
+            Target::Other
+        );
+        // Not a ring service: an ordinary user JID.
+        assert_eq!(
+            t("<message xmlns='jabber:client' to='x@conference.other.test'/>"),
+            Target::Other
+        );
+        assert!(target(&el("<message xmlns='jabber:client' to='@@'/>"), &d).is_err());
+        assert!(target(&el("<message xmlns='jabber:client'/>"), &d).is_err());
+    }
+
+    #[test]
+    fn stanzas_wait_for_their_room_and_are_served_in_order() {
+        let mut s = super::services();
+        let mut out = Vec::new();
+        let join = |nick: &str, from: &str| {
+            el(&format!(
+                "<presence xmlns='jabber:client' from='{from}' to='r@conference.ring.test/{nick}'/>"
+            ))
+        };
+        let load = s
+            .handle(0, join("alice", "alice@a.test/x"), &mut out)
+            .unwrap();
+        assert_eq!(load.names, vec!["muc:r@conference.ring.test".to_string()]);
+        assert_eq!(s.handle(0, join("bob", "bob@b.test/y"), &mut out), None);
+        assert!(out.is_empty());
+        s.loaded(&load.entity, &[(load.names[0].clone(), None)], 0, &mut out);
+        // The room was created by alice (locked): bob is refused.
+        assert!(out.iter().any(|a| matches!(a, Action::Send(p) if p.attr("to") == Some("bob@b.test/y") && p.attr("type") == Some("error"))));
+        assert_eq!(s.loading(), 0);
+        let writes = s.take_writes();
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].1.is_some());
+    }
+}
+
+mod directory_tests {
+    use super::*;
+
+    fn el(s: &str) -> Element {
+        s.parse().unwrap()
+    }
+
+    /// Feeds `st` to the services, loading empty state when asked, and
+    /// returns what they sent.
+    fn feed(s: &mut Services, st: Element) -> Vec<Element> {
+        let mut out = Vec::new();
+        if let Some(load) = s.handle(0, st, &mut out) {
+            let values: Vec<(String, Option<Vec<u8>>)> =
+                load.names.iter().map(|n| (n.clone(), None)).collect();
+            s.loaded(&load.entity, &values, 0, &mut out);
+        }
+        out.into_iter()
+            .filter_map(|a| match a {
+                Action::Send(st) => Some(st),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn disco_items(s: &mut Services, to: &str) -> Vec<(String, Option<String>, Option<String>)> {
+        let r = feed(
+            s,
+            el(&format!(
+                "<iq xmlns='jabber:client' type='get' id='d' from='x@x.test/1' to='{to}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+            )),
+        );
+        let q = r[0].get_child("query", NS_DISCO_ITEMS).expect("items");
+        q.children()
+            .map(|i| {
+                (
+                    i.attr("jid").unwrap_or_default().to_string(),
+                    i.attr("node").map(str::to_string),
+                    i.attr("name").map(str::to_string),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rooms_and_nodes_are_listed_while_they_exist() {
+        let mut s = super::services();
+        assert!(disco_items(&mut s, "conference.ring.test").is_empty());
+        feed(
+            &mut s,
+            el("<presence xmlns='jabber:client' from='a@a.test/x' to='r@conference.ring.test/a'/>"),
+        );
+        // Locked: not listed yet. The instant configuration opens it.
+        let out = feed(
+            &mut s,
+            el(
+                "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='r@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_roomname'><value>Hall</value></field></x></query></iq>",
+            ),
+        );
+        let updates: Vec<Element> = out
+            .into_iter()
+            .filter(|m| directory::parse_update(m).is_some())
+            .collect();
+        assert_eq!(updates.len(), 1);
+        // The update travels to the service JID's node (here: the same).
+        for u in updates {
+            assert!(feed(&mut s, u).is_empty(), "updates are not answered");
+        }
+        assert_eq!(
+            disco_items(&mut s, "conference.ring.test"),
+            vec![("r@conference.ring.test".into(), None, Some("Hall".into()))]
+        );
+        // The last occupant leaves a temporary room: it is unlisted.
+        let out = feed(
+            &mut s,
+            el(
+                "<presence xmlns='jabber:client' type='unavailable' from='a@a.test/x' to='r@conference.ring.test/a'/>",
+            ),
+        );
+        for u in out
+            .into_iter()
+            .filter(|m| directory::parse_update(m).is_some())
+        {
+            feed(&mut s, u);
+        }
+        assert!(disco_items(&mut s, "conference.ring.test").is_empty());
+        // PubSub nodes likewise.
+        let out = feed(
+            &mut s,
+            el(
+                "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>",
+            ),
+        );
+        for u in out
+            .into_iter()
+            .filter(|m| directory::parse_update(m).is_some())
+        {
+            feed(&mut s, u);
+        }
+        assert_eq!(
+            disco_items(&mut s, "pubsub.ring.test"),
+            vec![("pubsub.ring.test".into(), Some("news".into()), None)]
+        );
+        // A forged update from outside is not applied.
+        feed(
+            &mut s,
+            el(
+                "<message xmlns='jabber:client' from='eve@e.test' to='pubsub.ring.test'><update xmlns='urn:xmpp-ring:directory' item='evil'/></message>",
+            ),
+        );
+        assert_eq!(disco_items(&mut s, "pubsub.ring.test").len(), 1);
+    }
+}
+
+mod idle_tests {
+    use super::*;
+
+    #[test]
+    fn empty_rooms_and_unused_nodes_leave_memory_and_come_back() {
+        let mut s = super::services();
+        let run = |s: &mut Services, xml: &str, at: u64| {
+            let mut out = Vec::new();
+            if let Some(load) = s.handle(at, xml.parse().unwrap(), &mut out) {
+                let stored: Vec<(String, Option<Vec<u8>>)> =
+                    load.names.iter().map(|n| (n.clone(), None)).collect();
+                s.loaded(&load.entity, &stored, at, &mut out);
+            }
+        };
+        run(
+            &mut s,
+            "<presence xmlns='jabber:client' from='a@a.test/x' to='r@conference.ring.test/a'/>",
+            0,
+        );
+        run(
+            &mut s,
+            "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='r@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>",
+            0,
+        );
+        run(
+            &mut s,
+            "<iq xmlns='jabber:client' type='set' id='n' from='a@a.test/x' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>",
+            0,
+        );
+        // An occupied room is never idle; an unused node is, after a while.
+        assert_eq!(
+            s.idle(1000, 300),
+            vec!["pubsub:pubsub.ring.test/news".to_string()]
+        );
+        run(
+            &mut s,
+            "<presence xmlns='jabber:client' type='unavailable' from='a@a.test/x' to='r@conference.ring.test/a'/>",
+            1000,
+        );
+        assert_eq!(
+            s.idle(1100, 300),
+            vec!["pubsub:pubsub.ring.test/news".to_string()],
+            "the room was left 100 s ago"
+        );
+        let idle = s.idle(1300, 300);
+        assert_eq!(idle.len(), 2, "{idle:?}");
+        s.take_writes();
+        for e in idle {
+            s.unload(&e);
+        }
+        assert!(s.entities().is_empty());
+        // The next stanza loads the room again.
+        let mut out = Vec::new();
+        let load = s.handle(
+            1400,
+            "<presence xmlns='jabber:client' from='a@a.test/x' to='r@conference.ring.test/a'/>"
+                .parse()
+                .unwrap(),
+            &mut out,
+        );
+        assert!(load.is_some());
+    }
+}

@@ -125,6 +125,25 @@ pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
     r
 }
 
+/// A disco#info result payload (XEP-0030): one identity and `features`.
+pub fn disco_info(
+    node: Option<String>,
+    category: &str,
+    kind: &str,
+    name: &str,
+    features: &[&str],
+) -> Element {
+    xmpp_parsers::disco::DiscoInfoResult {
+        node,
+        identities: vec![xmpp_parsers::disco::Identity::new(
+            category, kind, "en", name,
+        )],
+        features: features.iter().map(|s| s.to_string()).collect(),
+        extensions: vec![],
+    }
+    .into()
+}
+
 /// Removes an attribute.
 pub fn unset(el: &mut Element, name: &str) {
     el.attrs_mut()

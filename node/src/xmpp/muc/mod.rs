@@ -155,16 +155,14 @@ impl Muc {
             if q.attr("node").is_some() {
                 return reply_error(st, "item-not-found", "no such disco node", out);
             }
-            let info = DiscoInfoResult {
-                node: None,
-                identities: vec![Identity::new("conference", "text", "en", "Chatrooms")],
-                features: [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                extensions: vec![],
-            };
-            return out.push(Action::Send(iq_result(st, Some(info.into()))));
+            let info = stanza::disco_info(
+                None,
+                "conference",
+                "text",
+                "Chatrooms",
+                &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_MUC],
+            );
+            return out.push(Action::Send(iq_result(st, Some(info))));
         }
         if disco_query(st, NS_DISCO_ITEMS).is_some() {
             let items = DiscoItemsResult {

@@ -25,7 +25,7 @@ use crate::records::{PUBSUB_ITEMS_PREFIX, PUBSUB_PREFIX};
 use node::{Node, NodeMeta, StoredItem};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use xmpp_edge::xml::NS_CLIENT;
-use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
+use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::pubsub::PubSub as Request;
 
@@ -230,15 +230,12 @@ impl PubSub {
             return;
         }
         if st.attr("type") == Some("get") && st.get_child("query", NS_DISCO_INFO).is_some() {
-            let info = DiscoInfoResult {
-                node: None,
-                identities: vec![Identity::new(
-                    "pubsub",
-                    "service",
-                    "en",
-                    "Publish-Subscribe",
-                )],
-                features: [
+            let info = stanza::disco_info(
+                None,
+                "pubsub",
+                "service",
+                "Publish-Subscribe",
+                &[
                     NS_DISCO_INFO,
                     NS_DISCO_ITEMS,
                     NS_PUBSUB,
@@ -253,13 +250,9 @@ impl PubSub {
                     "http://jabber.org/protocol/pubsub#config-node",
                     "http://jabber.org/protocol/pubsub#modify-affiliations",
                     "http://jabber.org/protocol/pubsub#manage-subscriptions",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-                extensions: vec![],
-            };
-            return out.push(Action::Send(iq_result(st, Some(info.into()))));
+                ],
+            );
+            return out.push(Action::Send(iq_result(st, Some(info))));
         }
         if st.attr("type") == Some("get") && st.get_child("query", NS_DISCO_ITEMS).is_some() {
             let service = jid::Jid::new(st.attr("to").unwrap_or_default()).ok();

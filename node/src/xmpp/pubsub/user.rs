@@ -384,21 +384,13 @@ impl PubSub {
             return fail(st, "bad-request", "disco is a get", None, out);
         }
         let reply: Element = if q.is("query", NS_DISCO_INFO) {
-            DiscoInfoResult {
-                node: Some(n.name.clone()),
-                identities: vec![Identity::new(
-                    "pubsub",
-                    "leaf",
-                    "en",
-                    n.meta.config.title.clone(),
-                )],
-                features: [NS_PUBSUB, NS_DISCO_INFO, NS_DISCO_ITEMS]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                extensions: vec![],
-            }
-            .into()
+            stanza::disco_info(
+                Some(n.name.clone()),
+                "pubsub",
+                "leaf",
+                &n.meta.config.title,
+                &[NS_PUBSUB, NS_DISCO_INFO, NS_DISCO_ITEMS],
+            )
         } else {
             let jid = jid::Jid::new(&n.service).ok();
             DiscoItemsResult {

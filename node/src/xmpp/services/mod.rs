@@ -23,7 +23,7 @@ use super::stanza::{self, error_reply, iq_result};
 use crate::records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
 use xmpp_edge::conn::serves;
-use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
+use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
 
 const NS_PING: &str = "urn:xmpp:ping";
@@ -372,16 +372,14 @@ fn domain_stanza(stanza: &Element, out: &mut Vec<Action>) {
         if let Some(q) = payload.filter(|p| p.is("query", NS_DISCO_INFO))
             && q.attr("node").is_none()
         {
-            let info = DiscoInfoResult {
-                node: None,
-                identities: vec![Identity::new("server", "im", "en", "xmpp-ring")],
-                features: [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                extensions: vec![],
-            };
-            return out.push(Action::Send(iq_result(stanza, Some(info.into()))));
+            let info = stanza::disco_info(
+                None,
+                "server",
+                "im",
+                "xmpp-ring",
+                &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING],
+            );
+            return out.push(Action::Send(iq_result(stanza, Some(info))));
         }
         if let Some(q) = payload.filter(|p| p.is("query", NS_DISCO_ITEMS))
             && q.attr("node").is_none()

@@ -2,6 +2,7 @@
 //! the directory, idle unloading.
 
 use super::*;
+use xmpp_parsers::disco::DiscoInfoResult;
 
 /// Services for ring.test with small limits.
 fn services() -> Services {

@@ -387,13 +387,13 @@ impl Core {
 
     /// Hands the state machine's outputs to the network and the admin side.
     fn flush(&mut self, now: Instant) {
-        // Service state changed this turn is committed before anything the
-        // turn produced leaves the node.
-        self.persist_services(now);
         loop {
             while let Some(ev) = self.node.poll_event() {
                 self.on_event(now, ev);
             }
+            // The services' outputs of the turn, after their state is
+            // stored (see `end_service_turn`).
+            let services_sent = self.end_service_turn(now);
             if let Some(load) = self.load.as_mut() {
                 load.pump(&mut self.node, now);
                 if load.finish_if_done(now) {
@@ -416,7 +416,7 @@ impl Core {
                 }
             }
             // Events may have produced transmits and transmits events.
-            if !any {
+            if !any && !services_sent {
                 break;
             }
         }

@@ -163,7 +163,7 @@ impl Core {
         }
         match f.then {
             FetchFor::Request(r) => self.answer_request(now, r),
-            FetchFor::Service(entity) => self.service_fetch_done(now, &entity),
+            FetchFor::Service(entity) => self.service_fetch_done(&entity),
         }
     }
 }

@@ -31,9 +31,18 @@ const MAX_ATTEMPTS: u32 = 3;
 /// it answers with the confirmations it has (well under [`RETRY_AFTER`]).
 const STORED_WAIT: Duration = Duration::from_secs(1);
 
-/// A client's write at its coordinator, waiting for the replicas' commits.
+/// What waits for a write's replicas.
+enum WriteDone {
+    /// A client's request: answered with the confirmations.
+    Answer(CoordinatorRequest),
+    /// A service's batch of outputs, held until its writes are stored (see
+    /// `ServiceDriver`).
+    Release(u64),
+}
+
+/// A write at its coordinator, waiting for the replicas' commits.
 struct WaitingWrite {
-    request: CoordinatorRequest,
+    done: WriteDone,
     version: u64,
     pushed: usize,
     stored: usize,
@@ -404,24 +413,56 @@ impl Core {
         let ack = self.records.next_ack;
         self.records.next_ack = self.records.next_ack.wrapping_add(1);
         let outcome = self.coordinate(now, &r.op, (r.origin, r.req), write.then_some(ack));
-        if let RecordOutcome::Written { version, replicas } = outcome
-            && write
-            && replicas > 0
-            && self.records.waiting_writes.len() < MAX_PENDING
-        {
-            self.records.waiting_writes.insert(
-                ack,
-                WaitingWrite {
-                    request: r,
-                    version,
-                    pushed: replicas,
-                    stored: 0,
-                    deadline: now + STORED_WAIT,
-                },
-            );
+        if write && self.wait_for_replicas(now, ack, &outcome, WriteDone::Answer(r.clone())) {
             return;
         }
         self.send_answer(now, r, outcome);
+    }
+
+    /// After a write with acknowledgement number `ack`: when copies were
+    /// pushed, `done` waits for the replicas' confirmations (true).
+    fn wait_for_replicas(
+        &mut self,
+        now: Instant,
+        ack: u64,
+        outcome: &RecordOutcome,
+        done: WriteDone,
+    ) -> bool {
+        let RecordOutcome::Written { version, replicas } = *outcome else {
+            return false;
+        };
+        if replicas == 0 || self.records.waiting_writes.len() >= MAX_PENDING {
+            return false;
+        }
+        self.records.waiting_writes.insert(
+            ack,
+            WaitingWrite {
+                done,
+                version,
+                pushed: replicas,
+                stored: 0,
+                deadline: now + STORED_WAIT,
+            },
+        );
+        true
+    }
+
+    /// A service's write, as its records' coordinator; true when batch
+    /// `batch` must wait for the replicas to confirm it.
+    pub(super) fn service_write(
+        &mut self,
+        now: Instant,
+        op: &RecordOp,
+        write: WriteId,
+        batch: u64,
+    ) -> bool {
+        let ack = self.records.next_ack;
+        self.records.next_ack = self.records.next_ack.wrapping_add(1);
+        let outcome = self.coordinate(now, op, write, Some(ack));
+        if let RecordOutcome::Refused(e) = &outcome {
+            tracing::error!(name = op.name(), "service state not stored: {e}");
+        }
+        self.wait_for_replicas(now, ack, &outcome, WriteDone::Release(batch))
     }
 
     /// A replica confirmed a copy.
@@ -438,11 +479,16 @@ impl Core {
     }
 
     fn finish_write(&mut self, now: Instant, w: WaitingWrite) {
-        let outcome = RecordOutcome::Written {
-            version: w.version,
-            replicas: w.stored,
-        };
-        self.send_answer(now, w.request, outcome);
+        match w.done {
+            WriteDone::Answer(request) => {
+                let outcome = RecordOutcome::Written {
+                    version: w.version,
+                    replicas: w.stored,
+                };
+                self.send_answer(now, request, outcome);
+            }
+            WriteDone::Release(batch) => self.write_stored(now, batch),
+        }
     }
 
     /// Sends `outcome` to the request's origin.

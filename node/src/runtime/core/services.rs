@@ -11,14 +11,14 @@
 
 use super::Core;
 use crate::api::ServicesReport;
-use crate::records::{MUC_PREFIX, RecordOp, RecordOutcome, key_of};
+use crate::records::{MUC_PREFIX, RecordOp, key_of};
 use crate::xmpp::fanout::{self, FanoutMsg, MAX_RECIPIENTS_PER_ENVELOPE};
 use crate::xmpp::muc::room::RoomState;
 use crate::xmpp::services::{Load, Services};
 use crate::xmpp::{Action, SERVICE_EDGE_FANOUT, SERVICE_EDGE_OUT_RETRY, edges, stanza};
 use bytes::Bytes;
 use dht::{Envelope, EnvelopeKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use xmpp_edge::conn::serves;
 use xmpp_parsers::minidom::Element;
@@ -45,6 +45,21 @@ pub(crate) struct ServiceDriver {
     pub(super) takeovers: u64,
     pub(super) fanout_envelopes: u64,
     pub(super) fanout_stanzas: u64,
+    /// Outputs held until the writes they depend on are stored by the
+    /// replicas, oldest first. Later outputs queue behind earlier ones, so
+    /// everything a service sends keeps its order.
+    held: VecDeque<HeldBatch>,
+    next_batch: u64,
+    /// This turn's outputs, sent at its end.
+    turn: Vec<Action>,
+}
+
+/// The outputs of one service step and how many of its writes the replicas
+/// have yet to confirm.
+struct HeldBatch {
+    id: u64,
+    pending: usize,
+    actions: Vec<Action>,
 }
 
 pub(crate) fn new_services(
@@ -69,9 +84,81 @@ impl Core {
     pub(super) fn run_services(&mut self, now: Instant, st: Element) {
         let mut out = Vec::new();
         let load = self.services.handle(unix_now(), st, &mut out);
-        self.apply_actions(now, out);
+        self.emit(out);
         if let Some(load) = load {
             self.start_service_load(now, load);
+        }
+    }
+
+    /// Queues a service step's outputs for the end of the turn.
+    fn emit(&mut self, out: Vec<Action>) {
+        self.service_driver.turn.extend(out);
+    }
+
+    /// Ends a turn of the services: stores what they changed (one write
+    /// per changed record, however many stanzas changed it), then sends
+    /// the turn's outputs once the replicas hold the change, so that a
+    /// success answered (a publish, a subscription, a configuration)
+    /// survives the host's death at once. Replicas that do not confirm
+    /// within a second hold it up no longer. Returns whether it sent or
+    /// wrote anything.
+    pub(super) fn end_service_turn(&mut self, now: Instant) -> bool {
+        let out = std::mem::take(&mut self.service_driver.turn);
+        let writes = self.services.take_writes();
+        if out.is_empty() && writes.is_empty() {
+            return false;
+        }
+        let batch = self.service_driver.next_batch;
+        self.service_driver.next_batch += 1;
+        let mut pending = 0;
+        for (name, value) in writes {
+            let op = match value {
+                Some(value) => RecordOp::Put { name, value },
+                None => RecordOp::Delete { name },
+            };
+            let write = self.next_service_write();
+            if self.service_write(now, &op, write, batch) {
+                pending += 1;
+            }
+        }
+        if pending == 0 && self.service_driver.held.is_empty() {
+            self.apply_actions(now, out);
+            return true;
+        }
+        self.service_driver.held.push_back(HeldBatch {
+            id: batch,
+            pending,
+            actions: out,
+        });
+        self.release_held(now);
+        true
+    }
+
+    fn next_service_write(&mut self) -> crate::records::WriteId {
+        self.service_driver.write_seq += 1;
+        (*self.node.id().as_bytes(), self.service_driver.write_seq)
+    }
+
+    /// A write of batch `batch` is stored by its replicas (or stopped
+    /// waiting for them).
+    pub(super) fn write_stored(&mut self, now: Instant, batch: u64) {
+        if let Some(b) = self.service_driver.held.iter_mut().find(|b| b.id == batch) {
+            b.pending = b.pending.saturating_sub(1);
+        }
+        self.release_held(now);
+    }
+
+    /// Sends the held batches that wait for nothing, in order.
+    fn release_held(&mut self, now: Instant) {
+        while self
+            .service_driver
+            .held
+            .front()
+            .is_some_and(|b| b.pending == 0)
+        {
+            if let Some(b) = self.service_driver.held.pop_front() {
+                self.apply_actions(now, b.actions);
+            }
         }
     }
 
@@ -106,7 +193,7 @@ impl Core {
             }
         }
         if fetching == 0 {
-            self.finish_service_load(now, &load.entity, &load.names);
+            self.finish_service_load(&load.entity, &load.names);
         } else {
             self.service_driver
                 .loads
@@ -115,7 +202,7 @@ impl Core {
     }
 
     /// One of a load's fetches finished.
-    pub(super) fn service_fetch_done(&mut self, now: Instant, entity: &str) {
+    pub(super) fn service_fetch_done(&mut self, entity: &str) {
         let Some((left, _)) = self.service_driver.loads.get_mut(entity) else {
             return;
         };
@@ -123,11 +210,11 @@ impl Core {
         if *left == 0
             && let Some((_, names)) = self.service_driver.loads.remove(entity)
         {
-            self.finish_service_load(now, entity, &names);
+            self.finish_service_load(entity, &names);
         }
     }
 
-    fn finish_service_load(&mut self, now: Instant, entity: &str, names: &[String]) {
+    fn finish_service_load(&mut self, entity: &str, names: &[String]) {
         let values: Vec<(String, Option<Vec<u8>>)> = names
             .iter()
             .map(|n| {
@@ -151,23 +238,7 @@ impl Core {
             }
         }
         self.services.loaded(entity, &values, unix_now(), &mut out);
-        self.apply_actions(now, out);
-    }
-
-    /// Writes what the services changed: as the records' coordinator, a
-    /// local commit and pushes to the other replicas.
-    pub(super) fn persist_services(&mut self, now: Instant) {
-        for (name, value) in self.services.take_writes() {
-            self.service_driver.write_seq += 1;
-            let write = (*self.node.id().as_bytes(), self.service_driver.write_seq);
-            let op = match value {
-                Some(value) => RecordOp::Put { name, value },
-                None => RecordOp::Delete { name },
-            };
-            if let RecordOutcome::Refused(e) = self.coordinate(now, &op, write, None) {
-                tracing::error!(name = op.name(), "service state not stored: {e}");
-            }
-        }
+        self.emit(out);
     }
 
     /// One stanza to many JIDs: per remote domain one fan-out envelope
@@ -247,7 +318,7 @@ impl Core {
     /// host loads it), and rooms whose host died are taken over.
     pub(super) fn check_service_hosts(&mut self, now: Instant) {
         // What changed this turn is stored before anything is dropped.
-        self.persist_services(now);
+        self.end_service_turn(now);
         let me = self.node.id();
         for name in self.services.entities() {
             if self.replica_set(&key_of(&name)).first() != Some(&me) {
@@ -291,7 +362,7 @@ impl Core {
                 Err(e) => tracing::error!("{e}"),
             }
         }
-        self.apply_actions(now, out);
+        self.emit(out);
     }
 
     /// Whether a stored room has occupants and names as its host a node

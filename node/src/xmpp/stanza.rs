@@ -157,11 +157,6 @@ pub fn bare(jid: &str) -> String {
         .unwrap_or_else(|_| jid.split('/').next().unwrap_or(jid).to_string())
 }
 
-/// The resource part of `jid`, if any.
-pub fn resource(jid: &str) -> Option<&str> {
-    jid.split_once('/').map(|(_, r)| r)
-}
-
 fn ncname(s: &str) -> xmpp_parsers::minidom::rxml::NcName {
     xmpp_parsers::minidom::rxml::NcName::try_from(s).expect("static attribute names are valid")
 }

@@ -530,7 +530,7 @@ impl Core {
 
     /// The coordinator's side of a request.
     /// `ack`: the number replicas acknowledge a client's write with.
-    pub(super) fn coordinate(
+    fn coordinate(
         &mut self,
         now: Instant,
         op: &RecordOp,

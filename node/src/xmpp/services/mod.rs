@@ -135,6 +135,7 @@ impl Services {
     }
 
     /// Loads in progress.
+    #[cfg(test)]
     pub fn loading(&self) -> usize {
         self.waiting.len()
     }

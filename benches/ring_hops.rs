@@ -72,9 +72,10 @@ fn measure_ring(n: usize) -> f64 {
     let mut hops = 0.0;
     let mut count = 0.0;
     for i in entries {
-        let r: LoadReport = get_json(
+        let r: LoadReport = node::client::post_json(
             c.admin(i),
             "/load?count=2000&kind=probe&window=16",
+            b"",
             Duration::from_secs(120),
         )
         .expect("load");

@@ -15,7 +15,7 @@
 //!   pnet, noise, yamux, one long-lived stream per link) with no routing at
 //!   all: relays copy bytes, the sink acknowledges every 100 frames, the
 //!   source keeps at most 1,000 frames unacknowledged (the method of
-//!   ../shared/PERFORMANCE.md).
+//!   the transport yardsticks measured on this machine).
 //! * **prosody_s2s**: the federation yardstick: two Prosody servers over
 //!   s2s (STARTTLS + dialback), ten users sending chat messages with the
 //!   same payload sizes to ten users on the other server, counted at the
@@ -29,7 +29,7 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use node::api::{LoadReport, TraceReport};
-use node::client::get_json;
+use node::client::{get_json, post_json};
 use node::cluster::Cluster;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -142,8 +142,9 @@ fn ring_chain(n: u64) -> serde_json::Value {
     }
     let a = c.admin(idx[0]).to_string();
     // Wait until the chain routes: a trace to the target takes three hops.
-    let jid_probe =
-        |path: &str| get_json::<LoadReport>(&a, path, Duration::from_secs(300)).expect("load");
+    let jid_probe = |path: &str| {
+        post_json::<LoadReport>(&a, path, b"", Duration::from_secs(300)).expect("load")
+    };
     let start = Instant::now();
     loop {
         let r = jid_probe(&format!("/load?count=1&kind=probe&key={}", target.to_hex()));

@@ -14,6 +14,7 @@ use support::certs::Ca;
 use support::client::XmppClient;
 use support::dns::DnsServer;
 use support::prosody::{Prosody, ProsodyOptions, free_port};
+use support::raw::{Raw, cond, header};
 use support::{EdgeArgs, args, require_prosody, ring, ring_send, status};
 use xmpp_parsers::minidom::Element;
 
@@ -418,74 +419,6 @@ async fn two_rings_federate_through_their_edges() {
 }
 
 // ------------------------------------------------------------- bad input
-
-/// A raw s2s client for malformed input.
-struct Raw {
-    stream: Box<dyn RawIo>,
-    got: String,
-}
-
-trait RawIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> RawIo for T {}
-
-impl Raw {
-    async fn connect(addr: (Ipv4Addr, u16)) -> Raw {
-        let s = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("connect to the edge");
-        Raw {
-            stream: Box::new(s),
-            got: String::new(),
-        }
-    }
-
-    async fn write(&mut self, s: &str) {
-        use tokio::io::AsyncWriteExt;
-        let _ = self.stream.write_all(s.as_bytes()).await;
-        let _ = self.stream.flush().await;
-    }
-
-    /// Reads until `needle` appears (true) or the stream ends / times out.
-    async fn read_until(&mut self, needle: &str, timeout: Duration) -> bool {
-        use tokio::io::AsyncReadExt;
-        let end = tokio::time::Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            if self.got.contains(needle) {
-                return true;
-            }
-            match tokio::time::timeout_at(end, self.stream.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
-                _ => return false,
-            }
-        }
-    }
-
-    /// Whether the peer closes the connection within `timeout`.
-    async fn closed(&mut self, timeout: Duration) -> bool {
-        use tokio::io::AsyncReadExt;
-        let end = tokio::time::Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        loop {
-            match tokio::time::timeout_at(end, self.stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(n)) => self.got.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
-fn header(to: &str, from: &str, ns: &str) -> String {
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams' \
-         xmlns:db='jabber:server:dialback' to='{to}' from='{from}' version='1.0'>"
-    )
-}
-
-fn cond(c: &str) -> String {
-    format!("<{c} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>")
-}
 
 async fn expect_stream_error(addr: (Ipv4Addr, u16), input: &str, condition: &str) {
     let mut r = Raw::connect(addr).await;

@@ -273,23 +273,34 @@ fn record_limits_and_bad_requests_get_clear_errors() {
 
     // Deletes: a tombstone, then the record reads as missing.
     assert!(put(&c, 0, "gone", "soon").ok);
-    let del: RecordReport = get_json(c.admin(2), "/record?op=delete&name=gone", T).expect("delete");
+    let del: RecordReport =
+        post_json(c.admin(2), "/record?op=delete&name=gone", b"", T).expect("delete");
     assert!(del.ok && del.found, "{del:?}");
     assert_eq!(del.version, Some(2));
     let g = get(&c, 1, "gone");
     assert!(g.ok && !g.found, "{g:?}");
 
-    // Bad requests to the admin API: 400 with a message.
+    // Bad requests to the admin API: 400 with a message; and nothing
+    // changes state through a GET (405).
     for q in [
         "/record?op=frobnicate&name=a",
-        "/record?op=put&name=a",
-        "/record?op=get&name=a&value=b",
+        "/record?op=put&name=a&value=b",
+        "/record?op=get&name=a",
     ] {
-        let e = get_json::<RecordReport>(c.admin(0), q, T).expect_err(q);
+        let e = post_json::<RecordReport>(c.admin(0), q, b"", T).expect_err(q);
         assert!(
             matches!(e, node::client::ClientError::BadRequest(_)),
             "{q}: {e}"
         );
+    }
+    for q in [
+        "/record?op=put&name=a&value=b",
+        "/record?op=delete&name=gone",
+        "/send?from=a@ring.test&to=b@ring.test&body=x",
+        "/load?count=1",
+    ] {
+        let e = get_json::<RecordReport>(c.admin(0), q, T).expect_err(q);
+        assert!(e.to_string().contains("405"), "{q}: {e}");
     }
     let e = get_json::<RecordReport>(c.admin(0), "/record?op=get&name=", T).expect("answer");
     assert!(

@@ -4,7 +4,7 @@
 
 use dht::Key;
 use node::api::{LoadReport, StatusReport, TraceReport};
-use node::client::{get_json, get_text, url_encode};
+use node::client::{get_json, get_text, post_json, url_encode};
 use node::cluster::{Cluster, Signal};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -231,9 +231,10 @@ fn probes_survive_kill_minus_nine_of_eight_nodes() {
             .iter()
             .map(|a| {
                 s.spawn(move || {
-                    get_json::<LoadReport>(
+                    post_json::<LoadReport>(
                         a,
                         "/load?count=2500&kind=probe&window=4",
+                        b"",
                         Duration::from_secs(120),
                     )
                 })
@@ -409,4 +410,61 @@ fn bad_configuration_and_input_exit_with_code_2() {
     assert_eq!(code, Some(0));
     let (code, err) = run_cli(&["status", "--admin", "127.0.0.1:1"]);
     assert_eq!(code, Some(1), "{err}");
+}
+
+#[test]
+fn admin_changes_are_post_only_and_the_token_guards_everything_when_required() {
+    let mut c = Cluster::new(std::path::Path::new(EXE)).unwrap();
+    // `--admin-token` asks for the token on loopback too (beyond loopback
+    // it is always required; tests may not listen there).
+    c.spawn(&args(&["--log-level", "warn", "--admin-token"]))
+        .unwrap();
+    let admin = c.admin(0).to_string();
+    let token = std::fs::read_to_string(c.nodes[0].dir.join("admin.token")).expect("token file");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.nodes[0].dir.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the token is private");
+    }
+    let call = |path: &str, body: Option<&[u8]>, token: Option<&str>| {
+        node::client::request_json::<serde_json::Value>(&admin, path, body, token, T)
+    };
+    for (path, body) in [
+        ("/status", None),
+        ("/trace?jid=a@ring.test", None),
+        ("/record?op=get&name=x", None),
+        ("/record?op=put&name=x", Some(b"v".as_slice())),
+        (
+            "/send?from=a@ring.test&to=b@ring.test&body=hi",
+            Some(b"".as_slice()),
+        ),
+    ] {
+        let e = call(path, body, None).expect_err(path);
+        assert!(e.to_string().contains("401"), "{path}: {e}");
+        let e = call(path, body, Some("wrong-token-wrong-token-wrong-tok")).expect_err(path);
+        assert!(e.to_string().contains("401"), "{path}: {e}");
+    }
+    let s: serde_json::Value = call("/status", None, Some(token.trim())).expect("status");
+    assert!(s["node_id"].is_string());
+    let r: serde_json::Value =
+        call("/record?op=put&name=x", Some(b"v"), Some(token.trim())).expect("put with the token");
+    assert_eq!(r["ok"], true, "{r}");
+    // A state change by GET is refused, token or not.
+    let e = call("/record?op=delete&name=x", None, Some(token.trim())).expect_err("GET delete");
+    assert!(e.to_string().contains("405"), "{e}");
+    // The CLI reads the token from the data directory's file.
+    let (code, out) = run_cli(&[
+        "status",
+        "--admin",
+        &admin,
+        "--admin-token-file",
+        &c.nodes[0].dir.join("admin.token").display().to_string(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, _) = run_cli(&["status", "--admin", &admin]);
+    assert_eq!(code, Some(1), "without the token");
 }

@@ -551,3 +551,99 @@ async fn pubsub_across_two_prosody_servers_and_the_kill_of_its_host() {
         c.disconnect().await;
     }
 }
+
+/// A node whose record store is full must not answer a change with
+/// success: the change is refused with `resource-constraint`, and every
+/// publication that was answered with success can be read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_stored_is_answered_with_an_error() {
+    require_prosody();
+    let dir = tempfile::tempdir().expect("tmp");
+    let dns = DnsServer::start();
+    let a = prosody_with_own_ca(
+        dir.path(),
+        &dns,
+        "a.test",
+        A_IP,
+        &[("alice", "pw")],
+        ProsodyOptions::default(),
+    );
+    let port = support::prosody::free_port(EDGE_IP);
+    dns.add_a("edge1.ring.test", EDGE_IP);
+    for n in ["ring.test", "conference.ring.test", "pubsub.ring.test"] {
+        dns.add_s2s_srv(n, "edge1.ring.test", port);
+    }
+    // Small stores: 3 nodes, every record on each of them.
+    let _ring = support::ring_opts(
+        dir.path(),
+        &["ring.test"],
+        2,
+        &[support::EdgeArgs {
+            ip: EDGE_IP,
+            port,
+            extra: vec![],
+        }],
+        dns.addr,
+        &[
+            "--record-max-bytes",
+            "8192",
+            "--record-store-max-bytes",
+            "24000",
+            "--pubsub-max-item-bytes",
+            "4000",
+        ],
+    );
+    let mut alice = XmppClient::connect("alice@a.test", "pw", &a.c2s()).await;
+    let body = "x".repeat(2500);
+    let mut accepted: Vec<(String, String)> = Vec::new();
+    let mut refused = None;
+    'fill: for n in 0..12 {
+        let node = format!("big{n}");
+        let r = iq(&mut alice, &format!(
+            "<iq xmlns='jabber:client' type='set' id='create-{node}' to='pubsub.ring.test'><pubsub xmlns='{NS_PUBSUB}'><create node='{node}'/></pubsub></iq>"
+        ))
+        .await;
+        if condition(&r).is_some() {
+            refused = Some(r);
+            break;
+        }
+        for i in 0..3 {
+            let id = format!("{node}-{i}");
+            let r = publish(&mut alice, &node, &id, &body).await;
+            if condition(&r).is_some() {
+                refused = Some(r);
+                break 'fill;
+            }
+            accepted.push((node.clone(), id));
+        }
+    }
+    let refused = refused.expect("the stores filled up and a change was refused");
+    eprintln!(
+        "{} publications accepted before the refusal",
+        accepted.len()
+    );
+    assert_eq!(
+        condition(&refused).as_deref(),
+        Some("resource-constraint"),
+        "{refused:?}"
+    );
+    assert!(!accepted.is_empty());
+    // What was answered with success is there (the last item of each node;
+    // older ones may have been pushed out by the items record's limit).
+    let (node, id) = accepted.last().cloned().expect("one");
+    let r = iq(&mut alice, &format!(
+        "<iq xmlns='jabber:client' type='get' id='items' to='pubsub.ring.test'><pubsub xmlns='{NS_PUBSUB}'><items node='{node}'/></pubsub></iq>"
+    ))
+    .await;
+    let items: Vec<String> = r
+        .get_child("pubsub", NS_PUBSUB)
+        .and_then(|p| p.get_child("items", NS_PUBSUB))
+        .map(|i| {
+            i.children()
+                .filter_map(|c| c.attr("id").map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(items.contains(&id), "{id} in {items:?}");
+    alice.disconnect().await;
+}

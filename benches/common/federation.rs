@@ -5,7 +5,7 @@
 //!
 //! Both servers speak STARTTLS + dialback with certificates the other side
 //! does not trust (`s2s_secure_auth = false`), as in
-//! ../shared/PERFORMANCE.md. Every process involved runs on this machine's
+//! the Prosody setup the README describes. Every process involved runs on this machine's
 //! two cores, so the CPU of each (clients included) is reported beside each
 //! rate.
 

@@ -8,7 +8,7 @@ use crate::id::NodeId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// What a node does for the ring (DESIGN.md, "Roles").
+/// What a node does for the ring (docs/architecture.md, "Roles").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Role {
     /// Routes envelopes and takes responsibility for the keys closest to it.

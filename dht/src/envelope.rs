@@ -4,7 +4,7 @@ use crate::id::{Key, NodeId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// Default hop budget of a new envelope (DESIGN.md: TTL 32).
+/// Default hop budget of a new envelope (docs/architecture.md, "Routing": TTL 32).
 pub const DEFAULT_TTL: u8 = 32;
 
 /// What an envelope carries; decides what the responsible node does with it.
@@ -103,7 +103,7 @@ pub struct TraceHop {
     pub at_us: u64,
 }
 
-/// A routed message (DESIGN.md, "Routing").
+/// A routed message (docs/architecture.md, "Routing").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Where it is going: the responsible node of this key takes it.

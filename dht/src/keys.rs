@@ -1,5 +1,5 @@
 //! Key derivation: how every stanza target and every node gets its place in
-//! the id space (see DESIGN.md, "Keys and distance").
+//! the id space (see docs/architecture.md, "Keys and distance").
 //!
 //! Each kind of target is hashed with its own domain-separation prefix so that
 //! a user `a@b`, a record named `a@b` and a PubSub node can never collide.

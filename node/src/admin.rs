@@ -1,24 +1,57 @@
-//! The admin HTTP server: `GET /status`, `GET /metrics`, `GET /trace?jid=J`,
-//! and `GET /load?count=N&...` for tests and benchmarks. It binds to
-//! loopback by default (see [`crate::config`]) and only ever talks to the
-//! core task through its inbox.
+//! The admin HTTP server. Reads are `GET`: `/status`, `/metrics`,
+//! `/trace?jid=J`, `/record?op=get`. Whatever changes state is `POST`
+//! only (`/record?op=put|delete`, `/send`, `/load`), so a link or an image
+//! tag in a browser cannot trigger it. It binds to loopback by default
+//! (see [`crate::config`]); beyond loopback (or with `admin_token`) every
+//! request needs `Authorization: Bearer <token>`, the token being kept in
+//! `admin.token` in the data directory. It only ever talks to the core
+//! task through its inbox.
 
 use crate::api::{LoadReport, RecordReport, StatusReport, TraceReport};
 use crate::runtime::{Command, Input, LoadSpec};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Clone)]
 struct AppState {
     inbox: mpsc::Sender<Input>,
     metrics: PrometheusHandle,
+    /// The bearer token every request must carry, when one is required.
+    token: Option<Arc<String>>,
+}
+
+/// Refuses requests without the bearer token (when one is required).
+async fn authorise(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(want) = &s.token {
+        let got = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = got.is_some_and(|g| {
+            g.len() == want.len()
+                && g.bytes()
+                    .zip(want.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            return error(StatusCode::UNAUTHORIZED, "a bearer token is required");
+        }
+    }
+    next.run(req).await
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -74,6 +107,7 @@ async fn trace(State(s): State<AppState>, Query(q): Query<TraceQuery>) -> Respon
     }
 }
 
+/// `POST /load?count=N&...`: a load run (tests and benchmarks).
 async fn load(State(s): State<AppState>, Query(spec): Query<LoadSpec>) -> Response {
     if let Err(e) = spec.validate() {
         return error(StatusCode::BAD_REQUEST, e);
@@ -99,8 +133,8 @@ fn chat() -> String {
     "chat".into()
 }
 
-/// `GET /send?from=F&to=T&body=B[&type=chat][&id=I]`: sends a message from a
-/// ring JID (operators' smoke tests; the tests' way to originate traffic).
+/// `POST /send?from=F&to=T&body=B[&type=chat][&id=I]`: sends a message from
+/// a ring JID (operators' smoke tests; the tests' way to originate traffic).
 async fn send(State(s): State<AppState>, Query(q): Query<SendQuery>) -> Response {
     let (Ok(from), Ok(to)) = (jid::Jid::new(&q.from), jid::Jid::new(&q.to)) else {
         return error(StatusCode::BAD_REQUEST, "from and to must be JIDs");
@@ -144,26 +178,17 @@ struct RecordQuery {
     local: bool,
 }
 
-/// `GET /record?op=put|get|delete&name=N[&value=V][&local=true]`: the
-/// record store.
-async fn record(State(s): State<AppState>, Query(q): Query<RecordQuery>) -> Response {
+/// `GET /record?op=get&name=N[&local=true]`: reads a record (`local`:
+/// this node's own copy, without asking the ring).
+async fn record_get(State(s): State<AppState>, Query(q): Query<RecordQuery>) -> Response {
     use crate::records::RecordOp;
-    let op = match (q.op.as_str(), q.value) {
-        ("put", Some(v)) => RecordOp::Put {
-            name: q.name,
-            value: v.into_bytes(),
-        },
-        ("put", None) => return error(StatusCode::BAD_REQUEST, "put needs a value"),
-        ("get", None) => RecordOp::Get { name: q.name },
-        ("delete", None) => RecordOp::Delete { name: q.name },
-        ("get" | "delete", Some(_)) => {
-            return error(StatusCode::BAD_REQUEST, "only put takes a value");
-        }
-        _ => return error(StatusCode::BAD_REQUEST, "op must be put, get or delete"),
-    };
-    if q.local && !matches!(op, RecordOp::Get { .. }) {
-        return error(StatusCode::BAD_REQUEST, "local=true is for get only");
+    if q.op != "get" || q.value.is_some() {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET /record only reads (op=get); put and delete are POST",
+        );
     }
+    let op = RecordOp::Get { name: q.name };
     let local = q.local;
     match ask::<RecordReport>(&s.inbox, |reply| Command::Record { op, local, reply }).await {
         Ok(r) => Json(r).into_response(),
@@ -172,21 +197,29 @@ async fn record(State(s): State<AppState>, Query(q): Query<RecordQuery>) -> Resp
 }
 
 /// `POST /record?op=put&name=N` with the value as the body (values of any
-/// size up to the record limit, and any bytes).
-async fn record_put(
+/// size up to the record limit, and any bytes), or
+/// `POST /record?op=delete&name=N`.
+async fn record_post(
     State(s): State<AppState>,
     Query(q): Query<RecordQuery>,
     body: axum::body::Bytes,
 ) -> Response {
-    if q.op != "put" || q.value.is_some() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "POST /record takes op=put and the value as the body",
-        );
+    use crate::records::RecordOp;
+    if q.value.is_some() {
+        return error(StatusCode::BAD_REQUEST, "the value goes in the body");
     }
-    let op = crate::records::RecordOp::Put {
-        name: q.name,
-        value: body.to_vec(),
+    if q.local {
+        return error(StatusCode::BAD_REQUEST, "local=true is for get only");
+    }
+    let op = match q.op.as_str() {
+        "put" => RecordOp::Put {
+            name: q.name,
+            value: body.to_vec(),
+        },
+        "delete" if body.is_empty() => RecordOp::Delete { name: q.name },
+        "delete" => return error(StatusCode::BAD_REQUEST, "delete takes no body"),
+        "get" => return error(StatusCode::BAD_REQUEST, "get is a GET"),
+        _ => return error(StatusCode::BAD_REQUEST, "op must be put, get or delete"),
     };
     match ask::<RecordReport>(&s.inbox, |reply| Command::Record {
         op,
@@ -200,21 +233,32 @@ async fn record_put(
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` resolves; `token`: the bearer token every
+/// request must carry, if any.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     inbox: mpsc::Sender<Input>,
     metrics: PrometheusHandle,
+    token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let state = AppState {
+        inbox,
+        metrics,
+        token: token.map(Arc::new),
+    };
     let app = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(render_metrics))
         .route("/trace", get(trace))
-        .route("/load", get(load))
-        .route("/send", get(send))
-        .route("/record", get(record).post(record_put))
-        .with_state(AppState { inbox, metrics });
+        .route("/load", post(load))
+        .route("/send", post(send))
+        .route("/record", get(record_get).post(record_post))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorise,
+        ))
+        .with_state(state);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

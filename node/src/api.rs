@@ -93,7 +93,7 @@ pub struct RecordsReport {
     pub refused: u64,
 }
 
-/// `GET /record?op=put|get|delete&name=N[&value=V]`.
+/// The answer to `GET /record?op=get` and `POST /record?op=put|delete`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecordReport {
     /// `put`, `get` or `delete`.
@@ -127,8 +127,20 @@ pub struct EdgeReport {
     pub listen: String,
     /// Inbound connections accepted.
     pub inbound_connections: u64,
-    /// Inbound connections refused over the limit.
+    /// Inbound connections open now.
+    #[serde(default)]
+    pub inbound_open: u64,
+    /// Inbound connections refused over the global limit.
     pub inbound_refused: u64,
+    /// Inbound connections refused over the per-address limit.
+    #[serde(default)]
+    pub inbound_refused_per_ip: u64,
+    /// Inbound connections refused over the per-address rate.
+    #[serde(default)]
+    pub inbound_refused_rate: u64,
+    /// Inbound streams closed for not authenticating in time.
+    #[serde(default)]
+    pub auth_timeouts: u64,
     /// Stanzas received from the federation.
     pub stanzas_in: u64,
     /// Stanzas sent to the federation.
@@ -139,10 +151,25 @@ pub struct EdgeReport {
     pub dialback_ok: u64,
     /// Failed dialback attempts.
     pub dialback_failed: u64,
+    /// Dialback checks refused at once (too many verifications running).
+    #[serde(default)]
+    pub verifications_refused: u64,
+    /// Verification connections open now.
+    #[serde(default)]
+    pub verifications_open: u64,
     /// Peers authenticated by SASL EXTERNAL (either direction).
     pub sasl_external_ok: u64,
     /// Outbound streams established.
     pub outbound_streams: u64,
+    /// Outbound streams open now.
+    #[serde(default)]
+    pub outbound_open: u64,
+    /// Remote certificates refused (`s2s_secure_auth`).
+    #[serde(default)]
+    pub certificates_refused: u64,
+    /// Writes that did not finish within the write timeout.
+    #[serde(default)]
+    pub write_timeouts: u64,
     /// Dialback keys of this ring confirmed to remote servers.
     pub verify_valid: u64,
     /// Dialback keys refused to remote servers.
@@ -227,7 +254,7 @@ pub struct TraceHopReport {
     pub latency_us: u64,
 }
 
-/// `GET /load?...`: a load run's outcome (used by tests and benchmarks).
+/// `POST /load?...`: a load run's outcome (used by tests and benchmarks).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct LoadReport {
     /// Envelopes sent.

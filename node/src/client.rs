@@ -1,7 +1,26 @@
 //! A small blocking client of the admin HTTP interface, for the command
 //! line, `xmpp-ring local`, tests and benchmarks.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The bearer token this process sends (see [`use_token`]).
+static TOKEN: OnceLock<String> = OnceLock::new();
+
+/// Sends `token` with every request of this process (the CLI's
+/// `--admin-token-file`). Without it, `XMPP_RING_ADMIN_TOKEN` is used when
+/// set.
+pub fn use_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
+fn token() -> Option<String> {
+    TOKEN
+        .get()
+        .cloned()
+        .or_else(|| std::env::var("XMPP_RING_ADMIN_TOKEN").ok())
+        .filter(|t| !t.is_empty())
+}
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +48,7 @@ pub fn get_json<T: serde::de::DeserializeOwned>(
     path_and_query: &str,
     timeout: Duration,
 ) -> Result<T, ClientError> {
-    request_json(admin, path_and_query, None, timeout)
+    request_json(admin, path_and_query, None, token().as_deref(), timeout)
 }
 
 /// POSTs `body` to `path_and_query` and parses the JSON answer.
@@ -39,7 +58,13 @@ pub fn post_json<T: serde::de::DeserializeOwned>(
     body: &[u8],
     timeout: Duration,
 ) -> Result<T, ClientError> {
-    request_json(admin, path_and_query, Some(body), timeout)
+    request_json(
+        admin,
+        path_and_query,
+        Some(body),
+        token().as_deref(),
+        timeout,
+    )
 }
 
 /// A URL shortened for error messages (queries can carry long values).
@@ -54,10 +79,12 @@ fn shown(url: &str) -> String {
     format!("{}...", &url[..end])
 }
 
-fn request_json<T: serde::de::DeserializeOwned>(
+/// A request with an explicit bearer token (`body`: POST, else GET).
+pub fn request_json<T: serde::de::DeserializeOwned>(
     admin: &str,
     path_and_query: &str,
     body: Option<&[u8]>,
+    token: Option<&str>,
     timeout: Duration,
 ) -> Result<T, ClientError> {
     let full = format!("{}{}", base_url(admin), path_and_query);
@@ -67,9 +94,12 @@ fn request_json<T: serde::de::DeserializeOwned>(
         .http_status_as_error(false)
         .build()
         .into();
-    let sent = match body {
-        None => agent.get(&full).call(),
-        Some(b) => agent.post(&full).send(b),
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let sent = match (body, &auth) {
+        (None, None) => agent.get(&full).call(),
+        (None, Some(a)) => agent.get(&full).header("authorization", a).call(),
+        (Some(b), None) => agent.post(&full).send(b),
+        (Some(b), Some(a)) => agent.post(&full).header("authorization", a).send(b),
     };
     let mut resp = sent.map_err(|e| ClientError::Failed(format!("{url}: {e}")))?;
     let status = resp.status();
@@ -99,9 +129,11 @@ pub fn get_text(admin: &str, path: &str, timeout: Duration) -> Result<String, Cl
         .timeout_global(Some(timeout))
         .build()
         .into();
-    agent
-        .get(&url)
-        .call()
+    let mut req = agent.get(&url);
+    if let Some(t) = token() {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    req.call()
         .map_err(|e| ClientError::Failed(format!("{url}: {e}")))?
         .body_mut()
         .read_to_string()

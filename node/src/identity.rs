@@ -52,9 +52,48 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// The admin bearer token kept at `path`, created (32 random bytes, hex,
+/// mode 0600) on first use.
+pub fn load_or_create_token(path: &Path) -> Result<String, String> {
+    if path.is_file() {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let t = t.trim().to_string();
+        if t.len() < 32 {
+            return Err(format!(
+                "{}: an admin token needs at least 32 characters",
+                path.display()
+            ));
+        }
+        return Ok(t);
+    }
+    let mut b = [0u8; 32];
+    rand::RngExt::fill(&mut rand::rng(), &mut b);
+    let t: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    write_private(path, t.as_bytes())?;
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_token_is_created_once_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("admin.token");
+        let t = load_or_create_token(&p).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(load_or_create_token(&p).unwrap(), t);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&p, "short").unwrap();
+        assert!(load_or_create_token(&p).is_err());
+    }
 
     #[test]
     fn same_identity_after_restart() {

@@ -44,6 +44,38 @@ pub fn handle() -> PrometheusHandle {
         .clone()
 }
 
+/// The s2s edge's counters: what it accepted, refused and bounced, and the
+/// limits that protect it from hostile peers at work.
+pub(crate) fn export_edge(e: &crate::api::EdgeReport) {
+    gauge!("xmpp_ring_s2s_inbound_open").set(e.inbound_open as f64);
+    gauge!("xmpp_ring_s2s_outbound_open").set(e.outbound_open as f64);
+    gauge!("xmpp_ring_s2s_verifications_open").set(e.verifications_open as f64);
+    counter!("xmpp_ring_s2s_inbound_connections_total").absolute(e.inbound_connections);
+    counter!("xmpp_ring_s2s_inbound_refused_total", "limit" => "global")
+        .absolute(e.inbound_refused);
+    counter!("xmpp_ring_s2s_inbound_refused_total", "limit" => "per_ip")
+        .absolute(e.inbound_refused_per_ip);
+    counter!("xmpp_ring_s2s_inbound_refused_total", "limit" => "rate")
+        .absolute(e.inbound_refused_rate);
+    counter!("xmpp_ring_s2s_auth_timeouts_total").absolute(e.auth_timeouts);
+    counter!("xmpp_ring_s2s_stanzas_in_total").absolute(e.stanzas_in);
+    counter!("xmpp_ring_s2s_stanzas_out_total").absolute(e.stanzas_out);
+    counter!("xmpp_ring_s2s_stanzas_bounced_total").absolute(e.stanzas_bounced);
+    counter!("xmpp_ring_s2s_dialback_total", "result" => "ok").absolute(e.dialback_ok);
+    counter!("xmpp_ring_s2s_dialback_total", "result" => "failed").absolute(e.dialback_failed);
+    counter!("xmpp_ring_s2s_verifications_refused_total").absolute(e.verifications_refused);
+    counter!("xmpp_ring_s2s_sasl_external_total").absolute(e.sasl_external_ok);
+    counter!("xmpp_ring_s2s_outbound_streams_total").absolute(e.outbound_streams);
+    counter!("xmpp_ring_s2s_certificates_refused_total").absolute(e.certificates_refused);
+    counter!("xmpp_ring_s2s_write_timeouts_total").absolute(e.write_timeouts);
+    counter!("xmpp_ring_s2s_verify_answers_total", "result" => "valid").absolute(e.verify_valid);
+    counter!("xmpp_ring_s2s_verify_answers_total", "result" => "invalid")
+        .absolute(e.verify_invalid);
+    for (cond, n) in &e.stream_errors {
+        counter!("xmpp_ring_s2s_stream_errors_total", "condition" => cond.clone()).absolute(*n);
+    }
+}
+
 /// Copies state-machine figures into the exporter.
 #[derive(Default)]
 pub(crate) struct Exporter {

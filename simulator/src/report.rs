@@ -1,5 +1,5 @@
 //! The simulator's report: the JSON contract of `xmpp-ring simulate` (see
-//! DESIGN.md, "Command line") and its human-readable rendering.
+//! README, "Usage") and its human-readable rendering.
 
 use serde::Serialize;
 use std::fmt::Write as _;

@@ -7,12 +7,27 @@ use node::client::{self, ClientError};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// Uses the bearer token in `file` for this process's admin requests (a
+/// node's `admin.token`; needed when its admin interface is beyond
+/// loopback). `XMPP_RING_ADMIN_TOKEN` serves when no file is given.
+pub fn use_token_file(file: Option<&std::path::Path>) -> Result<(), CliError> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f)
+            .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", f.display())))?;
+        client::use_token(t.trim().to_string());
+    }
+    Ok(())
+}
+
 /// Options of `xmpp-ring status`.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// The node's admin address (host:port or http://host:port).
     #[arg(long)]
     pub admin: String,
+    /// The node's admin bearer token (its `admin.token`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -24,6 +39,9 @@ pub struct TraceArgs {
     /// The node's admin address (host:port or http://host:port).
     #[arg(long)]
     pub admin: String,
+    /// The node's admin bearer token (its `admin.token`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// The JID to trace.
     pub jid: String,
     /// Output format.
@@ -42,6 +60,7 @@ impl From<ClientError> for CliError {
 
 /// `xmpp-ring status`.
 pub fn status(args: &StatusArgs) -> Result<String, CliError> {
+    use_token_file(args.admin_token_file.as_deref())?;
     let r: StatusReport = client::get_json(&args.admin, "/status", Duration::from_secs(10))?;
     if args.format == Format::Json {
         return serde_json::to_string(&r)
@@ -139,6 +158,7 @@ pub fn trace_text(r: &TraceReport) -> String {
 
 /// `xmpp-ring trace`.
 pub fn trace(args: &TraceArgs) -> Result<String, CliError> {
+    use_token_file(args.admin_token_file.as_deref())?;
     let q = format!("/trace?jid={}", client::url_encode(&args.jid));
     let r: TraceReport = client::get_json(&args.admin, &q, Duration::from_secs(15))?;
     match args.format {

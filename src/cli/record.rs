@@ -14,6 +14,9 @@ pub struct RecordTarget {
     /// The node's admin address (host:port or http://host:port).
     #[arg(long)]
     pub admin: String,
+    /// The node's admin bearer token (its `admin.token`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -50,22 +53,27 @@ pub enum RecordCommand {
 /// and `delete`.
 pub fn run(cmd: &RecordCommand) -> Result<String, CliError> {
     let timeout = Duration::from_secs(15);
-    let (t, query) = match cmd {
-        RecordCommand::Put { target, value } => {
-            let q = format!("/record?op=put&name={}", url_encode(&target.name));
-            let r: RecordReport = client::post_json(&target.admin, &q, value.as_bytes(), timeout)?;
-            return finish(target, r);
-        }
+    let target = match cmd {
+        RecordCommand::Put { target, .. }
+        | RecordCommand::Get { target }
+        | RecordCommand::Delete { target } => target,
+    };
+    super::admin_client::use_token_file(target.admin_token_file.as_deref())?;
+    let q = |op: &str, t: &RecordTarget| format!("/record?op={op}&name={}", url_encode(&t.name));
+    let (t, r): (&RecordTarget, RecordReport) = match cmd {
+        RecordCommand::Put { target, value } => (
+            target,
+            client::post_json(&target.admin, &q("put", target), value.as_bytes(), timeout)?,
+        ),
         RecordCommand::Get { target } => (
             target,
-            format!("/record?op=get&name={}", url_encode(&target.name)),
+            client::get_json(&target.admin, &q("get", target), timeout)?,
         ),
         RecordCommand::Delete { target } => (
             target,
-            format!("/record?op=delete&name={}", url_encode(&target.name)),
+            client::post_json(&target.admin, &q("delete", target), b"", timeout)?,
         ),
     };
-    let r: RecordReport = client::get_json(&t.admin, &query, timeout)?;
     finish(t, r)
 }
 

@@ -1,5 +1,5 @@
 //! `xmpp-ring simulate`: hop counts, table sizes and protocol behaviour of
-//! a ring before it is deployed (DESIGN.md, "Command line").
+//! a ring before it is deployed (README, "Usage").
 
 use super::{Format, UsageError};
 use clap::{Args, ValueEnum};

@@ -10,6 +10,7 @@ pub mod client;
 pub mod cpu;
 pub mod dns;
 pub mod prosody;
+pub mod raw;
 
 use node::api::StatusReport;
 use node::client::get_json;
@@ -54,6 +55,18 @@ pub fn ring(
     edges: &[EdgeArgs],
     dns: std::net::SocketAddr,
 ) -> Cluster {
+    ring_opts(dir, domains, apps, edges, dns, &[])
+}
+
+/// [`ring`] with `common` arguments for every node.
+pub fn ring_opts(
+    dir: &Path,
+    domains: &[&str],
+    apps: usize,
+    edges: &[EdgeArgs],
+    dns: std::net::SocketAddr,
+    common: &[&str],
+) -> Cluster {
     let secret = dir.join(format!("dialback-{}.secret", domains[0]));
     std::fs::write(
         &secret,
@@ -61,7 +74,7 @@ pub fn ring(
     )
     .expect("secret");
     let mut c = Cluster::new(Path::new(EXE)).expect("cluster");
-    let mut common = args(&["--log-level", "warn"]);
+    let mut common = [args(&["--log-level", "warn"]), args(common)].concat();
     for d in domains {
         common.extend(args(&["--domain", d]));
     }
@@ -129,6 +142,18 @@ pub fn ring_with_edge(
     edge_ip: Ipv4Addr,
     names: &[&str],
 ) -> Cluster {
+    ring_with_edge_args(dir, dns, apps, edge_ip, names, &[])
+}
+
+/// [`ring_with_edge`] with extra arguments for the edge.
+pub fn ring_with_edge_args(
+    dir: &Path,
+    dns: &dns::DnsServer,
+    apps: usize,
+    edge_ip: Ipv4Addr,
+    names: &[&str],
+    edge_extra: &[&str],
+) -> Cluster {
     let port = prosody::free_port(edge_ip);
     dns.add_a("edge1.ring.test", edge_ip);
     for n in names {
@@ -141,7 +166,7 @@ pub fn ring_with_edge(
         &[EdgeArgs {
             ip: edge_ip,
             port,
-            extra: vec![],
+            extra: args(edge_extra),
         }],
         dns.addr,
     )
@@ -159,6 +184,6 @@ pub fn ring_send(c: &Cluster, i: usize, from: &str, to: &str, body: &str) {
         node::client::url_encode(to),
         node::client::url_encode(body)
     );
-    let v: serde_json::Value = get_json(c.admin(i), &q, T).expect("send");
+    let v: serde_json::Value = node::client::post_json(c.admin(i), &q, b"", T).expect("send");
     assert_eq!(v["ok"], true);
 }

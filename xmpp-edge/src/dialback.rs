@@ -4,7 +4,14 @@
 //! stream-id)` in lowercase hex. Every edge of a ring holds the same secret,
 //! so whichever edge a remote server asks to verify a key (with `db:verify`)
 //! can confirm a key that another edge issued, without any shared state.
+//!
+//! The concatenation is only unambiguous when its parts cannot contain the
+//! separator: the domains are [`Domain`]s (validated by the `jid` crate, no
+//! spaces) and the stream id must pass [`valid_stream_id`]. Otherwise a
+//! remote that chooses its stream id as `"ring.test S"` could obtain a key
+//! that also reads as one for a different pair of domains.
 
+use crate::domain::{Domain, valid_stream_id};
 use crate::xml::NS_DIALBACK;
 use crate::xml_write::{escape_attr, escape_text};
 use hmac::{Hmac, KeyInit, Mac};
@@ -34,22 +41,34 @@ impl Secret {
     }
 
     /// The dialback key for `originating` (us) asking `receiving` to accept
-    /// the stream with id `stream_id`.
-    pub fn key(&self, receiving: &str, originating: &str, stream_id: &str) -> String {
+    /// the stream with id `stream_id`; `None` when the id is not a usable
+    /// token.
+    pub fn key(&self, receiving: &Domain, originating: &Domain, stream_id: &str) -> Option<String> {
+        if !valid_stream_id(stream_id) {
+            return None;
+        }
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_bytes())
             .expect("HMAC takes keys of any length");
-        mac.update(receiving.as_bytes());
+        mac.update(receiving.as_str().as_bytes());
         mac.update(b" ");
-        mac.update(originating.as_bytes());
+        mac.update(originating.as_str().as_bytes());
         mac.update(b" ");
         mac.update(stream_id.as_bytes());
         let tag = mac.finalize().into_bytes();
-        tag.iter().map(|b| format!("{b:02x}")).collect()
+        Some(tag.iter().map(|b| format!("{b:02x}")).collect())
     }
 
     /// Checks a key in constant time.
-    pub fn verify(&self, receiving: &str, originating: &str, stream_id: &str, key: &str) -> bool {
-        let want = self.key(receiving, originating, stream_id);
+    pub fn verify(
+        &self,
+        receiving: &Domain,
+        originating: &Domain,
+        stream_id: &str,
+        key: &str,
+    ) -> bool {
+        let Some(want) = self.key(receiving, originating, stream_id) else {
+            return false;
+        };
         want.len() == key.len()
             && want
                 .bytes()
@@ -118,6 +137,20 @@ pub fn result_answer(receiving: &str, originating: &str, valid: bool) -> String 
     )
 }
 
+/// `<db:result from='receiving' to='originating' type='error'>` with a
+/// stanza error condition (XEP-0220 §2.4): the key could not be checked.
+pub fn result_error(receiving: &str, originating: &str, condition: &str) -> String {
+    let kind = match condition {
+        "resource-constraint" | "remote-server-timeout" | "internal-server-error" => "wait",
+        _ => "cancel",
+    };
+    format!(
+        "<db:result from='{}' to='{}' type='error'><error type='{kind}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+        escape_attr(receiving),
+        escape_attr(originating),
+    )
+}
+
 /// `<db:verify from='receiving' to='originating' id='stream id'>key</db:verify>`
 pub fn verify_request(receiving: &str, originating: &str, id: &str, key: &str) -> String {
     format!(
@@ -144,6 +177,10 @@ pub fn verify_answer(originating: &str, receiving: &str, id: &str, valid: bool) 
 mod tests {
     use super::*;
 
+    fn d(s: &str) -> Domain {
+        Domain::parse(s).unwrap()
+    }
+
     #[test]
     fn key_vector() {
         // Computed independently with Python:
@@ -151,20 +188,34 @@ mod tests {
         //   hmac.new(k, b'example.net example.org D60000229F', hashlib.sha256).hexdigest()
         let s = Secret::new(b"s3cr3tf0rd14lb4ck");
         assert_eq!(
-            s.key("example.net", "example.org", "D60000229F"),
-            "787d747fddd82406a36c193fd1437027b163c5f9f787a2b77c30d15409c34aa3"
+            s.key(&d("example.net"), &d("example.org"), "D60000229F")
+                .as_deref(),
+            Some("787d747fddd82406a36c193fd1437027b163c5f9f787a2b77c30d15409c34aa3")
         );
     }
 
     #[test]
     fn keys_bind_every_input() {
         let s = Secret::new(b"x");
-        let k = s.key("a", "b", "c");
-        assert!(s.verify("a", "b", "c", &k));
-        assert!(!s.verify("a", "b", "d", &k));
-        assert!(!s.verify("b", "a", "c", &k));
-        assert!(!Secret::new(b"y").verify("a", "b", "c", &k));
-        assert!(!s.verify("a", "b", "c", &k[1..]));
+        let (a, b) = (d("a.test"), d("b.test"));
+        let k = s.key(&a, &b, "c").unwrap();
+        assert!(s.verify(&a, &b, "c", &k));
+        assert!(!s.verify(&a, &b, "d", &k));
+        assert!(!s.verify(&b, &a, "c", &k));
+        assert!(!Secret::new(b"y").verify(&a, &b, "c", &k));
+        assert!(!s.verify(&a, &b, "c", &k[1..]));
+    }
+
+    #[test]
+    fn ambiguous_stream_ids_make_no_key() {
+        // The attack of the review: a stream id with a space could make
+        // key(evil.com, ring.test, "ring.test S") equal to
+        // key(evil.com ring.test, ring.test, "S").
+        let s = Secret::new(b"x");
+        let (evil, ring) = (d("evil.com"), d("ring.test"));
+        assert_eq!(s.key(&evil, &ring, "ring.test S"), None);
+        assert_eq!(s.key(&evil, &ring, ""), None);
+        assert!(!s.verify(&evil, &ring, "ring.test S", "00"));
     }
 
     #[test]

@@ -6,24 +6,34 @@
 //! handle (see [`edge`]).
 //!
 //! * [`xml`], [`xml_write`]: the stream codec with restricted XML and limits.
+//! * [`domain`]: addresses from the wire, validated with the `jid` crate.
 //! * [`stream_error`]: RFC 6120 stream error conditions.
+//! * [`negotiation`]: inbound and outbound stream negotiation as sans-IO
+//!   state machines (all protocol decisions and security rules).
 //! * [`tls`]: rustls configs and certificate checks.
 //! * [`dialback`]: keys and elements.
 //! * [`resolve`]: overrides, SRV, A/AAAA.
-//! * inbound and outbound streams, driven by [`edge`].
+//! * [`edge`]: configuration, bounds and start-up; the tokio drivers of
+//!   inbound streams, outbound streams and dialback verification sit
+//!   behind it.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod conn;
 pub mod dialback;
+pub mod domain;
 pub mod edge;
 mod inbound;
+pub mod ip_limit;
+pub mod negotiation;
 mod outbound;
 pub mod resolve;
 pub mod stream_error;
 pub mod tls;
+mod verify;
+pub mod writer;
 pub mod xml;
 pub mod xml_write;
 
-pub use edge::{EdgeConfig, EdgeEvent, EdgeHandle, EdgeStats, start};
+pub use edge::{EdgeConfig, EdgeEvent, EdgeHandle, EdgeStats, Undeliverable, start};

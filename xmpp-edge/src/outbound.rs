@@ -1,25 +1,31 @@
-//! Streams we open to other servers (we are the *initiating* server).
+//! Streams we open to other servers (we are the *initiating* server): the
+//! driver around [`OutboundStream`], and the pool of streams.
 //!
 //! One stream per (local domain, remote domain) pair, created on the first
-//! stanza and kept while it is used. Stanzas queue (bounded) while it
-//! connects: resolve (overrides, SRV, A/AAAA), TCP, STARTTLS (required
-//! unless configured otherwise), then SASL EXTERNAL if the peer offers it,
-//! falling back to dialback on the same stream (no restart) when EXTERNAL
-//! fails. If the stream cannot be established, every queued stanza comes
-//! back to the owner as undeliverable with `remote-server-not-found`
+//! stanza and kept while it is used. Stanzas are serialised when they are
+//! queued, so the queue is bounded in stanzas and in bytes; past either
+//! bound, or past the number of streams, a stanza is refused at once. While
+//! the stream connects they wait: resolve (overrides, SRV, A/AAAA), TCP,
+//! then whatever the negotiation machine asks (STARTTLS, SASL EXTERNAL or
+//! dialback). If the stream cannot be established, every queued stanza
+//! comes back to the owner as undeliverable with `remote-server-not-found`
 //! (nothing reachable) or `remote-server-timeout` (reached, but TLS or
-//! authentication failed).
+//! authentication failed). A write that does not finish within the write
+//! timeout ends the stream, and the stanzas of that write bounce too (the
+//! XMPP stream cannot tell which of them arrived; XEP-0198 could).
 //!
-//! The same handshake, minus authentication, serves dialback verification:
-//! to check a key a remote server presented on an inbound stream, we open
-//! a short stream to that server's domain and ask it (`db:verify`).
+//! [`establish`] also serves dialback verification (see `verify.rs`).
 
-use crate::conn::{BoxIo, Features, NS_SASL, NS_TLS, domain_of, serves};
-use crate::dialback::{self, DialbackElement};
-use crate::edge::{EdgeEvent, EdgeStats, Shared};
-use crate::xml::{NS_CLIENT, NS_DIALBACK, NS_SERVER, NS_STREAMS, StreamEvent, XmlStreamReader};
-use crate::xml_write::{STREAM_END, element_to_string, renamespace, stream_header};
-use std::collections::HashMap;
+use crate::conn::BoxIo;
+use crate::domain::Domain;
+use crate::edge::{EdgeEvent, EdgeStats, Gauge, Shared, Undeliverable};
+use crate::negotiation::outbound::{
+    Failure, OutboundAuth, OutboundOutput, OutboundStream, Purpose,
+};
+use crate::xml::{NS_CLIENT, NS_SERVER, StreamEvent, XmlStreamReader};
+use crate::xml_write::{STREAM_END, element_to_string, renamespace};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
@@ -27,273 +33,233 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use xmpp_parsers::minidom::Element;
 
-type Reader = XmlStreamReader<BufReader<ReadHalf<BoxIo>>>;
+pub(crate) type Reader = XmlStreamReader<BufReader<ReadHalf<BoxIo>>>;
 
 /// How long finding a remote server may take (on top of the handshake).
-const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Stanzas and bytes written at most in one write.
+const BATCH_STANZAS: usize = 256;
+const BATCH_BYTES: usize = 256 * 1024;
 
-/// Why a stream could not be established.
-#[derive(Debug)]
-enum Failure {
-    /// Nothing reachable (DNS, TCP).
-    NotFound(String),
-    /// Reached, but the stream failed (TLS, authentication, protocol).
-    Timeout(String),
+/// A negotiated stream.
+pub(crate) struct Established {
+    pub(crate) reader: Reader,
+    pub(crate) writer: WriteHalf<BoxIo>,
+    pub(crate) machine: OutboundStream,
 }
 
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::NotFound(m) | Failure::Timeout(m) => f.write_str(m),
-        }
-    }
-}
-
-impl Failure {
-    fn condition(&self) -> &'static str {
-        match self {
-            Failure::NotFound(_) => "remote-server-not-found",
-            Failure::Timeout(_) => "remote-server-timeout",
-        }
-    }
-}
-
-/// An established, negotiated stream.
-struct Stream {
-    reader: Reader,
-    writer: WriteHalf<BoxIo>,
-    /// The id the remote server gave the (latest) stream.
-    id: String,
-    features: Features,
-}
-
-async fn write(w: &mut WriteHalf<BoxIo>, s: &str) -> Result<(), Failure> {
-    w.write_all(s.as_bytes())
-        .await
-        .map_err(|e| Failure::Timeout(format!("write failed: {e}")))?;
-    w.flush()
-        .await
-        .map_err(|e| Failure::Timeout(format!("write failed: {e}")))
-}
-
-/// Reads the next element, skipping keepalives; stream ends are failures.
-async fn read_element(r: &mut Reader) -> Result<Element, Failure> {
-    loop {
-        match r.next().await {
-            Ok(StreamEvent::Element(e)) => {
-                if e.ns() == NS_STREAMS && e.name() == "error" {
-                    let cond = crate::stream_error::Condition::from_element(&e).unwrap_or_default();
-                    return Err(Failure::Timeout(format!("stream error from peer: {cond}")));
-                }
-                return Ok(e);
-            }
-            Ok(StreamEvent::Keepalive) => continue,
-            Ok(StreamEvent::Header(_)) => {
-                return Err(Failure::Timeout("unexpected stream header".into()));
-            }
-            Ok(StreamEvent::End) => return Err(Failure::Timeout("peer closed the stream".into())),
-            Err(e) => return Err(Failure::Timeout(format!("reading the stream: {e}"))),
-        }
-    }
-}
-
-/// Sends our header and reads the peer's header and features.
-async fn open(io: BoxIo, shared: &Shared, local: &str, remote: &str) -> Result<Stream, Failure> {
-    let (r, mut writer) = tokio::io::split(io);
-    let mut reader = XmlStreamReader::new(BufReader::new(r), shared.cfg.limits);
-    write(&mut writer, &stream_header(Some(local), Some(remote), None)).await?;
-    let id = loop {
-        match reader.next().await {
-            Ok(StreamEvent::Header(h)) => {
-                if h.default_ns.as_deref() != Some(NS_SERVER) {
-                    return Err(Failure::Timeout(
-                        "peer's stream is not jabber:server".into(),
-                    ));
-                }
-                break h.id.unwrap_or_default();
-            }
-            Ok(StreamEvent::Keepalive) => continue,
-            Ok(_) => return Err(Failure::Timeout("expected a stream header".into())),
-            Err(e) => return Err(Failure::Timeout(format!("reading the stream header: {e}"))),
-        }
-    };
-    let features_el = read_element(&mut reader).await?;
-    if !(features_el.ns() == NS_STREAMS && features_el.name() == "features") {
-        return Err(Failure::Timeout("expected stream features".into()));
-    }
-    Ok(Stream {
-        reader,
-        writer,
-        id,
-        features: Features::parse(&features_el),
+/// Writes `s` within the write timeout.
+pub(crate) async fn write(
+    shared: &Shared,
+    w: &mut WriteHalf<BoxIo>,
+    s: &str,
+) -> Result<(), Failure> {
+    match tokio::time::timeout(shared.cfg.write_timeout, async {
+        w.write_all(s.as_bytes()).await?;
+        w.flush().await
     })
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Refused(format!("write failed: {e}"))),
+        Err(_) => {
+            EdgeStats::bump(&shared.stats.write_timeouts);
+            Err(Failure::Refused("write timed out".into()))
+        }
+    }
 }
 
-fn reunite(s: Stream) -> BoxIo {
-    let r = s.reader.into_inner().into_inner();
-    r.unsplit(s.writer)
-}
-
-/// Connects to `remote` and negotiates TLS; returns the stream after the
-/// post-TLS features.
-async fn connect(shared: &Shared, local: &str, remote: &str) -> Result<Stream, Failure> {
-    let addrs = tokio::time::timeout(RESOLVE_TIMEOUT, shared.cfg.resolver.resolve(remote))
-        .await
-        .map_err(|_| Failure::NotFound(format!("resolving {remote} timed out")))?
-        .map_err(Failure::NotFound)?;
+/// Resolves `remote` and connects to the first address that answers.
+async fn connect_tcp(shared: &Shared, remote: &Domain) -> Result<TcpStream, Failure> {
+    let addrs = tokio::time::timeout(
+        RESOLVE_TIMEOUT,
+        shared.cfg.resolver.resolve(remote.as_str()),
+    )
+    .await
+    .map_err(|_| Failure::NotFound(format!("resolving {remote} timed out")))?
+    .map_err(Failure::NotFound)?;
     let mut last = String::from("no address");
-    let mut tcp = None;
     for a in addrs {
-        match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(a)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {
             Ok(Ok(s)) => {
-                tcp = Some(s);
-                break;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
             }
             Ok(Err(e)) => last = format!("{a}: {e}"),
             Err(_) => last = format!("{a}: connect timed out"),
         }
     }
-    let tcp =
-        tcp.ok_or_else(|| Failure::NotFound(format!("cannot connect to {remote}: {last}")))?;
-    let _ = tcp.set_nodelay(true);
-    let mut s = open(Box::new(tcp), shared, local, remote).await?;
-    if !s.features.starttls {
-        if shared.cfg.require_tls {
-            return Err(Failure::Timeout(format!(
-                "{remote} does not offer STARTTLS"
-            )));
-        }
-        return Ok(s);
-    }
-    write(&mut s.writer, &format!("<starttls xmlns='{NS_TLS}'/>")).await?;
-    let answer = read_element(&mut s.reader).await?;
-    if !(answer.ns() == NS_TLS && answer.name() == "proceed") {
-        return Err(Failure::Timeout(format!("{remote} refused STARTTLS")));
-    }
-    let io = reunite(s);
-    let name = rustls::pki_types::ServerName::try_from(remote.to_string())
-        .map_err(|_| Failure::Timeout(format!("{remote} is not a valid TLS server name")))?;
-    let tls = tokio_rustls::TlsConnector::from(shared.client_tls.clone())
-        .connect(name, io)
-        .await
-        .map_err(|e| Failure::Timeout(format!("TLS with {remote} failed: {e}")))?;
-    open(Box::new(tls), shared, local, remote).await
+    Err(Failure::NotFound(format!(
+        "cannot connect to {remote}: {last}"
+    )))
 }
 
-/// Authenticates an outbound stream: SASL EXTERNAL if offered, else (or on
-/// its failure) dialback.
-async fn authenticate(
+/// Connects to `remote` and negotiates a stream for `purpose`, doing what
+/// the [`OutboundStream`] machine asks until it is ready or failed.
+pub(crate) async fn establish(
     shared: &Shared,
-    mut s: Stream,
-    local: &str,
-    remote: &str,
-) -> Result<Stream, Failure> {
-    if s.features.external {
-        write(
-            &mut s.writer,
-            &format!("<auth xmlns='{NS_SASL}' mechanism='EXTERNAL'>=</auth>"),
-        )
-        .await?;
-        let answer = read_element(&mut s.reader).await?;
-        if answer.ns() == NS_SASL && answer.name() == "success" {
-            EdgeStats::bump(&shared.stats.sasl_external_ok);
-            let io = reunite(s);
-            return open(io, shared, local, remote).await;
-        }
-        tracing::info!(remote, "SASL EXTERNAL refused; falling back to dialback");
-    }
-    tracing::debug!(local, remote, "authenticating by dialback");
-    let key = shared.cfg.secret.key(remote, local, &s.id);
-    write(
-        &mut s.writer,
-        &dialback::result_request(local, remote, &key),
-    )
-    .await?;
+    local: &Domain,
+    remote: &Domain,
+    purpose: Purpose,
+) -> Result<Established, Failure> {
+    let tcp = connect_tcp(shared, remote).await?;
+    let limits = shared.cfg.limits.unauthenticated();
+    let (r, mut writer) = tokio::io::split(Box::new(tcp) as BoxIo);
+    let mut reader = XmlStreamReader::new(BufReader::new(r), limits);
+    let mut m = OutboundStream::new(
+        shared.outbound.clone(),
+        local.clone(),
+        remote.clone(),
+        purpose,
+    );
     loop {
-        let el = read_element(&mut s.reader).await?;
-        if el.ns() != NS_DIALBACK {
-            return Err(Failure::Timeout(format!(
-                "unexpected <{}> while waiting for dialback",
-                el.name()
-            )));
-        }
-        let Some(d) = DialbackElement::parse(&el) else {
-            return Err(Failure::Timeout("malformed dialback answer".into()));
-        };
-        if d.verify && d.kind.is_none() {
-            // Some servers verify keys over this stream; answer like inbound.
-            let valid = serves(&shared.cfg.domains, &d.to)
-                && d.id
-                    .as_deref()
-                    .is_some_and(|id| shared.cfg.secret.verify(&d.from, &d.to, id, &d.key));
-            write(
-                &mut s.writer,
-                &dialback::verify_answer(&d.to, &d.from, d.id.as_deref().unwrap_or(""), valid),
-            )
-            .await?;
-            continue;
-        }
-        if !d.verify && d.from.eq_ignore_ascii_case(remote) && d.to.eq_ignore_ascii_case(local) {
-            return match d.kind.as_deref() {
-                Some("valid") => {
-                    EdgeStats::bump(&shared.stats.dialback_ok);
-                    Ok(s)
+        while let Some(out) = m.poll_output() {
+            match out {
+                OutboundOutput::Write(s) => write(shared, &mut writer, &s).await?,
+                OutboundOutput::StartTls => {
+                    let io = reader.into_inner().into_inner().unsplit(writer);
+                    let name = rustls::pki_types::ServerName::try_from(remote.as_str().to_string())
+                        .map_err(|_| {
+                            Failure::Refused(format!("{remote} is not a valid TLS server name"))
+                        })?;
+                    let tls = tokio_rustls::TlsConnector::from(shared.client_tls.clone())
+                        .connect(name, io)
+                        .await
+                        .map_err(|e| Failure::Refused(format!("TLS with {remote} failed: {e}")))?;
+                    let chain: Vec<_> = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                        .unwrap_or_default();
+                    let (r, w) = tokio::io::split(Box::new(tls) as BoxIo);
+                    reader = XmlStreamReader::new(BufReader::new(r), limits);
+                    writer = w;
+                    m.handle_tls(&chain);
+                    if m.is_failed() {
+                        EdgeStats::bump(&shared.stats.certificates_refused);
+                    }
                 }
-                other => {
-                    EdgeStats::bump(&shared.stats.dialback_failed);
-                    Err(Failure::Timeout(format!(
-                        "{remote} refused our dialback key ({other:?})"
-                    )))
+                OutboundOutput::Restart => {
+                    reader = XmlStreamReader::new(reader.into_inner(), limits);
                 }
-            };
-        }
-    }
-}
-
-/// Asks `orig`'s authoritative server whether `key` is the key it gave for
-/// the stream `id` it opened to us (`recv`).
-pub(crate) async fn verify_key(
-    shared: &Arc<Shared>,
-    orig: &str,
-    recv: &str,
-    id: &str,
-    key: &str,
-) -> bool {
-    let work = async {
-        let mut s = connect(shared, recv, orig).await?;
-        write(
-            &mut s.writer,
-            &dialback::verify_request(recv, orig, id, key),
-        )
-        .await?;
-        loop {
-            let el = read_element(&mut s.reader).await?;
-            if let Some(d) = DialbackElement::parse(&el)
-                && d.verify
-                && d.id.as_deref() == Some(id)
-            {
-                let _ = write(&mut s.writer, STREAM_END).await;
-                return Ok::<bool, Failure>(d.kind.as_deref() == Some("valid"));
+                OutboundOutput::Authenticated(how) => EdgeStats::bump(match how {
+                    OutboundAuth::SaslExternal => &shared.stats.sasl_external_ok,
+                    OutboundAuth::Dialback => &shared.stats.dialback_ok,
+                }),
+                OutboundOutput::VerifyAnswered { valid } => EdgeStats::bump(if valid {
+                    &shared.stats.verify_valid
+                } else {
+                    &shared.stats.verify_invalid
+                }),
+                OutboundOutput::Verified { .. } => {}
+                OutboundOutput::Ready => {
+                    return Ok(Established {
+                        reader,
+                        writer,
+                        machine: m,
+                    });
+                }
+                OutboundOutput::Failed(f) => {
+                    if purpose == Purpose::Stanzas && f.to_string().contains("dialback key") {
+                        EdgeStats::bump(&shared.stats.dialback_failed);
+                    }
+                    return Err(f);
+                }
             }
         }
-    };
-    match tokio::time::timeout(shared.cfg.handshake_timeout + RESOLVE_TIMEOUT, work).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            tracing::info!(orig, "dialback verification failed: {e}");
-            false
+        match reader.next().await {
+            Ok(StreamEvent::Header(h)) => m.handle_header(h),
+            Ok(StreamEvent::Element(e)) => m.handle_element(e),
+            Ok(StreamEvent::Keepalive) => {}
+            Ok(StreamEvent::End) => m.handle_end(),
+            Err(e) => return Err(Failure::Refused(format!("reading the stream: {e}"))),
         }
-        Err(_) => {
-            tracing::info!(orig, "dialback verification timed out");
-            false
+    }
+}
+
+/// Reads an established stream in a task of its own (writing goes on
+/// beside it), forwarding what the remote says.
+pub(crate) fn spawn_reader(
+    mut reader: Reader,
+) -> (mpsc::Receiver<Option<Element>>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(16);
+    let task = tokio::spawn(async move {
+        loop {
+            match reader.next().await {
+                Ok(StreamEvent::Element(e)) => {
+                    if tx.send(Some(e)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(StreamEvent::Keepalive) => {}
+                // `None`: the stream ended or failed.
+                _ => {
+                    let _ = tx.send(None).await;
+                    return;
+                }
+            }
         }
+    });
+    (rx, task)
+}
+
+/// A stanza on its way out, serialised (namespace `jabber:server`).
+struct Queued {
+    xml: String,
+}
+
+impl Queued {
+    /// The stanza again, as the owner gave it (for a bounce).
+    fn into_stanza(self) -> Option<Element> {
+        let el: Element = self.xml.parse().ok()?;
+        Some(renamespace(el, NS_SERVER, NS_CLIENT))
+    }
+}
+
+/// The queue of one outbound stream.
+struct StreamQueue {
+    tx: mpsc::UnboundedSender<Queued>,
+    stanzas: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+/// The receiving end, which keeps the counts right.
+struct QueueRx {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    stanzas: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    fn took(&self, q: &Queued) {
+        self.stanzas.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(q.xml.len(), Ordering::AcqRel);
+    }
+
+    async fn recv(&mut self) -> Option<Queued> {
+        let q = self.rx.recv().await?;
+        self.took(&q);
+        Some(q)
+    }
+
+    fn try_recv(&mut self) -> Option<Queued> {
+        let q = self.rx.try_recv().ok()?;
+        self.took(&q);
+        Some(q)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 }
 
 /// The outbound streams, one per (local, remote) domain pair.
 pub(crate) struct OutboundPool {
     shared: Arc<Shared>,
-    streams: Mutex<HashMap<(String, String), mpsc::Sender<Element>>>,
+    streams: Mutex<HashMap<(Domain, Domain), StreamQueue>>,
 }
 
 impl OutboundPool {
@@ -304,218 +270,282 @@ impl OutboundPool {
         }
     }
 
-    fn bounce(&self, stanza: Element, condition: &'static str) {
+    fn refuse(&self, stanza: Element, condition: &'static str) -> Result<(), Box<Undeliverable>> {
         EdgeStats::bump(&self.shared.stats.stanzas_bounced);
-        if let Err(mpsc::error::TrySendError::Full(ev)) = self
-            .shared
-            .events
-            .try_send(EdgeEvent::Undeliverable { stanza, condition })
-        {
-            // The owner is busy: hand it over without blocking the caller.
-            let events = self.shared.events.clone();
-            tokio::spawn(async move {
-                let _ = events.send(ev).await;
-            });
+        Err(Box::new(Undeliverable { stanza, condition }))
+    }
+
+    /// Hands a stanza of a failed stream back to the owner (awaiting room
+    /// in its channel: the stream's task has nothing else to do).
+    async fn bounce(&self, q: Queued, condition: &'static str) {
+        EdgeStats::bump(&self.shared.stats.stanzas_bounced);
+        match q.into_stanza() {
+            Some(stanza) => {
+                let _ = self
+                    .shared
+                    .events
+                    .send(EdgeEvent::Undeliverable(Undeliverable {
+                        stanza,
+                        condition,
+                    }))
+                    .await;
+            }
+            None => tracing::error!("a queued stanza could not be read back for its bounce"),
         }
     }
 
-    pub(crate) fn send(self: &Arc<Self>, stanza: Element) {
+    pub(crate) fn send(self: &Arc<Self>, stanza: Element) -> Result<(), Box<Undeliverable>> {
         let cfg = &self.shared.cfg;
-        let local = stanza.attr("from").and_then(domain_of);
-        let remote = stanza.attr("to").and_then(domain_of);
-        let (Some(local), Some(remote)) = (local, remote) else {
-            return self.bounce(stanza, "jid-malformed");
+        let served = &self.shared.served;
+        let local = stanza.attr("from").map(Domain::of_jid);
+        let remote = stanza.attr("to").map(Domain::of_jid);
+        let (Some(Ok(local)), Some(Ok(remote))) = (local, remote) else {
+            return self.refuse(stanza, "jid-malformed");
         };
-        if !serves(&cfg.domains, &local) || serves(&cfg.domains, &remote) {
-            return self.bounce(stanza, "not-allowed");
+        if !served.contains(&local) || served.contains(&remote) {
+            return self.refuse(stanza, "not-allowed");
         }
         let key = (local, remote);
-        tracing::debug!(local = %key.0, remote = %key.1, "stanza for an outbound stream");
-        let mut map = match self.streams.lock() {
-            Ok(m) => m,
-            Err(_) => return self.bounce(stanza, "internal-server-error"),
+        let Ok(mut map) = self.streams.lock() else {
+            return self.refuse(stanza, "internal-server-error");
         };
-        let stanza = match map.get(&key) {
-            Some(tx) => match tx.try_send(stanza) {
-                Ok(()) => return,
-                Err(mpsc::error::TrySendError::Full(s)) => {
-                    drop(map);
-                    return self.bounce(s, "resource-constraint");
-                }
-                Err(mpsc::error::TrySendError::Closed(s)) => s,
+        let (exists, stanzas, bytes) = match map.get(&key) {
+            Some(q) if !q.tx.is_closed() => (
+                true,
+                q.stanzas.load(Ordering::Acquire),
+                q.bytes.load(Ordering::Acquire),
+            ),
+            _ => (false, 0, 0),
+        };
+        if stanzas >= cfg.outbound_queue {
+            return self.refuse(stanza, "resource-constraint");
+        }
+        if !exists && map.len() >= cfg.max_outbound {
+            map.retain(|_, q| !q.tx.is_closed());
+            if map.len() >= cfg.max_outbound {
+                return self.refuse(stanza, "resource-constraint");
+            }
+        }
+        let q = Queued {
+            xml: element_to_string(&renamespace(stanza, NS_CLIENT, NS_SERVER)),
+        };
+        let n = q.xml.len();
+        if stanzas > 0 && bytes + n > cfg.outbound_queue_bytes {
+            drop(map);
+            return match q.into_stanza() {
+                Some(st) => self.refuse(st, "resource-constraint"),
+                None => Ok(()),
+            };
+        }
+        if exists && let Some(sq) = map.get(&key) {
+            sq.stanzas.fetch_add(1, Ordering::AcqRel);
+            sq.bytes.fetch_add(n, Ordering::AcqRel);
+            // The stream task closes its queue only under this lock, and
+            // it was open above: this cannot fail.
+            let _ = sq.tx.send(q);
+            return Ok(());
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stanzas = Arc::new(AtomicUsize::new(1));
+        let bytes = Arc::new(AtomicUsize::new(n));
+        let _ = tx.send(q);
+        map.insert(
+            key.clone(),
+            StreamQueue {
+                tx,
+                stanzas: stanzas.clone(),
+                bytes: bytes.clone(),
             },
-            None => stanza,
-        };
-        let (tx, rx) = mpsc::channel(cfg.outbound_queue.max(1));
-        let _ = tx.try_send(stanza);
-        map.insert(key.clone(), tx.clone());
+        );
         drop(map);
         let pool = self.clone();
+        let running = self.shared.tasks.enter();
         tokio::spawn(async move {
-            pool.run_stream(key.0.clone(), key.1.clone(), rx).await;
-            if let Ok(mut m) = pool.streams.lock()
-                && m.get(&key).is_some_and(|t| t.same_channel(&tx))
-            {
-                m.remove(&key);
-            }
+            let _running = running;
+            let rx = QueueRx { rx, stanzas, bytes };
+            pool.run_stream(&key.0, &key.1, rx).await;
         });
+        Ok(())
+    }
+
+    /// Closes the stream's queue (under the pool's lock, so no stanza is
+    /// added after) and bounces what is left in it.
+    async fn give_up(
+        &self,
+        key: &(Domain, Domain),
+        mut rx: QueueRx,
+        pending: VecDeque<Queued>,
+        cond: &'static str,
+    ) {
+        if let Ok(mut m) = self.streams.lock() {
+            rx.rx.close();
+            m.remove(key);
+        }
+        for q in pending {
+            self.bounce(q, cond).await;
+        }
+        while let Some(q) = rx.try_recv() {
+            self.bounce(q, cond).await;
+        }
     }
 
     /// Runs the stream to `remote` while there is work; reconnects when the
     /// peer closes an idle stream and stanzas are waiting.
-    async fn run_stream(&self, local: String, remote: String, mut rx: mpsc::Receiver<Element>) {
+    async fn run_stream(&self, local: &Domain, remote: &Domain, mut rx: QueueRx) {
         let shared = &self.shared;
+        let _open = Gauge::up(&shared.stats.outbound_open);
+        let key = (local.clone(), remote.clone());
         let mut failures = 0u32;
-        let mut pending: Option<Element> = None;
+        let mut pending: VecDeque<Queued> = VecDeque::new();
         loop {
-            let setup =
-                tokio::time::timeout(shared.cfg.handshake_timeout + RESOLVE_TIMEOUT, async {
-                    let s = connect(shared, &local, &remote).await?;
-                    authenticate(shared, s, &local, &remote).await
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::Timeout(format!(
-                        "no stream to {remote} within the handshake timeout"
-                    )))
-                });
-            let s = match setup {
+            let setup = tokio::time::timeout(
+                shared.cfg.handshake_timeout + RESOLVE_TIMEOUT,
+                establish(shared, local, remote, Purpose::Stanzas),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Failure::Refused(format!(
+                    "no stream to {remote} within the handshake timeout"
+                )))
+            });
+            let est = match setup {
                 Ok(s) => s,
                 Err(f) => {
                     tracing::info!(%local, %remote, "outbound stream failed: {f}");
-                    let cond = f.condition();
-                    rx.close();
-                    if let Some(p) = pending.take() {
-                        self.bounce(p, cond);
-                    }
-                    while let Ok(st) = rx.try_recv() {
-                        self.bounce(st, cond);
-                    }
-                    return;
+                    return self.give_up(&key, rx, pending, f.condition()).await;
                 }
             };
             EdgeStats::bump(&shared.stats.outbound_streams);
             tracing::debug!(%local, %remote, "outbound stream established");
             let started = Instant::now();
-            let (wrote, leftover) = self.session(s, &mut rx, pending.take()).await;
-            pending = leftover;
-            if pending.is_none() && rx.is_empty() {
+            let (wrote, failed) = self.session(est, &mut rx, &mut pending).await;
+            for q in failed {
+                self.bounce(q, "remote-server-timeout").await;
+            }
+            let idle = {
+                // Decide under the lock whether to end: a stanza queued
+                // after this point finds the queue closed and starts anew.
+                let Ok(mut m) = self.streams.lock() else {
+                    return;
+                };
+                let idle = pending.is_empty() && rx.is_empty();
+                if idle || *shared.shutdown.borrow() {
+                    rx.rx.close();
+                    m.remove(&key);
+                }
+                idle
+            };
+            if idle {
                 return;
+            }
+            if *shared.shutdown.borrow() {
+                return self
+                    .give_up(&key, rx, pending, "remote-server-timeout")
+                    .await;
             }
             // The peer closed while stanzas wait: try again, but not forever
             // if every fresh stream dies before carrying anything.
             if wrote == 0 && started.elapsed() < Duration::from_secs(5) {
                 failures += 1;
                 if failures >= 3 {
-                    rx.close();
-                    if let Some(p) = pending.take() {
-                        self.bounce(p, "remote-server-timeout");
-                    }
-                    while let Ok(st) = rx.try_recv() {
-                        self.bounce(st, "remote-server-timeout");
-                    }
-                    return;
+                    return self
+                        .give_up(&key, rx, pending, "remote-server-timeout")
+                        .await;
                 }
             }
         }
     }
 
     /// Writes stanzas until idle, closed or failed. Returns how many were
-    /// written and a stanza that was taken but not written.
+    /// written and the stanzas of a write that failed (to bounce);
+    /// `pending` keeps stanzas taken but not yet written.
     async fn session(
         &self,
-        s: Stream,
-        rx: &mut mpsc::Receiver<Element>,
-        first: Option<Element>,
-    ) -> (u64, Option<Element>) {
+        est: Established,
+        rx: &mut QueueRx,
+        pending: &mut VecDeque<Queued>,
+    ) -> (u64, Vec<Queued>) {
         let shared = &self.shared;
-        let Stream {
-            mut reader,
+        let Established {
+            reader,
             mut writer,
-            ..
-        } = s;
+            mut machine,
+        } = est;
         // Reading runs beside writing: the peer may end the stream or ask
         // us to verify a dialback key at any time.
-        let (etx, mut erx) = mpsc::channel::<Element>(16);
-        let reader_task = tokio::spawn(async move {
-            loop {
-                match reader.next().await {
-                    Ok(StreamEvent::Element(e)) => {
-                        if etx.send(e).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(StreamEvent::Keepalive) => {}
-                    _ => return,
-                }
-            }
-        });
+        let (mut erx, reader_task) = spawn_reader(reader);
         let mut written = 0u64;
-        let mut next = first;
         let mut shutdown = shared.shutdown.clone();
-        let result = loop {
-            let stanza = match next.take() {
-                Some(s) => s,
-                None => tokio::select! {
-                    s = rx.recv() => match s {
-                        Some(s) => s,
-                        None => break None,
+        let failed = loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    q = rx.recv() => match q {
+                        Some(q) => pending.push_back(q),
+                        None => break Vec::new(),
                     },
-                    e = erx.recv() => match e {
-                        Some(el) => {
-                            if let Some(d) = DialbackElement::parse(&el)
-                                && d.verify
-                                && d.kind.is_none()
-                            {
-                                let valid = serves(&shared.cfg.domains, &d.to)
-                                    && d.id.as_deref().is_some_and(|id| shared.cfg.secret.verify(&d.from, &d.to, id, &d.key));
-                                let ans = dialback::verify_answer(&d.to, &d.from, d.id.as_deref().unwrap_or(""), valid);
-                                if write(&mut writer, &ans).await.is_err() {
-                                    break None;
-                                }
-                            } else if el.ns() == NS_STREAMS && el.name() == "error" {
-                                tracing::info!("peer ended the stream: {:?}", crate::stream_error::Condition::from_element(&el));
-                                break None;
-                            }
-                            continue;
+                    e = erx.recv() => {
+                        match e.flatten() {
+                            Some(el) => machine.handle_element(el),
+                            None => machine.handle_end(),
                         }
-                        None => break None,
-                    },
+                        let mut gone = false;
+                        while let Some(out) = machine.poll_output() {
+                            match out {
+                                OutboundOutput::Write(s) => {
+                                    gone |= write(shared, &mut writer, &s).await.is_err();
+                                }
+                                OutboundOutput::VerifyAnswered { valid } => EdgeStats::bump(if valid {
+                                    &shared.stats.verify_valid
+                                } else {
+                                    &shared.stats.verify_invalid
+                                }),
+                                OutboundOutput::Failed(f) => {
+                                    tracing::info!("outbound stream ended: {f}");
+                                    gone = true;
+                                }
+                                _ => {}
+                            }
+                        }
+                        if gone {
+                            break Vec::new();
+                        }
+                        continue;
+                    }
                     _ = tokio::time::sleep(shared.cfg.idle_timeout) => {
-                        let _ = write(&mut writer, STREAM_END).await;
-                        break None;
+                        let _ = write(shared, &mut writer, STREAM_END).await;
+                        break Vec::new();
                     }
                     _ = shutdown.changed() => {
-                        let _ = write(&mut writer, STREAM_END).await;
-                        break None;
+                        let _ = write(shared, &mut writer, STREAM_END).await;
+                        break Vec::new();
                     }
-                },
-            };
-            // Batch whatever else is queued into one write.
-            let mut buf = element_to_string(&renamespace(stanza, NS_CLIENT, NS_SERVER));
-            let mut n = 1;
-            while n < 256 {
-                match rx.try_recv() {
-                    Ok(more) => {
-                        buf.push_str(&element_to_string(&renamespace(more, NS_CLIENT, NS_SERVER)));
-                        n += 1;
-                    }
-                    Err(_) => break,
                 }
             }
-            tracing::debug!(stanzas = n, "writing to the outbound stream");
-            if let Err(e) = write(&mut writer, &buf).await {
-                // Written stanzas may or may not have arrived; the XMPP
-                // stream gives no way to know (XEP-0198 would).
+            // Batch whatever else is queued into one write.
+            let mut bytes: usize = pending.iter().map(|q| q.xml.len()).sum();
+            while pending.len() < BATCH_STANZAS && bytes < BATCH_BYTES {
+                match rx.try_recv() {
+                    Some(q) => {
+                        bytes += q.xml.len();
+                        pending.push_back(q);
+                    }
+                    None => break,
+                }
+            }
+            let batch: Vec<Queued> = pending.drain(..).collect();
+            let buf: String = batch.iter().map(|q| q.xml.as_str()).collect();
+            tracing::debug!(stanzas = batch.len(), "writing to the outbound stream");
+            if let Err(e) = write(shared, &mut writer, &buf).await {
                 tracing::info!("outbound write failed: {e}");
-                break None;
+                break batch;
             }
-            written += n as u64;
-            for _ in 0..n {
-                EdgeStats::bump(&shared.stats.stanzas_out);
-            }
+            written += batch.len() as u64;
+            shared
+                .stats
+                .stanzas_out
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
         };
         reader_task.abort();
-        (written, result)
+        (written, failed)
     }
 }

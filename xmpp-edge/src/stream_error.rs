@@ -42,6 +42,8 @@ pub enum Condition {
     ResourceConstraint,
     /// An internal failure.
     InternalServerError,
+    /// A stanza lacks a required `to` or `from`.
+    ImproperAddressing,
 }
 
 impl Condition {
@@ -63,6 +65,7 @@ impl Condition {
             Condition::BadFormat => "bad-format",
             Condition::ResourceConstraint => "resource-constraint",
             Condition::InternalServerError => "internal-server-error",
+            Condition::ImproperAddressing => "improper-addressing",
         }
     }
 

@@ -80,6 +80,28 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// The web PKI's root certificates (Mozilla's list, as the `webpki-roots`
+/// crate ships it): what a public XMPP server's certificate chains to.
+pub fn system_roots() -> RootCertStore {
+    RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    }
+}
+
+/// The roots an edge trusts: the web PKI's (when `system`) and those of a
+/// PEM bundle; `None` when that leaves none.
+pub fn trust_roots(system: bool, ca_file: Option<&Path>) -> Result<Option<RootCertStore>, String> {
+    let mut roots = if system {
+        system_roots()
+    } else {
+        RootCertStore::empty()
+    };
+    if let Some(ca) = ca_file {
+        roots.roots.extend(load_roots(ca)?.roots);
+    }
+    Ok((!roots.is_empty()).then_some(roots))
+}
+
 /// A self-signed identity for `domains` (each with its `*.` wildcard), for
 /// edges started without a configured certificate. Returns the PEM texts
 /// too, so the caller can keep them across restarts.

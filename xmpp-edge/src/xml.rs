@@ -12,9 +12,13 @@
 //! *restricted XML* (no DTD, comments, processing instructions or entities
 //! other than the five predefined ones → `restricted-xml`), and bounds: the
 //! bytes of one top-level element (default 512 KiB; the reader refuses to
-//! even buffer more → `policy-violation`), nesting depth and attributes per
-//! element (→ `policy-violation`). Everything else that is not XML is
-//! `not-well-formed`.
+//! even buffer more → `policy-violation`), the nodes (elements and text
+//! pieces) of one top-level element, so that a stanza of many tiny elements
+//! cannot become a tree many times its size, nesting depth and attributes
+//! per element (→ `policy-violation`). Everything else that is not XML is
+//! `not-well-formed`. The limits can change between elements
+//! ([`XmlStreamReader::limit_handle`]): streams read small limits until the
+//! peer has authenticated.
 
 use crate::stream_error::Condition;
 use quick_xml::XmlVersion;
@@ -23,6 +27,8 @@ use quick_xml::name::ResolveResult;
 use quick_xml::reader::NsReader;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use xmpp_parsers::minidom::Element;
@@ -50,6 +56,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Attributes on one element.
     pub max_attrs: usize,
+    /// Nodes (elements and text pieces) in one top-level element.
+    pub max_nodes: usize,
 }
 
 impl Default for Limits {
@@ -59,6 +67,20 @@ impl Default for Limits {
             max_header: 16 * 1024,
             max_depth: 32,
             max_attrs: 64,
+            max_nodes: 8192,
+        }
+    }
+}
+
+impl Limits {
+    /// The limits before a peer has authenticated: only negotiation
+    /// elements (features, STARTTLS, SASL, dialback) are legitimate then,
+    /// and none of them comes near these.
+    pub fn unauthenticated(self) -> Limits {
+        Limits {
+            max_stanza: self.max_stanza.min(16 * 1024),
+            max_nodes: self.max_nodes.min(256),
+            ..self
         }
     }
 }
@@ -134,21 +156,59 @@ impl XmlError {
 
 const BUDGET_EXHAUSTED: &str = "xmpp-edge: byte budget exhausted";
 
-/// An [`AsyncBufRead`] that hands out at most `remaining` more bytes, so the
-/// XML reader can never buffer more than the current element's allowance.
+/// The limits that may change while an element is being read (when a
+/// peer authenticates, the element after its last negotiation element may
+/// already be on its way): shared between the reader and its
+/// [`LimitHandle`].
+#[derive(Debug)]
+struct Adjustable {
+    max_stanza: AtomicUsize,
+    max_nodes: AtomicUsize,
+}
+
+/// Changes the byte and node limits of a reader, also while a read is in
+/// progress (the reader may be inside a pending future).
+#[derive(Clone, Debug)]
+pub struct LimitHandle(Arc<Adjustable>);
+
+impl LimitHandle {
+    /// Applies `limits`' `max_stanza` and `max_nodes` from now on.
+    pub fn set(&self, limits: &Limits) {
+        self.0
+            .max_stanza
+            .store(limits.max_stanza, Ordering::Relaxed);
+        self.0.max_nodes.store(limits.max_nodes, Ordering::Relaxed);
+    }
+}
+
+/// An [`AsyncBufRead`] that hands out at most the current element's
+/// allowance, so the XML reader can never buffer more than that.
 pub struct Budget<R> {
     inner: R,
-    remaining: usize,
+    /// Bytes consumed for the current top-level element (or header).
+    consumed: usize,
+    /// Before the stream header: its own limit.
+    header: Option<usize>,
+    limits: Arc<Adjustable>,
     exhausted: bool,
 }
 
 impl<R> Budget<R> {
-    fn new(inner: R, remaining: usize) -> Self {
+    fn new(inner: R, header: usize, limits: Arc<Adjustable>) -> Self {
         Budget {
             inner,
-            remaining,
+            consumed: 0,
+            header: Some(header),
+            limits,
             exhausted: false,
         }
+    }
+
+    fn remaining(&self) -> usize {
+        let cap = self
+            .header
+            .unwrap_or_else(|| self.limits.max_stanza.load(Ordering::Relaxed));
+        cap.saturating_sub(self.consumed)
     }
 }
 
@@ -167,7 +227,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Budget<R> {
 impl<R: AsyncBufRead + Unpin> AsyncBufRead for Budget<R> {
     fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
         let this = self.get_mut();
-        let remaining = this.remaining;
+        let remaining = this.remaining();
         let buf = match Pin::new(&mut this.inner).poll_fill_buf(cx) {
             Poll::Ready(Ok(b)) => b,
             other => return other,
@@ -185,7 +245,7 @@ impl<R: AsyncBufRead + Unpin> AsyncBufRead for Budget<R> {
 
     fn consume(self: Pin<&mut Self>, amt: usize) {
         let this = self.get_mut();
-        this.remaining = this.remaining.saturating_sub(amt);
+        this.consumed = this.consumed.saturating_add(amt);
         Pin::new(&mut this.inner).consume(amt);
     }
 }
@@ -196,6 +256,8 @@ pub struct XmlStreamReader<R> {
     buf: Vec<u8>,
     limits: Limits,
     stack: Vec<Element>,
+    /// Nodes of the current top-level element so far.
+    nodes: usize,
     header_seen: bool,
     ended: bool,
 }
@@ -228,7 +290,11 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
     /// A reader for a new stream (call again after STARTTLS or SASL: every
     /// stream restart starts a new document).
     pub fn new(inner: R, limits: Limits) -> Self {
-        let mut reader = NsReader::from_reader(Budget::new(inner, limits.max_header));
+        let adjustable = Arc::new(Adjustable {
+            max_stanza: AtomicUsize::new(limits.max_stanza),
+            max_nodes: AtomicUsize::new(limits.max_nodes),
+        });
+        let mut reader = NsReader::from_reader(Budget::new(inner, limits.max_header, adjustable));
         let cfg = reader.config_mut();
         cfg.trim_text(false);
         cfg.expand_empty_elements = false;
@@ -239,9 +305,16 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
             buf: Vec::with_capacity(4096),
             limits,
             stack: Vec::new(),
+            nodes: 0,
             header_seen: false,
             ended: false,
         }
+    }
+
+    /// A handle that changes the byte and node limits, also while a read
+    /// is in progress.
+    pub fn limit_handle(&self) -> LimitHandle {
+        LimitHandle(self.reader.get_ref().limits.clone())
     }
 
     /// The transport underneath.
@@ -261,6 +334,7 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
             buf,
             limits,
             stack,
+            nodes,
             header_seen,
             ended,
         } = self;
@@ -324,7 +398,7 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                 Event::Start(e) if !*header_seen => {
                     let header = header(reader, limits, &e, ns)?;
                     *header_seen = true;
-                    refill(reader, limits);
+                    refill(reader);
                     return Ok(StreamEvent::Header(header));
                 }
                 Event::Empty(_) if !*header_seen => {
@@ -338,6 +412,7 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                     }
                 }
                 Event::Start(e) => {
+                    count_node(nodes, reader)?;
                     let el = element(reader, limits, &e, ns)?;
                     if stack.len() >= limits.max_depth {
                         return Err(XmlError::PolicyViolation(format!(
@@ -348,6 +423,7 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                     stack.push(el);
                 }
                 Event::Empty(e) => {
+                    count_node(nodes, reader)?;
                     let el = element(reader, limits, &e, ns)?;
                     if stack.len() >= limits.max_depth {
                         return Err(XmlError::PolicyViolation(format!(
@@ -356,14 +432,16 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                         )));
                     }
                     if let Some(done) = close(stack, el) {
-                        refill(reader, limits);
+                        *nodes = 0;
+                        refill(reader);
                         return Ok(StreamEvent::Element(done));
                     }
                 }
                 Event::End(_) => match stack.pop() {
                     Some(el) => {
                         if let Some(done) = close(stack, el) {
-                            refill(reader, limits);
+                            *nodes = 0;
+                            refill(reader);
                             return Ok(StreamEvent::Element(done));
                         }
                     }
@@ -375,13 +453,16 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                 Event::Text(t) => {
                     let text = t.xml10_content();
                     match stack.last_mut() {
-                        Some(el) => el.append_text(text.into_owned()),
+                        Some(el) => {
+                            count_text(el, nodes, reader)?;
+                            el.append_text(text.into_owned())
+                        }
                         None => {
                             if !text.chars().all(char::is_whitespace) {
                                 return Err(XmlError::NotWellFormed("text at stream level".into()));
                             }
                             // Whitespace keepalive between stanzas.
-                            refill(reader, limits);
+                            refill(reader);
                             return Ok(StreamEvent::Keepalive);
                         }
                     }
@@ -389,7 +470,10 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                 Event::CData(t) => {
                     let text = AsRef::<str>::as_ref(&t).to_string();
                     match stack.last_mut() {
-                        Some(el) => el.append_text(text),
+                        Some(el) => {
+                            count_text(el, nodes, reader)?;
+                            el.append_text(text)
+                        }
                         None => {
                             return Err(XmlError::NotWellFormed("CDATA at stream level".into()));
                         }
@@ -420,7 +504,10 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
                         }
                     };
                     match stack.last_mut() {
-                        Some(el) => el.append_text(text),
+                        Some(el) => {
+                            count_text(el, nodes, reader)?;
+                            el.append_text(text)
+                        }
                         None => {
                             return Err(XmlError::NotWellFormed(
                                 "reference at stream level".into(),
@@ -433,10 +520,37 @@ impl<R: AsyncBufRead + Unpin> XmlStreamReader<R> {
     }
 }
 
+/// Counts one more node of the current element against the budget.
+fn count_node<R>(nodes: &mut usize, reader: &NsReader<Budget<R>>) -> Result<(), XmlError> {
+    *nodes += 1;
+    let max = reader.get_ref().limits.max_nodes.load(Ordering::Relaxed);
+    if *nodes > max {
+        return Err(XmlError::PolicyViolation(format!(
+            "more than {max} nodes in one element"
+        )));
+    }
+    Ok(())
+}
+
+/// Counts text about to be appended to `el`: a node unless it extends the
+/// text node `el` ends with (minidom merges adjacent text, so `&lt;` after
+/// `&lt;` costs nothing).
+fn count_text<R>(
+    el: &Element,
+    nodes: &mut usize,
+    reader: &NsReader<Budget<R>>,
+) -> Result<(), XmlError> {
+    match el.nodes().next_back() {
+        Some(xmpp_parsers::minidom::Node::Text(_)) => Ok(()),
+        _ => count_node(nodes, reader),
+    }
+}
+
 /// Gives the next top-level element a fresh byte allowance.
-fn refill<R>(reader: &mut NsReader<Budget<R>>, limits: &Limits) {
+fn refill<R>(reader: &mut NsReader<Budget<R>>) {
     let b = reader.get_mut();
-    b.remaining = limits.max_stanza;
+    b.consumed = 0;
+    b.header = None;
     b.exhausted = false;
 }
 

@@ -76,6 +76,17 @@ async fn edge(
     id: Identity,
     roots: Option<rustls::RootCertStore>,
 ) -> (EdgeHandle, mpsc::Receiver<EdgeEvent>) {
+    edge_with(domain, port, peers, id, roots, false).await
+}
+
+async fn edge_with(
+    domain: &str,
+    port: u16,
+    peers: &[(&str, u16)],
+    id: Identity,
+    roots: Option<rustls::RootCertStore>,
+    secure_auth: bool,
+) -> (EdgeHandle, mpsc::Receiver<EdgeEvent>) {
     let overrides: HashMap<String, (String, u16)> = peers
         .iter()
         .map(|(d, p)| (d.to_string(), ("127.0.0.1".to_string(), *p)))
@@ -90,6 +101,7 @@ async fn edge(
         resolver,
     );
     cfg.roots = roots;
+    cfg.secure_auth = secure_auth;
     cfg.handshake_timeout = Duration::from_secs(10);
     let (tx, rx) = mpsc::channel(64);
     (xmpp_edge::start(cfg, tx).await.unwrap(), rx)
@@ -127,7 +139,8 @@ async fn dialback_both_ways_with_untrusted_certificates() {
         None,
     )
     .await;
-    a.send(message("alice@a.test/phone", "bob@b.test", "hello bob"));
+    a.send(message("alice@a.test/phone", "bob@b.test", "hello bob"))
+        .unwrap();
     let got = expect_inbound(&mut b_rx).await;
     assert_eq!(got.ns(), "jabber:client");
     assert_eq!(got.attr("from"), Some("alice@a.test/phone"));
@@ -135,7 +148,8 @@ async fn dialback_both_ways_with_untrusted_certificates() {
         got.get_child("body", "jabber:client").map(|b| b.text()),
         Some("hello bob".into())
     );
-    b.send(message("bob@b.test", "alice@a.test", "hi alice"));
+    b.send(message("bob@b.test", "alice@a.test", "hi alice"))
+        .unwrap();
     let got = expect_inbound(&mut a_rx).await;
     assert_eq!(got.attr("to"), Some("alice@a.test"));
     // Both directions authenticated by dialback (verified over a separate
@@ -145,7 +159,8 @@ async fn dialback_both_ways_with_untrusted_certificates() {
     assert_eq!(a.stats().sasl_external_ok.load(Ordering::Relaxed), 0);
     // Many stanzas keep their order on the one stream.
     for i in 0..200 {
-        a.send(message("alice@a.test", "bob@b.test", &i.to_string()));
+        a.send(message("alice@a.test", "bob@b.test", &i.to_string()))
+            .unwrap();
     }
     for i in 0..200 {
         let m = expect_inbound(&mut b_rx).await;
@@ -154,8 +169,8 @@ async fn dialback_both_ways_with_untrusted_certificates() {
             Some(i.to_string())
         );
     }
-    a.shutdown();
-    b.shutdown();
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +193,8 @@ async fn sasl_external_with_a_shared_ca() {
         Some(roots(&ca)),
     )
     .await;
-    a.send(message("alice@a.test", "bob@b.test", "over EXTERNAL"));
+    a.send(message("alice@a.test", "bob@b.test", "over EXTERNAL"))
+        .unwrap();
     let got = expect_inbound(&mut b_rx).await;
     assert_eq!(got.attr("from"), Some("alice@a.test"));
     assert!(
@@ -204,14 +220,16 @@ async fn unreachable_domains_bounce_every_queued_stanza() {
     )
     .await;
     for i in 0..5 {
-        a.send(message("alice@a.test", "x@gone.test", &i.to_string()));
+        a.send(message("alice@a.test", "x@gone.test", &i.to_string()))
+            .unwrap();
     }
     // And a stanza for a domain nobody knows about at all.
-    a.send(message("alice@a.test", "x@nowhere.test", "?"));
+    a.send(message("alice@a.test", "x@nowhere.test", "?"))
+        .unwrap();
     let mut conditions = Vec::new();
     while conditions.len() < 6 {
         match tokio::time::timeout(Duration::from_secs(15), a_rx.recv()).await {
-            Ok(Some(EdgeEvent::Undeliverable { condition, .. })) => conditions.push(condition),
+            Ok(Some(EdgeEvent::Undeliverable(u))) => conditions.push(u.condition),
             other => panic!("expected a bounce, got {other:?}"),
         }
     }
@@ -220,11 +238,71 @@ async fn unreachable_domains_bounce_every_queued_stanza() {
         "{conditions:?}"
     );
     // Stanzas that are not ours to send are refused at once.
-    a.send(message("alice@elsewhere.test", "x@b.test", "spoof"));
-    match tokio::time::timeout(Duration::from_secs(5), a_rx.recv()).await {
-        Ok(Some(EdgeEvent::Undeliverable { condition, .. })) => {
-            assert_eq!(condition, "not-allowed")
+    let refused = a
+        .send(message("alice@elsewhere.test", "x@b.test", "spoof"))
+        .unwrap_err();
+    assert_eq!(refused.condition, "not-allowed");
+    let refused = a
+        .send(message("alice@a.test", "x@b test", "bad jid"))
+        .unwrap_err();
+    assert_eq!(refused.condition, "jid-malformed");
+}
+
+/// With `secure_auth`, a remote whose certificate does not validate gets
+/// nothing: the stanzas bounce and the refusal is counted; a remote with a
+/// valid certificate is reached as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_auth_refuses_remotes_with_unverifiable_certificates() {
+    let ca = ca();
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let (a, mut a_rx) = edge_with(
+        "a.test",
+        pa,
+        &[("b.test", pb), ("c.test", pc)],
+        issued(&ca, "a.test"),
+        Some(roots(&ca)),
+        true,
+    )
+    .await;
+    let (_b, mut b_rx) = edge(
+        "b.test",
+        pb,
+        &[("a.test", pa)],
+        issued(&ca, "b.test"),
+        Some(roots(&ca)),
+    )
+    .await;
+    // c.test presents a self-signed certificate.
+    let (_c, mut c_rx) = edge(
+        "c.test",
+        pc,
+        &[("a.test", pa)],
+        self_signed(&["c.test".into()]).unwrap().0,
+        None,
+    )
+    .await;
+    a.send(message("alice@a.test", "bob@b.test", "verified"))
+        .unwrap();
+    let got = expect_inbound(&mut b_rx).await;
+    assert_eq!(got.attr("to"), Some("bob@b.test"));
+    a.send(message(
+        "alice@a.test",
+        "carol@c.test",
+        "not to an impostor",
+    ))
+    .unwrap();
+    match tokio::time::timeout(Duration::from_secs(15), a_rx.recv()).await {
+        Ok(Some(EdgeEvent::Undeliverable(u))) => {
+            assert_eq!(u.condition, "remote-server-timeout");
+            assert_eq!(u.stanza.attr("to"), Some("carol@c.test"));
         }
-        other => panic!("expected a refusal, got {other:?}"),
+        other => panic!("expected a bounce, got {other:?}"),
     }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c_rx.recv())
+            .await
+            .is_err(),
+        "nothing reached c.test"
+    );
+    assert_eq!(a.stats().certificates_refused.load(Ordering::Relaxed), 1);
 }

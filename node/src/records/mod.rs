@@ -1,5 +1,5 @@
 //! The replicated record store: named values kept on the `r` nodes closest
-//! to each name's key (`SHA-256("record\0" || name)`, DESIGN.md).
+//! to each name's key (`SHA-256("record\0" || name)`, docs/architecture.md, "Keys and distance").
 //!
 //! How a request travels: the node where it starts routes a
 //! [`RecordMsg::Request`] to the name's key; the responsible node (the
@@ -52,8 +52,8 @@ pub const MUC_PREFIX: &str = "muc:";
 pub const PUBSUB_PREFIX: &str = "pubsub:";
 /// See [`MUC_PREFIX`].
 pub const PUBSUB_ITEMS_PREFIX: &str = "pubsub-items:";
-/// The directory of a service's rooms or nodes (`dir:` + service JID),
-/// keyed on the service JID.
+/// The registry of a service's rooms or nodes (`dir:` + service JID + `#`
+/// + shard), keyed on the service JID.
 pub const DIRECTORY_PREFIX: &str = "dir:";
 
 /// Whether `name` is a service's record (written by the service only).
@@ -68,14 +68,17 @@ pub fn is_service_record(name: &str) -> bool {
     .any(|p| name.starts_with(p))
 }
 
-/// The key a record called `name` lives at (DESIGN.md's record key, except
+/// The key a record called `name` lives at (the record key of
+/// docs/architecture.md, "Keys and distance", except
 /// for the service records of [`MUC_PREFIX`]).
 pub fn key_of(name: &str) -> dht::Key {
-    if let Some(jid) = name
-        .strip_prefix(MUC_PREFIX)
-        .or_else(|| name.strip_prefix(DIRECTORY_PREFIX))
-    {
+    if let Some(jid) = name.strip_prefix(MUC_PREFIX) {
         return dht::keys::jid_key_normalised(jid);
+    }
+    if let Some(rest) = name.strip_prefix(DIRECTORY_PREFIX) {
+        // `dir:<service>#<shard>`: every shard lives at the service JID.
+        let service = rest.rsplit_once('#').map_or(rest, |(s, _)| s);
+        return dht::keys::jid_key_normalised(service);
     }
     let node = name
         .strip_prefix(PUBSUB_ITEMS_PREFIX)
@@ -91,6 +94,13 @@ fn config() -> impl bincode::config::Config {
 }
 
 impl Record {
+    /// The version a write over `current` gets: one more, or `None` when
+    /// `current` is at `u64::MAX` (a peer could hand us such a copy; wrapping
+    /// to 0 would make the new write lose to every copy and vanish).
+    pub fn next_version(current: Option<&Record>) -> Option<u64> {
+        current.map_or(Some(1), |c| c.version.checked_add(1))
+    }
+
     /// The deterministic order of copies: higher version first; at equal
     /// versions a tombstone, then the larger SHA-256 of the value.
     pub fn supersedes(&self, other: &Record) -> bool {
@@ -306,6 +316,19 @@ mod tests {
         for cut in 0..b.len() {
             assert_eq!(RecordMsg::decode(&b[..cut]), None, "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn versions_never_wrap() {
+        let at = |v| Record {
+            version: v,
+            deleted: false,
+            value: vec![],
+            write: None,
+        };
+        assert_eq!(Record::next_version(None), Some(1));
+        assert_eq!(Record::next_version(Some(&at(7))), Some(8));
+        assert_eq!(Record::next_version(Some(&at(u64::MAX))), None);
     }
 
     proptest! {

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// The store's own bookkeeping: `boot` counts the opens of this store.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Size limits of one node's store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,8 @@ fn storage(e: impl std::fmt::Display) -> StoreError {
 /// The records this node holds.
 pub struct RecordStore {
     db: Database,
+    /// How many times this store has been opened (this open included).
+    boot: u64,
     /// Bytes charged per record (name + value), for the limit and reports.
     sizes: BTreeMap<String, u64>,
     bytes: u64,
@@ -86,9 +90,19 @@ impl RecordStore {
             .map_err(|e| format!("cannot open the record store {}: {e}", path.display()))?;
         let mut sizes = BTreeMap::new();
         let mut bytes = 0;
+        let boot;
         {
             let tx = db.begin_write().map_err(|e| e.to_string())?;
             tx.open_table(RECORDS).map_err(|e| e.to_string())?;
+            {
+                let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+                let last = meta
+                    .get("boot")
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |v| v.value());
+                boot = last.saturating_add(1);
+                meta.insert("boot", boot).map_err(|e| e.to_string())?;
+            }
             tx.commit().map_err(|e| e.to_string())?;
             let rx = db.begin_read().map_err(|e| e.to_string())?;
             let table = rx.open_table(RECORDS).map_err(|e| e.to_string())?;
@@ -105,10 +119,25 @@ impl RecordStore {
         }
         Ok(RecordStore {
             db,
+            boot,
             sizes,
             bytes,
             limits,
         })
+    }
+
+    /// How many times this store has been opened, this time included.
+    /// Counters that must not repeat across restarts of a node with the
+    /// same id (write ids, acknowledgement and fetch numbers) start at
+    /// `boot << 32`.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// The first number of a counter for this life of the node (see
+    /// [`RecordStore::boot`]).
+    pub fn counter_base(&self) -> u64 {
+        self.boot << 32
     }
 
     /// The limits.
@@ -140,6 +169,33 @@ impl RecordStore {
             None => self.sizes.range::<str, _>(..),
         };
         range.take(n).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The next at most `n` names starting with `prefix`, after `cursor`
+    /// (a sweep over them a batch at a time): the cursor moves on, and
+    /// starts over once the names are all visited.
+    pub fn prefixed_batch(
+        &self,
+        prefix: &str,
+        cursor: &mut Option<String>,
+        n: usize,
+    ) -> Vec<String> {
+        let from = cursor.take().unwrap_or_else(|| prefix.to_string());
+        let names: Vec<String> = self
+            .sizes
+            .range::<str, _>((
+                std::ops::Bound::Excluded(from.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(n)
+            .cloned()
+            .collect();
+        if names.len() == n {
+            *cursor = names.last().cloned();
+        }
+        names
     }
 
     /// This node's copy of `name`, tombstones included.
@@ -278,6 +334,30 @@ mod tests {
     }
 
     #[test]
+    fn prefixed_batches_visit_every_name_and_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(dir.path(), StoreLimits::default());
+        for i in 0..600 {
+            s.apply(&format!("muc:room{i:03}@c"), &rec(1, "v")).unwrap();
+        }
+        s.apply("a-before", &rec(1, "v")).unwrap();
+        s.apply("z-after", &rec(1, "v")).unwrap();
+        let mut cursor = None;
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..3 {
+            let b = s.prefixed_batch("muc:", &mut cursor, 256);
+            assert!(b.iter().all(|n| n.starts_with("muc:")));
+            seen.extend(b);
+        }
+        assert_eq!(seen.len(), 600, "every room in three sweeps");
+        assert_eq!(cursor, None, "the last batch was short: start over");
+        assert_eq!(
+            s.prefixed_batch("muc:", &mut cursor, 256)[0],
+            "muc:room000@c"
+        );
+    }
+
+    #[test]
     fn records_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
@@ -286,6 +366,8 @@ mod tests {
             s.apply("k2", &rec(7, "v2")).unwrap();
         }
         let s = store(dir.path(), StoreLimits::default());
+        assert_eq!(s.boot(), 2, "every open counts");
+        assert!(s.counter_base() > (1 << 32));
         assert_eq!(s.len(), 2);
         assert_eq!(s.bytes(), 8);
         assert_eq!(s.get("k2").unwrap(), Some(rec(7, "v2")));

@@ -84,12 +84,22 @@ pub(crate) async fn start(
         secret(settings)?,
         resolver,
     );
-    if let Some(ca) = &settings.edge.tls_ca {
-        cfg.roots = Some(tls::load_roots(ca)?);
-    }
-    cfg.require_tls = !settings.edge.plaintext;
-    cfg.idle_timeout = settings.edge.idle_timeout;
-    cfg.limits.max_stanza = settings.edge.max_stanza_bytes;
+    let e = &settings.edge;
+    cfg.roots = tls::trust_roots(e.system_roots, e.tls_ca.as_deref())?;
+    cfg.secure_auth = e.secure_auth;
+    cfg.require_tls = !e.plaintext;
+    cfg.idle_timeout = e.idle_timeout;
+    cfg.auth_timeout = e.auth_timeout;
+    cfg.write_timeout = e.write_timeout;
+    cfg.limits.max_stanza = e.max_stanza_bytes;
+    cfg.limits.max_nodes = e.max_stanza_nodes;
+    cfg.max_inbound = e.max_inbound;
+    cfg.max_inbound_per_ip = e.max_inbound_per_ip;
+    cfg.inbound_rate_per_ip = f64::from(e.connection_rate_per_ip);
+    cfg.max_verifications = e.max_verifications;
+    cfg.inbound_write_queue = e.write_queue_bytes;
+    cfg.outbound_queue_bytes = e.outbound_queue_bytes;
+    cfg.max_outbound = e.max_outbound;
     let (tx, mut rx) = mpsc::channel(1024);
     let handle = xmpp_edge::start(cfg, tx).await?;
     tokio::spawn(async move {

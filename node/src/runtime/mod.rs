@@ -121,6 +121,9 @@ pub struct Ready {
 /// Name of the record store's database in the data directory.
 pub const RECORDS_FILE: &str = "records.redb";
 
+/// Name of the admin bearer token's file in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 /// Name of the readiness file in the data directory.
 pub const READY_FILE: &str = "ready.json";
 
@@ -195,10 +198,18 @@ pub async fn run(
         .map_err(|e| format!("cannot bind admin address {}: {e}", settings.admin))?;
     let admin_addr: SocketAddr = admin_listener.local_addr().map_err(|e| e.to_string())?;
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
+    let token = if settings.admin_token {
+        Some(crate::identity::load_or_create_token(
+            &settings.data_dir.join(ADMIN_TOKEN_FILE),
+        )?)
+    } else {
+        None
+    };
     let admin_handle = tokio::spawn(crate::admin::serve(
         admin_listener,
         inbox_tx.clone(),
         metrics.clone(),
+        token,
         async {
             let _ = admin_stop_rx.await;
         },

@@ -18,6 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use xmpp_edge::domain::Domain;
 use xmpp_parsers::minidom::Element;
 
 /// Recipients per fan-out envelope (bounds the envelope's size: a few KiB
@@ -65,12 +66,15 @@ impl FanoutMsg {
     }
 }
 
-/// Recipients grouped by their domain (JIDs without a domain are dropped).
-pub fn by_domain(to: Vec<String>) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// Recipients grouped by their domain. Recipients come from service state,
+/// where only valid JIDs are kept; one that does not parse is logged and
+/// left out.
+pub fn by_domain(to: Vec<String>) -> BTreeMap<Domain, Vec<String>> {
+    let mut out: BTreeMap<Domain, Vec<String>> = BTreeMap::new();
     for jid in to {
-        if let Some(d) = xmpp_edge::conn::domain_of(&jid) {
-            out.entry(d).or_default().push(jid);
+        match Domain::of_jid(&jid) {
+            Ok(d) => out.entry(d).or_default().push(jid),
+            Err(e) => tracing::warn!("a broadcast recipient is not a JID: {e}"),
         }
     }
     out
@@ -109,7 +113,8 @@ mod tests {
             "b@b.test".into(),
             "c@a.test".into(),
         ]);
-        assert_eq!(g["a.test"], vec!["a@a.test/1", "c@a.test"]);
-        assert_eq!(g["b.test"], vec!["b@b.test"]);
+        let d = |s: &str| Domain::parse(s).unwrap();
+        assert_eq!(g[&d("a.test")], vec!["a@a.test/1", "c@a.test"]);
+        assert_eq!(g[&d("b.test")], vec!["b@b.test"]);
     }
 }

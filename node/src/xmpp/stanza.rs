@@ -58,6 +58,16 @@ fn error_type(condition: &str) -> &'static str {
     }
 }
 
+/// The stanza without its children (name and attributes): enough to answer
+/// it with an error later without keeping its payload.
+pub fn shell(stanza: &Element) -> Element {
+    let mut s = Element::bare(stanza.name(), stanza.ns());
+    for ((ns, name), value) in stanza.attrs().iter() {
+        s.set_attr(ns.clone(), name.clone(), value.clone());
+    }
+    s
+}
+
 /// The error reply to `stanza` with `condition`, or `None` when the stanza
 /// must not be answered (it is an error or an IQ result itself).
 pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Option<Element> {

@@ -309,3 +309,93 @@ fn mismatched_nested_end_tag() {
         "{ev:?} {err:?}"
     );
 }
+
+#[test]
+fn many_tiny_elements_hit_the_node_budget() {
+    // 512 KiB of `<a/>` would be a tree of tens of MB; the node budget
+    // stops it long before.
+    let limits = Limits {
+        max_nodes: 300,
+        ..Limits::default()
+    };
+    let mut data = format!("{HEADER}<message>");
+    for _ in 0..400 {
+        data.push_str("<a/>");
+    }
+    data.push_str("</message>");
+    let (ev, err) = events(data.as_bytes(), vec![], limits);
+    assert_eq!(ev.len(), 1, "only the header: {ev:?}");
+    let err = err.expect("refused");
+    assert_eq!(err.condition(), Some(Condition::PolicyViolation), "{err}");
+    // Just under the budget is fine (299 children + the message).
+    let mut ok = format!("{HEADER}<message>");
+    for _ in 0..299 {
+        ok.push_str("<a/>");
+    }
+    ok.push_str("</message></stream:stream>");
+    let (_, err) = events(ok.as_bytes(), vec![], limits);
+    assert!(err.is_none(), "{err:?}");
+}
+
+#[test]
+fn text_pieces_merge_and_cost_one_node() {
+    // Ten thousand escaped characters are one text node, not ten thousand.
+    let limits = Limits {
+        max_nodes: 4,
+        ..Limits::default()
+    };
+    let body = "&lt;x&gt;".repeat(10_000);
+    let data = format!("{HEADER}<message><body>{body}</body></message></stream:stream>");
+    let (ev, err) = events(data.as_bytes(), vec![], limits);
+    assert!(err.is_none(), "{err:?}");
+    let StreamEvent::Element(m) = &ev[1] else {
+        panic!("{ev:?}")
+    };
+    let text = m
+        .get_child("body", NS_SERVER)
+        .map(|b| b.text())
+        .unwrap_or_default();
+    assert_eq!(text.len(), 30_000);
+}
+
+#[test]
+fn limits_raised_while_a_read_waits_apply_to_that_read() {
+    // Before authentication the stanza limit is small; the peer's first
+    // big stanza is read after authentication completes, by a read that
+    // started before it.
+    let full = Limits::default();
+    let small = full.unauthenticated();
+    let big = "y".repeat(small.max_stanza * 2);
+    let data = format!("{HEADER}<message><body>{big}</body></message></stream:stream>");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut r = XmlStreamReader::new(BufReader::new(server), small);
+        let handle = r.limit_handle();
+        let reading = tokio::spawn(async move {
+            let first = r.next().await;
+            let second = r.next().await;
+            (first, second)
+        });
+        use tokio::io::AsyncWriteExt;
+        client.write_all(HEADER.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        handle.set(&full);
+        client
+            .write_all(&data.as_bytes()[HEADER.len()..])
+            .await
+            .unwrap();
+        let (first, second) = reading.await.unwrap();
+        assert!(matches!(first, Ok(StreamEvent::Header(_))));
+        assert!(matches!(second, Ok(StreamEvent::Element(_))), "{second:?}");
+    });
+    // Without raising them, the same stanza is refused.
+    let (_, err) = events(data.as_bytes(), vec![], small);
+    assert_eq!(
+        err.and_then(|e| e.condition()),
+        Some(Condition::PolicyViolation)
+    );
+}

@@ -111,6 +111,7 @@ impl Core {
         let seed = me.id.prefix_u64() ^ unix_us;
         let peer_id = me.addr.peer_id().unwrap_or(PeerId::random());
         let services = services::new_services(&settings, me.id.to_hex(), seed);
+        let base = records.store.counter_base();
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
             node,
@@ -136,7 +137,7 @@ impl Core {
             announce_at: None,
             records,
             services,
-            service_driver: Default::default(),
+            service_driver: services::ServiceDriver::new(base),
         };
         core.rebuild_hello();
         core
@@ -247,6 +248,9 @@ impl Core {
         self.on_record_timers(now);
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_EVERY;
+            if let Some(e) = &self.edge {
+                metrics::export_edge(&edge_report(e.local_addr(), e.stats()));
+            }
             self.metrics.update(
                 &self.node,
                 &self.records.report(),
@@ -372,8 +376,7 @@ impl Core {
             Command::Send { stanza, reply } => {
                 let from_ours = stanza
                     .attr("from")
-                    .and_then(xmpp_edge::conn::domain_of)
-                    .is_some_and(|d| xmpp_edge::conn::serves(&self.settings.domains, &d));
+                    .is_some_and(|f| self.settings.served.serves_jid(f));
                 if !from_ours {
                     let _ =
                         reply.send(Err("from must be a JID of one of the ring's domains".into()));
@@ -555,6 +558,11 @@ impl Core {
     /// bounces for the rest.
     async fn graceful_shutdown(&mut self, inbox: &mut mpsc::Receiver<Input>) {
         let now = Instant::now();
+        // The federation first: no new stanzas in; what waits to go out
+        // bounces to its senders while the ring can still carry errors.
+        if let Some(edge) = &self.edge {
+            edge.stop();
+        }
         tracing::info!(pending = self.node.pending(), "leaving the ring");
         self.node.leave(now);
         self.flush(now);
@@ -572,6 +580,9 @@ impl Core {
                 _ => break,
             }
         }
+        if let Some(edge) = self.edge.clone() {
+            edge.shutdown(Duration::from_secs(1)).await;
+        }
         let now = Instant::now();
         self.node.abandon_pending(now);
         self.flush(now);
@@ -587,14 +598,23 @@ fn edge_report(listen: std::net::SocketAddr, s: &xmpp_edge::EdgeStats) -> crate:
     crate::api::EdgeReport {
         listen: listen.to_string(),
         inbound_connections: s.inbound_connections.load(Relaxed),
+        inbound_open: s.inbound_open.load(Relaxed),
         inbound_refused: s.inbound_refused.load(Relaxed),
+        inbound_refused_per_ip: s.inbound_refused_per_ip.load(Relaxed),
+        inbound_refused_rate: s.inbound_refused_rate.load(Relaxed),
+        auth_timeouts: s.auth_timeouts.load(Relaxed),
         stanzas_in: s.stanzas_in.load(Relaxed),
         stanzas_out: s.stanzas_out.load(Relaxed),
         stanzas_bounced: s.stanzas_bounced.load(Relaxed),
         dialback_ok: s.dialback_ok.load(Relaxed),
         dialback_failed: s.dialback_failed.load(Relaxed),
+        verifications_refused: s.verifications_refused.load(Relaxed),
+        verifications_open: s.verifications_open.load(Relaxed),
         sasl_external_ok: s.sasl_external_ok.load(Relaxed),
         outbound_streams: s.outbound_streams.load(Relaxed),
+        outbound_open: s.outbound_open.load(Relaxed),
+        certificates_refused: s.certificates_refused.load(Relaxed),
+        write_timeouts: s.write_timeouts.load(Relaxed),
         verify_valid: s.verify_valid.load(Relaxed),
         verify_invalid: s.verify_invalid.load(Relaxed),
         stream_errors: s

@@ -39,13 +39,20 @@ struct Fetch {
 }
 
 /// The fetches a coordinator has in progress.
-#[derive(Default)]
 pub(crate) struct Fetches {
     by_id: HashMap<u64, Fetch>,
     next_id: u64,
 }
 
 impl Fetches {
+    /// Fetch numbers from `base` on (see `RecordStore::counter_base`).
+    pub(super) fn starting_at(base: u64) -> Fetches {
+        Fetches {
+            by_id: HashMap::new(),
+            next_id: base,
+        }
+    }
+
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         self.by_id.values().map(|f| f.deadline).min()
     }

@@ -105,6 +105,7 @@ impl Records {
         sweep_every: Duration,
         now: Instant,
     ) -> Records {
+        let base = store.counter_base();
         Records {
             store,
             replicas,
@@ -117,9 +118,11 @@ impl Records {
             sweep_every,
             next_sweep: now + sweep_every,
             counters: RecordCounters::default(),
-            fetches: Default::default(),
+            fetches: super::record_fetch::Fetches::starting_at(base),
             waiting_writes: HashMap::new(),
-            next_ack: 0,
+            // Acknowledgements from a previous life of this node must not
+            // match new writes.
+            next_ack: base,
         }
     }
 
@@ -447,22 +450,24 @@ impl Core {
         true
     }
 
-    /// A service's write, as its records' coordinator; true when batch
-    /// `batch` must wait for the replicas to confirm it.
+    /// A service's write, as its records' coordinator: `Ok(true)` when
+    /// batch `batch` must wait for the replicas to confirm it, `Err` with
+    /// the reason when the store refused it.
     pub(super) fn service_write(
         &mut self,
         now: Instant,
         op: &RecordOp,
         write: WriteId,
         batch: u64,
-    ) -> bool {
+    ) -> Result<bool, String> {
         let ack = self.records.next_ack;
         self.records.next_ack = self.records.next_ack.wrapping_add(1);
         let outcome = self.coordinate(now, op, write, Some(ack));
         if let RecordOutcome::Refused(e) = &outcome {
             tracing::error!(name = op.name(), "service state not stored: {e}");
+            return Err(e.clone());
         }
-        self.wait_for_replicas(now, ack, &outcome, WriteDone::Release(batch))
+        Ok(self.wait_for_replicas(now, ack, &outcome, WriteDone::Release(batch)))
     }
 
     /// A replica confirmed a copy.
@@ -554,7 +559,10 @@ impl Core {
                 replicas,
             };
         }
-        let next = current.as_ref().map_or(1, |c| c.version + 1);
+        let Some(next) = Record::next_version(current.as_ref()) else {
+            self.records.counters.refused += 1;
+            return RecordOutcome::Refused(format!("record {name:?} has no versions left"));
+        };
         let record = match op {
             RecordOp::Get { .. } => {
                 return match current {

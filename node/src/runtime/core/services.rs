@@ -20,7 +20,6 @@ use bytes::Bytes;
 use dht::{Envelope, EnvelopeKind};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use xmpp_edge::conn::serves;
 use xmpp_parsers::minidom::Element;
 
 /// Rooms checked for a dead host per sweep.
@@ -36,7 +35,6 @@ fn unix_now() -> u64 {
 }
 
 /// The driver's own state.
-#[derive(Default)]
 pub(crate) struct ServiceDriver {
     /// Loads waiting for fetches: entity -> (fetches left, record names).
     loads: HashMap<String, (usize, Vec<String>)>,
@@ -50,8 +48,40 @@ pub(crate) struct ServiceDriver {
     /// everything a service sends keeps its order.
     held: VecDeque<HeldBatch>,
     next_batch: u64,
-    /// This turn's outputs, sent at its end.
-    turn: Vec<Action>,
+    /// This turn's steps, whose outputs are sent at its end.
+    turn: Vec<Step>,
+    /// Where the takeover sweep goes on from (a room record name).
+    room_cursor: Option<String>,
+}
+
+impl ServiceDriver {
+    /// A driver whose write numbers start at `base` (so that they never
+    /// repeat those of a previous life of this node).
+    pub(crate) fn new(base: u64) -> ServiceDriver {
+        ServiceDriver {
+            loads: HashMap::new(),
+            write_seq: base,
+            takeovers: 0,
+            fanout_envelopes: 0,
+            fanout_stanzas: 0,
+            held: VecDeque::new(),
+            next_batch: 0,
+            turn: Vec::new(),
+            room_cursor: None,
+        }
+    }
+}
+
+/// What one stanza made a service do, kept with what is needed to take it
+/// back: if the state it changed cannot be stored, its outputs are
+/// replaced by an error to its sender.
+struct Step {
+    /// The room, node or registry it changed (its main record's name).
+    entity: Option<String>,
+    /// The stanzas it answered, without their payloads: the stanza itself,
+    /// or those that waited for it (a registry answer).
+    triggers: Vec<Element>,
+    actions: Vec<Action>,
 }
 
 /// The outputs of one service step and how many of its writes the replicas
@@ -68,12 +98,22 @@ pub(crate) fn new_services(
     seed: u64,
 ) -> Services {
     Services::new(
-        settings.domains.clone(),
+        settings.served.clone(),
         host,
         crate::xmpp::pubsub::Limits {
             max_items: settings.records.pubsub_max_items,
             max_item_bytes: settings.records.pubsub_max_item_bytes,
             max_record_bytes: settings.records.limits.max_record_bytes,
+        },
+        crate::xmpp::services::Quotas {
+            muc: crate::xmpp::directory::Quotas {
+                per_owner: settings.services.max_rooms_per_user,
+                total: settings.services.max_rooms,
+            },
+            pubsub: crate::xmpp::directory::Quotas {
+                per_owner: settings.services.max_nodes_per_user,
+                total: settings.services.max_nodes,
+            },
         },
         seed,
     )
@@ -82,17 +122,38 @@ pub(crate) fn new_services(
 impl Core {
     /// A stanza for a ring JID this node is responsible for.
     pub(super) fn run_services(&mut self, now: Instant, st: Element) {
+        let entity = self.services.entity_of(&st);
+        // Internal registry messages are never answered with an error.
+        let shell = (!crate::xmpp::directory::is_internal(&st)).then(|| stanza::shell(&st));
         let mut out = Vec::new();
         let load = self.services.handle(unix_now(), st, &mut out);
-        self.emit(out);
+        self.push_step(entity, shell, out);
         if let Some(load) = load {
             self.start_service_load(now, load);
         }
     }
 
-    /// Queues a service step's outputs for the end of the turn.
+    /// Records what serving `shell` did, for the end of the turn.
+    fn push_step(&mut self, entity: Option<String>, shell: Option<Element>, actions: Vec<Action>) {
+        let mut triggers = self.services.take_answered();
+        if triggers.is_empty() {
+            triggers.extend(shell);
+        }
+        self.service_driver.turn.push(Step {
+            entity,
+            triggers,
+            actions,
+        });
+    }
+
+    /// Queues outputs that no stanza caused (takeovers, timers) for the
+    /// end of the turn.
     fn emit(&mut self, out: Vec<Action>) {
-        self.service_driver.turn.extend(out);
+        self.service_driver.turn.push(Step {
+            entity: None,
+            triggers: Vec::new(),
+            actions: out,
+        });
     }
 
     /// Ends a turn of the services: stores what they changed (one write
@@ -103,22 +164,55 @@ impl Core {
     /// within a second hold it up no longer. Returns whether it sent or
     /// wrote anything.
     pub(super) fn end_service_turn(&mut self, now: Instant) -> bool {
-        let out = std::mem::take(&mut self.service_driver.turn);
+        let steps = std::mem::take(&mut self.service_driver.turn);
         let writes = self.services.take_writes();
-        if out.is_empty() && writes.is_empty() {
+        if steps.is_empty() && writes.is_empty() {
             return false;
         }
         let batch = self.service_driver.next_batch;
         self.service_driver.next_batch += 1;
         let mut pending = 0;
+        // Entities whose state the store refused, and why.
+        let mut refused: HashMap<String, String> = HashMap::new();
         for (name, value) in writes {
+            let entity = crate::xmpp::services::entity_of_record(&name);
             let op = match value {
                 Some(value) => RecordOp::Put { name, value },
                 None => RecordOp::Delete { name },
             };
             let write = self.next_service_write();
-            if self.service_write(now, &op, write, batch) {
-                pending += 1;
+            match self.service_write(now, &op, write, batch) {
+                Ok(true) => pending += 1,
+                Ok(false) => {}
+                Err(why) => {
+                    refused.insert(entity, why);
+                }
+            }
+        }
+        // What could not be stored is forgotten (the next stanza loads the
+        // stored state again) and its steps answer with an error instead of
+        // their outputs: never a success for a change that was not kept.
+        for entity in refused.keys() {
+            self.services.unload(entity);
+        }
+        let mut out = Vec::new();
+        for step in steps {
+            let Some(why) = step.entity.as_ref().and_then(|e| refused.get(e)) else {
+                out.extend(step.actions);
+                continue;
+            };
+            let text = format!("the change could not be stored: {why}");
+            // A registry that could not store a reservation refuses it.
+            out.extend(step.actions.into_iter().filter_map(|a| match a {
+                Action::Send(m) => {
+                    crate::xmpp::directory::refuse_reserved(&m, &text).map(Action::Send)
+                }
+                _ => None,
+            }));
+            for t in &step.triggers {
+                out.extend(
+                    stanza::error_reply(t, "resource-constraint", Some(&text)).map(Action::Send),
+                );
             }
         }
         if pending == 0 && self.service_driver.held.is_empty() {
@@ -237,8 +331,16 @@ impl Core {
                 Err(e) => tracing::error!("{e}"),
             }
         }
-        self.services.loaded(entity, &values, unix_now(), &mut out);
+        let waiting = self.services.loaded(entity, &values, &mut out);
         self.emit(out);
+        for st in waiting {
+            let entity = self.services.entity_of(&st);
+            // Internal registry messages are never answered with an error.
+            let shell = (!crate::xmpp::directory::is_internal(&st)).then(|| stanza::shell(&st));
+            let mut out = Vec::new();
+            self.services.handle_loaded(unix_now(), st, &mut out);
+            self.push_step(entity, shell, out);
+        }
     }
 
     /// One stanza to many JIDs: per remote domain one fan-out envelope
@@ -246,7 +348,7 @@ impl Core {
     fn broadcast(&mut self, now: Instant, template: Element, to: Vec<String>) {
         let text = xmpp_edge::xml_write::element_to_string(&template);
         for (domain, jids) in fanout::by_domain(to) {
-            if serves(&self.settings.domains, &domain) {
+            if self.settings.served.contains(&domain) {
                 for j in jids {
                     let mut st = template.clone();
                     stanza::set(&mut st, "to", &j);
@@ -254,17 +356,15 @@ impl Core {
                 }
                 continue;
             }
-            let Some(edge_id) = edges::pick(&self.known_edges(None), &domain) else {
-                tracing::warn!(domain, n = jids.len(), "no edge to fan a broadcast out to");
+            let Some(edge_id) = edges::pick(&self.known_edges(None), domain.as_str()) else {
+                tracing::warn!(%domain, n = jids.len(), "no edge to fan a broadcast out to");
                 continue;
             };
-            if edge_id == self.node.id()
-                && let Some(edge) = &self.edge
-            {
+            if edge_id == self.node.id() && self.edge.is_some() {
                 for j in jids {
                     let mut st = template.clone();
                     stanza::set(&mut st, "to", &j);
-                    edge.send(st);
+                    self.send_via_own_edge(now, st);
                 }
                 continue;
             }
@@ -284,7 +384,7 @@ impl Core {
                         self.service_driver.fanout_envelopes += 1;
                         self.service_driver.fanout_stanzas += chunk.len() as u64;
                     }
-                    Err(e) => tracing::warn!(domain, "cannot fan a broadcast out: {e}"),
+                    Err(e) => tracing::warn!(%domain, "cannot fan a broadcast out: {e}"),
                 }
             }
         }
@@ -297,19 +397,14 @@ impl Core {
             tracing::warn!("undecodable fan-out envelope");
             return;
         };
-        if env.key == self.node.id()
-            && let Some(edge) = &self.edge
-        {
+        if env.key == self.node.id() && self.edge.is_some() {
             for st in stanzas {
-                edge.send(st);
+                self.send_via_own_edge(now, st);
             }
             return;
         }
         for st in stanzas {
-            let domain = stanza::to(&st)
-                .and_then(xmpp_edge::conn::domain_of)
-                .unwrap_or_default();
-            self.send_out(now, st, &domain, SERVICE_EDGE_OUT_RETRY, Some(env.key));
+            self.forward_out(now, st, SERVICE_EDGE_OUT_RETRY, Some(env.key));
         }
     }
 
@@ -317,6 +412,10 @@ impl Core {
     /// closer to are dropped from memory (their state is stored; the new
     /// host loads it), and rooms whose host died are taken over.
     pub(super) fn check_service_hosts(&mut self, now: Instant) {
+        // Creations the registries did not answer in time fail.
+        let mut out = Vec::new();
+        self.services.tick(unix_now(), &mut out);
+        self.emit(out);
         // What changed this turn is stored before anything is dropped.
         self.end_service_turn(now);
         let me = self.node.id();
@@ -335,12 +434,14 @@ impl Core {
         }
         // Rooms with occupants whose host is gone: this node, now the
         // closest, tells the occupants (332) so they can join again here.
-        let names = self
-            .records
-            .store
-            .names_after(Some(MUC_PREFIX), TAKEOVER_BATCH);
+        // A batch per sweep, going on where the last one stopped.
+        let names = self.records.store.prefixed_batch(
+            MUC_PREFIX,
+            &mut self.service_driver.room_cursor,
+            TAKEOVER_BATCH,
+        );
         let mut out = Vec::new();
-        for name in names.into_iter().take_while(|n| n.starts_with(MUC_PREFIX)) {
+        for name in names {
             let room = &name[MUC_PREFIX.len()..];
             if self.services.muc.is_loaded(room)
                 || self.replica_set(&key_of(&name)).first() != Some(&me)

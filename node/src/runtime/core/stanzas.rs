@@ -16,7 +16,7 @@ use crate::xmpp::{
 use dht::{BounceReason, Envelope, EnvelopeKind, NodeId, Role};
 use std::time::Instant;
 use xmpp_edge::EdgeEvent;
-use xmpp_edge::conn::{domain_of, serves};
+use xmpp_edge::domain::Domain;
 use xmpp_parsers::minidom::Element;
 
 impl Core {
@@ -42,18 +42,48 @@ impl Core {
             tracing::debug!("dropping a stanza without 'to'");
             return;
         };
-        let Some(domain) = domain_of(&to) else {
+        let Ok(domain) = Domain::of_jid(&to) else {
             return self.reply_error(now, &st, "jid-malformed");
         };
-        if serves(&self.settings.domains, &domain) {
+        if self.settings.served.contains(&domain) {
             return self.route_stanza(now, st);
         }
         self.send_out(now, st, &domain, SERVICE_EDGE_OUT, None);
     }
 
+    /// Sends a stanza for a remote domain out through an edge (its `to`
+    /// names the domain).
+    pub(super) fn forward_out(
+        &mut self,
+        now: Instant,
+        st: Element,
+        tag: u8,
+        excluding: Option<NodeId>,
+    ) {
+        match stanza::to(&st).map(Domain::of_jid) {
+            Some(Ok(domain)) => self.send_out(now, st, &domain, tag, excluding),
+            _ => self.reply_error(now, &st, "jid-malformed"),
+        }
+    }
+
+    /// Hands a stanza to this node's own edge; what it refuses at once
+    /// goes back to its sender.
+    pub(super) fn send_via_own_edge(&mut self, now: Instant, st: Element) {
+        let refused = match &self.edge {
+            Some(edge) => edge.send(st).err(),
+            None => Some(Box::new(xmpp_edge::Undeliverable {
+                stanza: st,
+                condition: "remote-server-not-found",
+            })),
+        };
+        if let Some(u) = refused {
+            self.reply_error(now, &u.stanza, u.condition);
+        }
+    }
+
     /// Routes a stanza for a ring JID to its responsible node.
     pub(super) fn route_stanza(&mut self, now: Instant, st: Element) {
-        let key = match services::routing_key(&st, &self.settings.domains) {
+        let key = match services::routing_key(&st, &self.settings.served) {
             Some(k) => k,
             None => match stanza::to(&st).map(dht::keys::jid_key) {
                 Some(Ok(k)) => k,
@@ -80,20 +110,17 @@ impl Core {
         &mut self,
         now: Instant,
         st: Element,
-        domain: &str,
+        domain: &Domain,
         tag: u8,
         excluding: Option<NodeId>,
     ) {
-        let Some(edge_id) = edges::pick(&self.known_edges(excluding), domain) else {
-            tracing::warn!(domain, "no edge known to carry a stanza out");
+        let Some(edge_id) = edges::pick(&self.known_edges(excluding), domain.as_str()) else {
+            tracing::warn!(%domain, "no edge known to carry a stanza out");
             return self.reply_error(now, &st, "remote-server-not-found");
         };
-        tracing::debug!(domain, edge = %edge_id.short(), "stanza for the federation");
-        if edge_id == self.node.id()
-            && let Some(edge) = &self.edge
-        {
-            edge.send(st);
-            return;
+        tracing::debug!(%domain, edge = %edge_id.short(), "stanza for the federation");
+        if edge_id == self.node.id() && self.edge.is_some() {
+            return self.send_via_own_edge(now, st);
         }
         if self
             .node
@@ -111,7 +138,7 @@ impl Core {
     }
 
     /// Answers `st`'s sender with `condition` (never answering an error).
-    fn reply_error(&mut self, now: Instant, st: &Element, condition: &str) {
+    pub(super) fn reply_error(&mut self, now: Instant, st: &Element, condition: &str) {
         if let Some(reply) = stanza::error_reply(st, condition, None) {
             self.send_stanza(now, reply);
         }
@@ -138,14 +165,11 @@ impl Core {
                 self.run_services(now, st);
             }
             EnvelopeKind::Service(tag @ (SERVICE_EDGE_OUT | SERVICE_EDGE_OUT_RETRY)) => {
-                let domain = stanza::to(&st).and_then(domain_of).unwrap_or_default();
-                if env.key == self.node.id()
-                    && let Some(edge) = &self.edge
-                {
-                    edge.send(st);
+                if env.key == self.node.id() && self.edge.is_some() {
+                    self.send_via_own_edge(now, st);
                 } else if tag == SERVICE_EDGE_OUT {
                     // The chosen edge has left: choose again, once.
-                    self.send_out(now, st, &domain, SERVICE_EDGE_OUT_RETRY, Some(env.key));
+                    self.forward_out(now, st, SERVICE_EDGE_OUT_RETRY, Some(env.key));
                 } else {
                     self.reply_error(now, &st, "remote-server-timeout");
                 }
@@ -172,9 +196,7 @@ impl Core {
     pub(super) fn on_edge_event(&mut self, now: Instant, ev: EdgeEvent) {
         match ev {
             EdgeEvent::Inbound(st) => self.route_stanza(now, st),
-            EdgeEvent::Undeliverable { stanza, condition } => {
-                self.reply_error(now, &stanza, condition)
-            }
+            EdgeEvent::Undeliverable(u) => self.reply_error(now, &u.stanza, u.condition),
         }
     }
 }

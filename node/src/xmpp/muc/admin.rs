@@ -76,20 +76,33 @@ pub fn config_form(config: &RoomConfig) -> Element {
 }
 
 /// Applies submitted values to a copy of `config`.
+/// Longest room name (bytes).
+pub const MAX_NAME_BYTES: usize = 256;
+/// Longest room description and password (bytes).
+pub const MAX_DESCRIPTION_BYTES: usize = 2048;
+
+fn bounded(var: &str, v: &[String], max: usize) -> Result<String, String> {
+    let s = forms::first(v);
+    if s.len() > max {
+        return Err(format!("{var}: at most {max} bytes"));
+    }
+    Ok(s)
+}
+
 fn apply_form(config: &RoomConfig, values: &[(String, Vec<String>)]) -> Result<RoomConfig, String> {
     let mut c = config.clone();
     let mut protect = c.password.is_some();
     let mut secret = c.password.clone().unwrap_or_default();
     for (var, v) in values {
         match var.strip_prefix("muc#roomconfig_").unwrap_or(var) {
-            "roomname" => c.name = forms::first(v),
-            "roomdesc" => c.description = forms::first(v),
+            "roomname" => c.name = bounded(var, v, MAX_NAME_BYTES)?,
+            "roomdesc" => c.description = bounded(var, v, MAX_DESCRIPTION_BYTES)?,
             "persistentroom" => c.persistent = forms::parse_bool(var, v)?,
             "publicroom" => c.public = forms::parse_bool(var, v)?,
             "membersonly" => c.members_only = forms::parse_bool(var, v)?,
             "moderatedroom" => c.moderated = forms::parse_bool(var, v)?,
             "passwordprotectedroom" => protect = forms::parse_bool(var, v)?,
-            "roomsecret" => secret = forms::first(v),
+            "roomsecret" => secret = bounded(var, v, MAX_DESCRIPTION_BYTES)?,
             "maxusers" => c.max_users = forms::parse_number(var, v, MAX_USERS_LIMIT)?.max(1),
             "changesubject" => c.change_subject = forms::parse_bool(var, v)?,
             "muc#maxhistoryfetch" => {

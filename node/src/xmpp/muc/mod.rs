@@ -30,9 +30,28 @@ use xmpp_parsers::muc::user::Status;
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
+/// Rooms waiting for the registry's answer at once.
+const MAX_PENDING_CREATES: usize = 1024;
+/// Presences kept per room waiting to be created.
+const MAX_WAITING_PRESENCES: usize = 16;
+/// A creation the registry has not answered in this long fails.
+const CREATE_TIMEOUT_SECS: u64 = 30;
+
+/// A room asked for but not yet granted by the service's registry.
+struct PendingCreate {
+    /// The presences that want the room, the creator's first.
+    presences: Vec<Element>,
+    since_unix: u64,
+}
+
 /// The rooms this node hosts.
 pub struct Muc {
     rooms: HashMap<String, Room>,
+    /// Rooms waiting for the registry (quotas) before they exist.
+    pending: HashMap<String, PendingCreate>,
+    /// The stanzas the last registry answer served (see
+    /// [`Muc::take_answered`]).
+    answered: Vec<Element>,
     /// Rooms whose state changed since the last [`Muc::take_writes`].
     dirty: BTreeSet<String>,
     /// This node's id (hex), written into the rooms it hosts.
@@ -62,6 +81,8 @@ impl Muc {
     pub fn new(host: String, max_state_bytes: usize) -> Muc {
         Muc {
             rooms: HashMap::new(),
+            pending: HashMap::new(),
+            answered: Vec::new(),
             dirty: BTreeSet::new(),
             host,
             max_state_bytes,
@@ -188,6 +209,11 @@ impl Muc {
 
     /// A stanza for `room` (bare JID) or `room/nick`. The room's state has
     /// been loaded (or it does not exist).
+    ///
+    /// A step that would leave the room's state larger than its record may
+    /// hold is undone, its outputs dropped and the sender told
+    /// `resource-constraint`: nothing that cannot be stored is answered
+    /// with success.
     pub fn handle(
         &mut self,
         room: &str,
@@ -199,18 +225,187 @@ impl Muc {
         let Some(from) = st.attr("from").map(str::to_string) else {
             return;
         };
+        let service = room.split_once('@').map_or("", |(_, s)| s);
+        if let Some((item, answer)) = super::directory::parse_reserved(st, service) {
+            if item == room {
+                self.on_reserved(room, answer, now_unix, out);
+            }
+            return;
+        }
+        let may_change = match st.name() {
+            "presence" => true,
+            "message" => {
+                st.get_child("subject", xmpp_parsers::ns::JABBER_CLIENT)
+                    .is_some()
+                    || st.get_child("x", room::NS_MUC_USER).is_some()
+            }
+            _ => st.attr("type") == Some("set"),
+        };
+        let before = may_change.then(|| self.rooms.get(room).map(|r| r.state.clone()));
+        let mark = out.len();
         let changed = match st.name() {
-            "presence" => self.on_presence(room, nick, &from, st, out),
+            "presence" => self.on_presence(room, nick, &from, st, now_unix, out),
             "message" => self.on_message(room, nick, &from, st, now_unix, out),
             _ => self.on_iq(room, nick, st, out),
         };
+        if changed
+            && let Some(before) = before
+            && self.rooms.get(room).is_some_and(|r| {
+                !r.destroyed
+                    && serde_json::to_vec(&r.state).map_or(usize::MAX, |v| v.len())
+                        > self.max_state_bytes
+            })
+        {
+            out.truncate(mark);
+            match before {
+                Some(state) => {
+                    if let Some(r) = self.rooms.get_mut(room) {
+                        r.state = state;
+                    }
+                }
+                None => {
+                    self.rooms.remove(room);
+                    out.push(Action::Send(super::directory::release(service, room)));
+                }
+            }
+            return reply_error(
+                st,
+                "resource-constraint",
+                "the room's state would exceed its storage limit (record_max_bytes)",
+                out,
+            );
+        }
         if let Some(r) = self.rooms.get(room)
             && (r.destroyed || (r.state.occupants.is_empty() && !r.state.config.persistent))
         {
             self.rooms.remove(room);
             self.dirty.insert(room.to_string());
+            out.push(Action::Send(super::directory::release(service, room)));
         } else if changed {
             self.dirty.insert(room.to_string());
+        }
+    }
+
+    /// A presence that would create `room`: the service's registry must
+    /// grant it first (quotas). It waits, with any other presence for the
+    /// room that arrives meanwhile.
+    fn request_create(&mut self, room: &str, st: &Element, now_unix: u64, out: &mut Vec<Action>) {
+        if let Some(p) = self.pending.get_mut(room) {
+            if p.presences.len() >= MAX_WAITING_PRESENCES {
+                return reply_error(st, "resource-constraint", "too many joins waiting", out);
+            }
+            return p.presences.push(st.clone());
+        }
+        if self.pending.len() >= MAX_PENDING_CREATES {
+            return reply_error(
+                st,
+                "resource-constraint",
+                "too many rooms being created",
+                out,
+            );
+        }
+        let owner = stanza::bare(st.attr("from").unwrap_or_default());
+        let service = room.split_once('@').map_or("", |(_, s)| s);
+        self.pending.insert(
+            room.to_string(),
+            PendingCreate {
+                presences: vec![st.clone()],
+                since_unix: now_unix,
+            },
+        );
+        out.push(Action::Send(super::directory::reserve(
+            service, room, &owner,
+        )));
+    }
+
+    /// The registry answered for `room`: create it for the first presence
+    /// (then let the others join), or refuse them all.
+    fn on_reserved(
+        &mut self,
+        room: &str,
+        answer: Result<(), String>,
+        now_unix: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(p) = self.pending.remove(room) else {
+            return;
+        };
+        self.answered.extend(p.presences.iter().map(stanza::shell));
+        if let Err(why) = answer {
+            for st in &p.presences {
+                reply_error(
+                    st,
+                    "not-allowed",
+                    &format!("cannot create the room: {why}"),
+                    out,
+                );
+            }
+            return;
+        }
+        let mut presences = p.presences.into_iter();
+        let Some(first) = presences.next() else {
+            return;
+        };
+        if !self.rooms.contains_key(room) {
+            self.create(room, &first, out);
+            self.dirty.insert(room.to_string());
+        } else {
+            self.handle(room, nick_of(&first).as_deref(), &first, now_unix, out);
+        }
+        for st in presences {
+            self.handle(room, nick_of(&st).as_deref(), &st, now_unix, out);
+        }
+    }
+
+    /// Creates `room` for the presence `st` (its sender becomes the owner),
+    /// locked until the owner configures it (status 201).
+    fn create(&mut self, room: &str, st: &Element, out: &mut Vec<Action>) {
+        let from = st.attr("from").unwrap_or_default();
+        let Some(nick) = nick_of(st) else {
+            return;
+        };
+        let history = join_history(st);
+        let mut state = RoomState {
+            config: Default::default(),
+            locked: true,
+            affiliations: Default::default(),
+            subject: None,
+            occupants: vec![],
+            host: self.host.clone(),
+        };
+        state
+            .affiliations
+            .insert(stanza::bare(from), Affiliation::Owner);
+        let mut r = Room::new(room.to_string(), state);
+        r.enter(from, &nick, st, true, history, out);
+        self.rooms.insert(room.to_string(), r);
+    }
+
+    /// The users' stanzas a registry answer just served (they waited for
+    /// it): the driver answers them if what they changed cannot be stored.
+    pub fn take_answered(&mut self) -> Vec<Element> {
+        std::mem::take(&mut self.answered)
+    }
+
+    /// Creations the registry did not answer in time fail.
+    pub fn expire_pending(&mut self, now_unix: u64, out: &mut Vec<Action>) {
+        let late: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_unix.saturating_sub(p.since_unix) >= CREATE_TIMEOUT_SECS)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for room in late {
+            if let Some(p) = self.pending.remove(&room) {
+                for st in &p.presences {
+                    reply_error(
+                        st,
+                        "remote-server-timeout",
+                        "the service's registry did not answer",
+                        out,
+                    );
+                }
+            }
         }
     }
 
@@ -220,6 +415,7 @@ impl Muc {
         nick: Option<&str>,
         from: &str,
         st: &Element,
+        now_unix: u64,
         out: &mut Vec<Action>,
     ) -> bool {
         let room = self.rooms.get_mut(room_jid);
@@ -248,33 +444,29 @@ impl Muc {
             reply_error(st, "jid-malformed", "a room nickname is required", out);
             return false;
         };
+        let kept: usize = room::presence_children(st).iter().map(String::len).sum();
+        if kept > room::MAX_PRESENCE_BYTES {
+            reply_error(
+                st,
+                "not-acceptable",
+                &format!(
+                    "a presence in a room carries at most {} bytes",
+                    room::MAX_PRESENCE_BYTES
+                ),
+                out,
+            );
+            return false;
+        }
         let join = st
             .get_child("x", NS_MUC)
             .cloned()
             .and_then(|x| MucJoin::try_from(x).ok());
-        let history = join
-            .as_ref()
-            .and_then(|j| j.history.as_ref())
-            .and_then(|h| h.maxstanzas)
-            .map(|n| n as usize);
+        let history = join_history(st);
         let Some(r) = room else {
-            // A presence to a room that does not exist creates it, locked
-            // until its owner configures it (status 201).
-            let mut state = RoomState {
-                config: Default::default(),
-                locked: true,
-                affiliations: Default::default(),
-                subject: None,
-                occupants: vec![],
-                host: self.host.clone(),
-            };
-            state
-                .affiliations
-                .insert(stanza::bare(from), Affiliation::Owner);
-            let mut r = Room::new(room_jid.to_string(), state);
-            r.enter(from, nick, st, true, history, out);
-            self.rooms.insert(room_jid.to_string(), r);
-            return true;
+            // A presence to a room that does not exist creates it once the
+            // service's registry agrees (see `on_reserved`).
+            self.request_create(room_jid, st, now_unix, out);
+            return false;
         };
         if let Some(i) = r.by_jid(from) {
             if r.state.occupants[i].nick == nick {
@@ -460,6 +652,22 @@ impl Muc {
         reply_error(st, "service-unavailable", "not supported by rooms", out);
         false
     }
+}
+
+/// The nickname a presence to `room/nick` names.
+fn nick_of(st: &Element) -> Option<String> {
+    let to = jid::Jid::new(st.attr("to")?).ok()?;
+    to.resource().map(|r| r.as_str().to_string())
+}
+
+/// The number of history messages a join asks for.
+fn join_history(st: &Element) -> Option<usize> {
+    st.get_child("x", NS_MUC)
+        .cloned()
+        .and_then(|x| MucJoin::try_from(x).ok())
+        .and_then(|j| j.history)
+        .and_then(|h| h.maxstanzas)
+        .map(|n| n as usize)
 }
 
 /// disco#info of a room: its identity and the `muc_*` features of its

@@ -53,6 +53,20 @@ impl Room {
             .children()
             .filter(|c| c.is("invite", NS_MUC_USER))
             .collect();
+        if invites.len() > super::room::MAX_INVITES {
+            out.extend(
+                error_reply(
+                    msg,
+                    "policy-violation",
+                    Some(&format!(
+                        "at most {} invitations per message",
+                        super::room::MAX_INVITES
+                    )),
+                )
+                .map(Action::Send),
+            );
+            return false;
+        }
         let mut targets = Vec::new();
         for inv in &invites {
             match inv.attr("to").filter(|t| jid::Jid::new(t).is_ok()) {

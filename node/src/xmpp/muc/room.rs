@@ -28,6 +28,13 @@ pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const MAX_NICK_BYTES: usize = 256;
 /// Most messages kept for history, whatever the configuration says.
 pub const MAX_HISTORY: usize = 100;
+/// Longest subject (bytes).
+pub const MAX_SUBJECT_BYTES: usize = 4096;
+/// Most bytes of an occupant's presence (show, status, caps) the room keeps
+/// and repeats.
+pub const MAX_PRESENCE_BYTES: usize = 4096;
+/// Most invitations in one message.
+pub const MAX_INVITES: usize = 16;
 
 /// A user's long-lived standing in a room, ordered by rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -397,6 +404,16 @@ impl Room {
         let subject = msg.get_child("subject", NS_CLIENT);
         let has_body = msg.get_child("body", NS_CLIENT).is_some();
         if let Some(s) = subject.filter(|_| !has_body) {
+            if s.text().len() > MAX_SUBJECT_BYTES {
+                return out.extend(
+                    error_reply(
+                        msg,
+                        "not-acceptable",
+                        Some(&format!("a subject has at most {MAX_SUBJECT_BYTES} bytes")),
+                    )
+                    .map(Action::Send),
+                );
+            }
             if occ.role != Role::Moderator && !self.state.config.change_subject {
                 return out.extend(
                     error_reply(

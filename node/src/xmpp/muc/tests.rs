@@ -10,6 +10,8 @@ const ROOM: &str = "room@conference.ring.test";
 
 struct Harness {
     muc: Muc,
+    /// The service's registry, answering the rooms' reservations.
+    registry: crate::xmpp::directory::Directories,
 }
 
 /// (recipient, stanza) for everything the service asked to send.
@@ -53,21 +55,39 @@ fn statuses(p: &Element) -> Vec<String> {
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_quotas(50, 5000)
+    }
+
+    fn with_quotas(per_owner: usize, total: usize) -> Harness {
+        let q = crate::xmpp::directory::Quotas { per_owner, total };
         Harness {
             muc: Muc::new("me".into(), 65536),
+            registry: crate::xmpp::directory::Directories::new(65536, q, q),
         }
     }
 
-    fn send(&mut self, xml: &str) -> Vec<(String, Element)> {
-        let st: Element = xml.parse().unwrap();
+    /// Hands `st` to the room it is for; registry messages are settled.
+    fn deliver(muc: &mut Muc, st: &Element) -> Vec<Action> {
         let to = st.attr("to").unwrap().to_string();
         let (room, nick) = match to.split_once('/') {
             Some((r, n)) => (r.to_string(), Some(n.to_string())),
             None => (to, None),
         };
         let mut out = Vec::new();
-        self.muc
-            .handle(&room, nick.as_deref(), &st, 1_000, &mut out);
+        muc.handle(&room, nick.as_deref(), st, 1_000, &mut out);
+        out
+    }
+
+    fn send(&mut self, xml: &str) -> Vec<(String, Element)> {
+        let st: Element = xml.parse().unwrap();
+        let out = Self::deliver(&mut self.muc, &st);
+        let muc = &mut self.muc;
+        let out = crate::xmpp::directory::play_registry(
+            &mut self.registry,
+            crate::xmpp::directory::Kind::Room,
+            out,
+            &mut |answer| Self::deliver(muc, &answer),
+        );
         flatten(out)
     }
 
@@ -84,6 +104,13 @@ impl Harness {
             .collect();
         self.send(&format!(
             "<iq xmlns='jabber:client' type='set' id='c' from='{owner}' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>{f}</x></query></iq>"
+        ))
+    }
+
+    /// `owner` submits the instant configuration of `room`.
+    fn configure_room(&mut self, room: &str, owner: &str) -> Vec<(String, Element)> {
+        self.send(&format!(
+            "<iq xmlns='jabber:client' type='set' id='c' from='{owner}' to='{room}@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
         ))
     }
 
@@ -346,7 +373,10 @@ fn takeover_tells_occupants_and_keeps_the_configuration() {
         assert!(statuses(p).contains(&"332".to_string()));
     }
     // Configuration and subject stay; the occupants may join again.
-    let mut h2 = Harness { muc: successor };
+    let mut h2 = Harness {
+        muc: successor,
+        registry: h.registry,
+    };
     let r = h2.join("bob@b.test/y", "bob");
     let subject = r
         .iter()
@@ -474,5 +504,152 @@ fn several_role_changes_in_one_request_hit_the_right_occupants() {
             ("carol", Role::Participant),
             ("dave", Role::Visitor)
         ]
+    );
+}
+
+/// A join of `jid` as `nick` to `room` (any room of the service).
+fn join_room(room: &str, jid: &str, nick: &str) -> String {
+    format!(
+        "<presence xmlns='jabber:client' from='{jid}' to='{room}@conference.ring.test/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    )
+}
+
+fn error_text(s: &Element) -> String {
+    s.get_child("error", NS_CLIENT)
+        .and_then(|e| e.get_child("text", NS_STANZAS))
+        .map(|t| t.text())
+        .unwrap_or_default()
+}
+
+#[test]
+fn creating_rooms_is_bounded_per_owner_and_per_service() {
+    let mut h = Harness::with_quotas(2, 3);
+    for r in ["r1", "r2"] {
+        let out = h.send(&join_room(r, "alice@a.test/x", "alice"));
+        assert!(
+            out.iter()
+                .any(|(_, s)| statuses(s).contains(&"201".to_string())),
+            "{r}: {out:?}"
+        );
+    }
+    // A third room of alice's: refused as XEP-0045 says, naming the quota.
+    let out = h.send(&join_room("r3", "alice@a.test/other", "alice"));
+    assert_eq!(error_of(&out[0].1).as_deref(), Some("not-allowed"));
+    assert!(error_text(&out[0].1).contains("owns 2"), "{:?}", out[0].1);
+    assert!(!h.muc.is_loaded("r3@conference.ring.test"));
+    // bob may create one; then the service is full (3), even for carol.
+    let out = h.send(&join_room("r4", "bob@b.test/y", "bob"));
+    assert!(error_of(&out[0].1).is_none(), "{out:?}");
+    let out = h.send(&join_room("r5", "carol@c.test/z", "carol"));
+    assert_eq!(error_of(&out[0].1).as_deref(), Some("not-allowed"));
+    assert!(error_text(&out[0].1).contains("maximum of 3"));
+    // A temporary room that empties is released: alice may create again.
+    h.send("<presence xmlns='jabber:client' type='unavailable' from='alice@a.test/x' to='r1@conference.ring.test/alice'/>");
+    assert!(!h.muc.is_loaded("r1@conference.ring.test"));
+    let out = h.send(&join_room("r6", "alice@a.test/x", "alice"));
+    assert!(error_of(&out[0].1).is_none(), "{out:?}");
+    // Joining an existing room needs no reservation.
+    h.configure_room("r6", "alice@a.test/x");
+    let out = h.send(&join_room("r6", "dave@d.test/1", "dave"));
+    assert!(out.iter().all(|(_, s)| error_of(s).is_none()), "{out:?}");
+}
+
+#[test]
+fn joins_wait_for_the_registry_and_fail_when_it_never_answers() {
+    let mut h = Harness::new();
+    let mut out = Vec::new();
+    let first: Element = join_room("r", "alice@a.test/x", "alice").parse().unwrap();
+    let second: Element = join_room("r", "bob@b.test/y", "bob").parse().unwrap();
+    h.muc.handle(
+        "r@conference.ring.test",
+        Some("alice"),
+        &first,
+        100,
+        &mut out,
+    );
+    h.muc.handle(
+        "r@conference.ring.test",
+        Some("bob"),
+        &second,
+        101,
+        &mut out,
+    );
+    // One reservation asked for; nobody answered yet.
+    let sent = flatten(out);
+    assert_eq!(sent.len(), 1);
+    assert!(crate::xmpp::directory::parse(&sent[0].1).is_some());
+    let mut out = Vec::new();
+    h.muc.expire_pending(129, &mut out);
+    assert!(out.is_empty(), "not yet");
+    h.muc.expire_pending(130, &mut out);
+    let errs = flatten(out);
+    assert_eq!(errs.len(), 2);
+    for (_, e) in &errs {
+        assert_eq!(error_of(e).as_deref(), Some("remote-server-timeout"));
+    }
+}
+
+#[test]
+fn fields_are_bounded_with_the_xeps_errors() {
+    let mut h = Harness::room_with_alice_and_bob(&[]);
+    let long = "s".repeat(room::MAX_SUBJECT_BYTES + 1);
+    let out = h.send(&format!("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='{ROOM}'><subject>{long}</subject></message>"));
+    assert_eq!(error_of(&out[0].1).as_deref(), Some("not-acceptable"));
+    let name = "n".repeat(admin::MAX_NAME_BYTES + 1);
+    let out = h.configure("alice@a.test/x", &[("muc#roomconfig_roomname", &name)]);
+    assert_eq!(error_of(&out[0].1).as_deref(), Some("not-acceptable"));
+    let invites: String = (0..=room::MAX_INVITES)
+        .map(|i| format!("<invite to='u{i}@x.test'/>"))
+        .collect();
+    let out = h.send(&format!("<message xmlns='jabber:client' from='alice@a.test/x' to='{ROOM}'><x xmlns='http://jabber.org/protocol/muc#user'>{invites}</x></message>"));
+    assert_eq!(error_of(&out[0].1).as_deref(), Some("policy-violation"));
+    let status = "x".repeat(room::MAX_PRESENCE_BYTES + 1);
+    let out = h.send(&format!("<presence xmlns='jabber:client' from='carol@c.test/z' to='{ROOM}/carol'><status>{status}</status></presence>"));
+    assert_eq!(error_of(&out[0].1).as_deref(), Some("not-acceptable"));
+    // Nothing of it was kept.
+    let state: RoomState =
+        serde_json::from_slice(&h.muc.take_writes().pop().unwrap().1.unwrap()).unwrap();
+    assert!(state.subject.is_none());
+    assert!(state.occupants.iter().all(|o| o.nick != "carol"));
+}
+
+#[test]
+fn a_change_that_would_not_fit_the_record_is_undone_and_refused() {
+    let q = crate::xmpp::directory::Quotas {
+        per_owner: 10,
+        total: 10,
+    };
+    let mut h = Harness {
+        muc: Muc::new("me".into(), 3000),
+        registry: crate::xmpp::directory::Directories::new(65536, q, q),
+    };
+    h.join("alice@a.test/x", "alice");
+    h.configure("alice@a.test/x", &[]);
+    h.muc.take_writes();
+    // alice bans one JID after another: past the record limit, the ban is
+    // refused with resource-constraint and the room stays as it was.
+    let mut refused_at = None;
+    for i in 0..200 {
+        let out = h.send(&format!("<iq xmlns='jabber:client' type='set' id='b{i}' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item jid='spammer{i}@evil.test' affiliation='outcast'/></query></iq>"));
+        if error_of(&out[0].1).is_some() {
+            assert_eq!(error_of(&out[0].1).as_deref(), Some("resource-constraint"));
+            assert_eq!(out.len(), 1, "no other output of a refused change");
+            refused_at = Some(i);
+            break;
+        }
+    }
+    let i = refused_at.expect("the limit was reached");
+    let stored = h.muc.take_writes().pop().unwrap().1.unwrap();
+    assert!(stored.len() <= 3000, "{} bytes stored", stored.len());
+    let state: RoomState = serde_json::from_slice(&stored).unwrap();
+    assert!(
+        !state
+            .affiliations
+            .contains_key(&format!("spammer{i}@evil.test"))
+    );
+    assert!(
+        state
+            .affiliations
+            .contains_key(&format!("spammer{}@evil.test", i - 1))
     );
 }

@@ -1,7 +1,7 @@
 //! Publish-subscribe (XEP-0060) at `pubsub.<ring domain>`.
 //!
 //! Each node lives at the ring node responsible for
-//! `SHA-256("pubsub\0" || service || "\0" || node)` (DESIGN.md): the driver
+//! `SHA-256("pubsub\0" || service || "\0" || node)` (docs/architecture.md, "Keys and distance"): the driver
 //! routes every request that names a node there ([`target_node`]). This
 //! module is the host's state machine, stanzas in, [`Action`]s out. A
 //! node's state is two records: its configuration, affiliations and
@@ -59,6 +59,10 @@ pub fn record_names(service: &str, node: &str) -> (String, String) {
 /// the first child of the `pubsub`/`pubsub#owner` element, or of a disco
 /// query.
 pub fn target_node(st: &Element) -> Option<String> {
+    if let Some(item) = super::directory::reserved_item(st) {
+        // The registry's answer about a node's creation.
+        return Some(item.to_string());
+    }
     let payload = st.children().next()?;
     if payload.is("pubsub", NS_PUBSUB) || payload.is("pubsub", NS_PUBSUB_OWNER) {
         return payload
@@ -107,6 +111,12 @@ struct Dirty {
 /// The PubSub nodes this ring node hosts, by meta record name.
 pub struct PubSub {
     nodes: HashMap<String, Node>,
+    /// Nodes waiting for the registry (quotas) before they exist.
+    pending: HashMap<String, user::PendingCreate>,
+    /// The time of the request being handled (Unix seconds).
+    now_unix: u64,
+    /// The requests the last registry answer served.
+    answered: Vec<Element>,
     dirty: Dirty,
     limits: Limits,
     /// For item and subscription ids (seeded by the driver).
@@ -117,6 +127,9 @@ impl PubSub {
     pub fn new(limits: Limits, seed: u64) -> PubSub {
         PubSub {
             nodes: HashMap::new(),
+            pending: HashMap::new(),
+            now_unix: 0,
+            answered: Vec::new(),
             dirty: Dirty::default(),
             limits,
             next_id: seed,
@@ -131,6 +144,12 @@ impl PubSub {
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
         format!("{:016x}", self.next_id)
+    }
+
+    /// The users' requests a registry answer just served (see
+    /// [`crate::xmpp::muc::Muc::take_answered`]).
+    pub fn take_answered(&mut self) -> Vec<Element> {
+        std::mem::take(&mut self.answered)
     }
 
     pub fn is_loaded(&self, meta_name: &str) -> bool {
@@ -304,7 +323,53 @@ impl PubSub {
 
     /// A request naming `node` on `service`, whose records are loaded (or
     /// which does not exist).
-    pub fn handle(&mut self, service: &str, name: &str, st: &Element, out: &mut Vec<Action>) {
+    pub fn handle(
+        &mut self,
+        service: &str,
+        name: &str,
+        st: &Element,
+        now_unix: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.now_unix = now_unix;
+        if let Some((item, answer)) = super::directory::parse_reserved(st, service) {
+            if item == name {
+                self.on_reserved(service, name, answer, out);
+            }
+            return;
+        }
+        let (meta_name, _) = record_names(service, name);
+        // Configuration, affiliations and subscriptions before the request
+        // (items bound themselves when published).
+        let before = (st.attr("type") == Some("set"))
+            .then(|| self.nodes.get(&meta_name).map(|n| n.meta.clone()));
+        let mark = out.len();
+        self.dispatch(service, name, st, out);
+        // A change that would not fit its record is undone: nothing that
+        // cannot be stored is answered with success.
+        if let Some(before) = before
+            && let Some(n) = self.nodes.get_mut(&meta_name)
+            && serde_json::to_vec(&n.meta).map_or(usize::MAX, |b| b.len())
+                > self.limits.max_record_bytes
+        {
+            out.truncate(mark);
+            match before {
+                Some(meta) => n.meta = meta,
+                None => {
+                    self.nodes.remove(&meta_name);
+                }
+            }
+            fail(
+                st,
+                "resource-constraint",
+                "the node's state would exceed its storage limit (record_max_bytes)",
+                None,
+                out,
+            );
+        }
+    }
+
+    fn dispatch(&mut self, service: &str, name: &str, st: &Element, out: &mut Vec<Action>) {
         if st.name() != "iq" || stanza::is_error_or_result(st) {
             if st.name() == "message" && st.attr("type") != Some("error") {
                 fail(st, "service-unavailable", "not a user", None, out);

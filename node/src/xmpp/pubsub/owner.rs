@@ -73,10 +73,14 @@ impl PubSub {
                         out,
                     );
                 }
+                let service = n.service.clone();
                 self.nodes.remove(meta_name);
                 self.dirty.meta.insert(meta_name.to_string());
                 self.dirty.items.insert(meta_name.to_string());
                 out.push(Action::Send(iq_result(st, None)));
+                out.push(Action::Send(crate::xmpp::directory::release(
+                    &service, &name,
+                )));
             }
             ("purge", true) => {
                 n.items.clear();

@@ -17,14 +17,39 @@ fn ps() -> PubSub {
     )
 }
 
-fn run(p: &mut PubSub, xml: &str) -> Vec<Action> {
-    let st: Element = xml.parse().unwrap();
+fn deliver(p: &mut PubSub, st: &Element) -> Vec<Action> {
     let mut out = Vec::new();
-    match target_node(&st) {
-        Some(n) => p.handle(SVC, &n, &st, &mut out),
-        None => p.handle_service(&st, &[], &mut out),
+    match target_node(st) {
+        Some(n) => p.handle(SVC, &n, st, 0, &mut out),
+        None => p.handle_service(st, &[], &mut out),
     }
     out
+}
+
+/// Runs a request; the service's registry (generous quotas) answers
+/// creations.
+fn run(p: &mut PubSub, xml: &str) -> Vec<Action> {
+    let q = crate::xmpp::directory::Quotas {
+        per_owner: 50,
+        total: 5000,
+    };
+    let mut registry = crate::xmpp::directory::Directories::new(65536, q, q);
+    run_with(p, &mut registry, xml)
+}
+
+fn run_with(
+    p: &mut PubSub,
+    registry: &mut crate::xmpp::directory::Directories,
+    xml: &str,
+) -> Vec<Action> {
+    let st: Element = xml.parse().unwrap();
+    let out = deliver(p, &st);
+    crate::xmpp::directory::play_registry(
+        registry,
+        crate::xmpp::directory::Kind::Node,
+        out,
+        &mut |answer| deliver(p, &answer),
+    )
 }
 
 fn iq(from: &str, ty: &str, ns: &str, inner: &str) -> String {
@@ -423,4 +448,71 @@ fn subscriptions_stop_at_the_record_limit() {
         .1
         .unwrap();
     assert!(meta.len() <= 2000, "{} bytes", meta.len());
+}
+
+#[test]
+fn creating_nodes_is_bounded_per_owner_and_per_service() {
+    let q = crate::xmpp::directory::Quotas {
+        per_owner: 1,
+        total: 2,
+    };
+    let mut registry = crate::xmpp::directory::Directories::new(65536, q, q);
+    let mut p = ps();
+    let create =
+        |node: &str, who: &str| iq(who, "set", NS_PUBSUB, &format!("<create node='{node}'/>"));
+    let out = run_with(&mut p, &mut registry, &create("one", "alice@a.test/x"));
+    assert_eq!(reply(&out).attr("type"), Some("result"), "{out:?}");
+    let out = run_with(&mut p, &mut registry, &create("two", "alice@a.test/x"));
+    assert_eq!(errors(&out).0, "policy-violation");
+    assert!(!p.is_loaded(&record_names(SVC, "two").0));
+    let out = run_with(&mut p, &mut registry, &create("two", "bob@b.test/y"));
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+    let out = run_with(&mut p, &mut registry, &create("three", "carol@c.test/z"));
+    assert_eq!(errors(&out).0, "policy-violation", "the service is full");
+    // Deleting a node releases it.
+    let out = run_with(
+        &mut p,
+        &mut registry,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB_OWNER,
+            "<delete node='one'/>",
+        ),
+    );
+    assert_eq!(reply(&out).attr("type"), Some("result"));
+    let out = run_with(&mut p, &mut registry, &create("three", "carol@c.test/z"));
+    assert_eq!(reply(&out).attr("type"), Some("result"), "{out:?}");
+}
+
+#[test]
+fn an_owner_change_that_would_not_fit_the_record_is_undone_and_refused() {
+    let mut p = ps();
+    created(&mut p);
+    p.take_writes();
+    let mut refused = false;
+    for i in 0..200 {
+        let out = run(
+            &mut p,
+            &iq(
+                "alice@a.test/x",
+                "set",
+                NS_PUBSUB_OWNER,
+                &format!(
+                    "<affiliations node='news'><affiliation jid='member{i}@x.test' affiliation='publisher'/></affiliations>"
+                ),
+            ),
+        );
+        if reply(&out).attr("type") == Some("error") {
+            assert_eq!(errors(&out).0, "resource-constraint");
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "the record limit was reached");
+    for (name, value) in p.take_writes() {
+        if let Some(v) = value {
+            assert!(v.len() <= 2000, "{name}: {} bytes", v.len());
+        }
+    }
 }

@@ -7,7 +7,127 @@ use super::*;
 use crate::xmpp::stanza::{bare, iq_result};
 use std::collections::VecDeque;
 
+/// Nodes waiting for the registry's answer at once.
+const MAX_PENDING_CREATES: usize = 1024;
+/// A creation the registry has not answered in this long fails.
+const CREATE_TIMEOUT_SECS: u64 = 30;
+
+/// A node asked for but not yet granted by the service's registry.
+pub(super) struct PendingCreate {
+    request: Element,
+    config: NodeConfig,
+    since_unix: u64,
+}
+
 impl PubSub {
+    /// Holds a create request until the registry answers.
+    fn request_create(
+        &mut self,
+        service: &str,
+        name: &str,
+        meta_name: &str,
+        st: &Element,
+        config: NodeConfig,
+        out: &mut Vec<Action>,
+    ) {
+        if self.pending.contains_key(meta_name) {
+            return fail(st, "conflict", "the node is being created", None, out);
+        }
+        if self.pending.len() >= MAX_PENDING_CREATES {
+            return fail(
+                st,
+                "resource-constraint",
+                "too many nodes being created",
+                None,
+                out,
+            );
+        }
+        let owner = bare(st.attr("from").unwrap_or_default());
+        self.pending.insert(
+            meta_name.to_string(),
+            PendingCreate {
+                request: st.clone(),
+                config,
+                since_unix: self.now_unix,
+            },
+        );
+        out.push(Action::Send(crate::xmpp::directory::reserve(
+            service, name, &owner,
+        )));
+    }
+
+    /// The registry answered for node `name`.
+    pub(super) fn on_reserved(
+        &mut self,
+        service: &str,
+        name: &str,
+        answer: Result<(), String>,
+        out: &mut Vec<Action>,
+    ) {
+        let (meta_name, _) = record_names(service, name);
+        let Some(p) = self.pending.remove(&meta_name) else {
+            return;
+        };
+        self.answered.push(stanza::shell(&p.request));
+        let st = &p.request;
+        if let Err(why) = answer {
+            return fail(
+                st,
+                "policy-violation",
+                &format!("cannot create the node: {why}"),
+                None,
+                out,
+            );
+        }
+        if self.nodes.contains_key(&meta_name) {
+            return fail(st, "conflict", "the node exists", None, out);
+        }
+        let from = st.attr("from").unwrap_or_default();
+        let mut affiliations = std::collections::BTreeMap::new();
+        affiliations.insert(bare(from), Affiliation::Owner);
+        self.nodes.insert(
+            meta_name.clone(),
+            Node {
+                service: service.to_string(),
+                name: name.to_string(),
+                meta: NodeMeta {
+                    config: p.config,
+                    affiliations,
+                    subscriptions: Default::default(),
+                },
+                items: VecDeque::new(),
+            },
+        );
+        self.dirty.meta.insert(meta_name.clone());
+        self.dirty.items.insert(meta_name);
+        let create = with_attrs("create", NS_PUBSUB, &[("node", name)]);
+        out.push(Action::Send(iq_result(
+            st,
+            Some(pubsub_el(NS_PUBSUB, create)),
+        )));
+    }
+
+    /// Creations the registry did not answer in time fail.
+    pub fn expire_pending(&mut self, now_unix: u64, out: &mut Vec<Action>) {
+        let late: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_unix.saturating_sub(p.since_unix) >= CREATE_TIMEOUT_SECS)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in late {
+            if let Some(p) = self.pending.remove(&n) {
+                fail(
+                    &p.request,
+                    "remote-server-timeout",
+                    "the service's registry did not answer",
+                    None,
+                    out,
+                );
+            }
+        }
+    }
+
     /// A parsed `pubsub` request for node `name`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn user_request(
@@ -48,28 +168,8 @@ impl PubSub {
                         }
                     }
                 }
-                let mut affiliations = std::collections::BTreeMap::new();
-                affiliations.insert(bare(&from), Affiliation::Owner);
-                self.nodes.insert(
-                    meta_name.clone(),
-                    Node {
-                        service: service.to_string(),
-                        name: name.to_string(),
-                        meta: NodeMeta {
-                            config,
-                            affiliations,
-                            subscriptions: Default::default(),
-                        },
-                        items: VecDeque::new(),
-                    },
-                );
-                self.dirty.meta.insert(meta_name.clone());
-                self.dirty.items.insert(meta_name);
-                let create = with_attrs("create", NS_PUBSUB, &[("node", name)]);
-                out.push(Action::Send(iq_result(
-                    st,
-                    Some(pubsub_el(NS_PUBSUB, create)),
-                )));
+                // The service's registry must grant the node first (quotas).
+                self.request_create(service, name, &meta_name, st, config, out);
             }
             Request::Publish { publish, .. } if set => {
                 self.publish(&meta_name, st, publish, &from, out)

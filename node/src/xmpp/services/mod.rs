@@ -16,13 +16,13 @@
 #![allow(missing_docs)]
 
 use super::Action;
-use super::directory::{self, Directories};
+use super::directory::{self, DirMsg, Directories, Kind};
 use super::muc::{self, Muc};
 use super::pubsub::{self, PubSub};
 use super::stanza::{self, error_reply, iq_result};
 use crate::records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
-use xmpp_edge::conn::serves;
+use xmpp_edge::domain::Served;
 use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
 
@@ -52,14 +52,16 @@ enum Target {
     Other,
 }
 
-fn target(st: &Element, domains: &[String]) -> Result<Target, &'static str> {
+fn target(st: &Element, served: &Served) -> Result<Target, &'static str> {
     let to = stanza::to(st).ok_or("stanza without 'to'")?;
     let jid = jid::Jid::new(to).map_err(|_| "invalid 'to'")?;
     let domain = jid.domain().as_str().to_string();
+    // `conference.<ring domain>`: the JID is valid, so its domain is
+    // normalised and this compares labels.
     let sub = |prefix: &str| {
         domain
             .strip_prefix(prefix)
-            .is_some_and(|d| domains.iter().any(|x| x == d))
+            .is_some_and(|d| served.domains().iter().any(|x| x.as_str() == d))
     };
     let node = jid.node().map(|n| n.as_str().to_string());
     let resource = jid.resource().map(|r| r.as_str().to_string());
@@ -81,7 +83,7 @@ fn target(st: &Element, domains: &[String]) -> Result<Target, &'static str> {
             None => Target::PubSubService { service: domain },
         });
     }
-    if node.is_none() && resource.is_none() && serves(domains, &domain) {
+    if node.is_none() && resource.is_none() && served.serves_jid(&domain) {
         return Ok(Target::Domain);
     }
     Ok(Target::Other)
@@ -89,8 +91,8 @@ fn target(st: &Element, domains: &[String]) -> Result<Target, &'static str> {
 
 /// The key a stanza for a ring JID is routed to, when it is not its bare
 /// JID's: requests naming a PubSub node go to the node's key.
-pub fn routing_key(st: &Element, domains: &[String]) -> Option<dht::Key> {
-    match target(st, domains) {
+pub fn routing_key(st: &Element, served: &Served) -> Option<dht::Key> {
+    match target(st, served) {
         Ok(Target::PubSubNode { service, node }) => Some(dht::keys::pubsub_key(&service, &node)),
         _ => None,
     }
@@ -107,7 +109,7 @@ pub struct Load {
 
 /// The services of one ring node.
 pub struct Services {
-    domains: Vec<String>,
+    served: Served,
     pub muc: Muc,
     pub pubsub: PubSub,
     /// The room and node directories of the service JIDs this node is
@@ -122,12 +124,18 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(domains: Vec<String>, host: String, limits: pubsub::Limits, seed: u64) -> Services {
+    pub fn new(
+        served: Served,
+        host: String,
+        limits: pubsub::Limits,
+        quotas: Quotas,
+        seed: u64,
+    ) -> Services {
         Services {
-            domains,
+            served,
             muc: Muc::new(host, limits.max_record_bytes),
             pubsub: PubSub::new(limits, seed),
-            directories: Directories::new(limits.max_record_bytes),
+            directories: Directories::new(limits.max_record_bytes, quotas.muc, quotas.pubsub),
             last_used: HashMap::new(),
             waiting: HashMap::new(),
             waiting_total: 0,
@@ -150,7 +158,8 @@ impl Services {
             .collect()
     }
 
-    /// Rooms without occupants and PubSub nodes not used for `idle_secs`.
+    /// Rooms without occupants, PubSub nodes and registries not used for
+    /// `idle_secs`.
     pub fn idle(&mut self, now_unix: u64, idle_secs: u64) -> Vec<String> {
         // Forget the use of what is gone (destroyed rooms, deleted nodes).
         let loaded: std::collections::HashSet<String> = self.entities().into_iter().collect();
@@ -165,6 +174,7 @@ impl Services {
             .filter(|r| self.muc.occupants_of(r) == 0)
             .map(|r| muc::record_name(r))
             .chain(self.pubsub.loaded().cloned())
+            .chain(self.directories.loaded().map(|s| directory::record_name(s)))
             .filter(quiet)
             .collect()
     }
@@ -184,7 +194,7 @@ impl Services {
     /// Answers a stanza delivered to this node as the responsible node of
     /// its `to`. Returns a [`Load`] when the stanza waits for state.
     pub fn handle(&mut self, now_unix: u64, st: Element, out: &mut Vec<Action>) -> Option<Load> {
-        let t = match target(&st, &self.domains) {
+        let t = match target(&st, &self.served) {
             Ok(t) => t,
             Err(e) => {
                 out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send));
@@ -206,8 +216,10 @@ impl Services {
             Target::MucService { service } | Target::PubSubService { service }
                 if !self.directories.is_loaded(service) =>
             {
-                let name = directory::record_name(service);
-                (name.clone(), vec![name])
+                (
+                    directory::record_name(service),
+                    directory::shard_names(service),
+                )
             }
             _ => return self.dispatch(now_unix, t, &st, out),
         };
@@ -241,19 +253,21 @@ impl Services {
     }
 
     /// The state of `entity` arrived: `values` holds each of the load's
-    /// records (`None`: absent or deleted). Serves what waited for it.
+    /// records (`None`: absent or deleted). Returns the stanzas that waited
+    /// for it, to be served one by one with [`Services::handle_loaded`]
+    /// (or answers them with an error when the state is unreadable).
     pub fn loaded(
         &mut self,
         entity: &str,
         values: &[(String, Option<Vec<u8>>)],
-        now_unix: u64,
         out: &mut Vec<Action>,
-    ) {
+    ) -> Vec<Element> {
         let value = |i: usize| values.get(i).and_then(|(_, v)| v.as_deref());
         let installed = if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
             self.muc.install(room, value(0))
         } else if let Some(service) = entity.strip_prefix(DIRECTORY_PREFIX) {
-            self.directories.install(service, value(0))
+            let shards: Vec<Option<&[u8]>> = (0..values.len()).map(value).collect();
+            self.directories.install(service, &shards)
         } else if let Some((service, node)) = entity
             .strip_prefix(PUBSUB_PREFIX)
             .and_then(|n| n.split_once('/'))
@@ -276,15 +290,33 @@ impl Services {
                     .map(Action::Send),
                 );
             }
-            return;
+            return Vec::new();
         }
-        for st in waiting {
-            match target(&st, &self.domains) {
-                Ok(t) => {
-                    self.dispatch(now_unix, t, &st, out);
-                }
-                Err(e) => out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send)),
+        waiting
+    }
+
+    /// Serves a stanza whose room, node or registry was just loaded (see
+    /// [`Services::loaded`]): no second load, even for a room that does
+    /// not exist.
+    pub fn handle_loaded(&mut self, now_unix: u64, st: Element, out: &mut Vec<Action>) {
+        match target(&st, &self.served) {
+            Ok(t) => {
+                self.dispatch(now_unix, t, &st, out);
             }
+            Err(e) => out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send)),
+        }
+    }
+
+    /// The entity (main record name) whose state a stanza may change: its
+    /// room, node or registry.
+    pub fn entity_of(&self, st: &Element) -> Option<String> {
+        match target(st, &self.served).ok()? {
+            Target::Room { room, .. } => Some(muc::record_name(&room)),
+            Target::PubSubNode { service, node } => Some(pubsub::record_names(&service, &node).0),
+            Target::MucService { service } | Target::PubSubService { service } => {
+                Some(directory::record_name(&service))
+            }
+            Target::Domain | Target::Other => None,
         }
     }
 
@@ -312,16 +344,19 @@ impl Services {
                 self.last_used
                     .insert(pubsub::record_names(service, node).0, now_unix);
             }
+            Target::MucService { service } | Target::PubSubService { service } => {
+                self.last_used
+                    .insert(directory::record_name(service), now_unix);
+            }
             _ => {}
         }
         match t {
             Target::Domain => domain_stanza(st, out),
-            Target::MucService { service } | Target::PubSubService { service }
-                if directory::parse_update(st).is_some() =>
-            {
-                if let Some((item, name)) = directory::parse_update(st) {
-                    self.directories.apply(&service, item, name);
-                }
+            Target::MucService { service } if directory::parse(st).is_some() => {
+                self.registry_message(&service, Kind::Room, st, out)
+            }
+            Target::PubSubService { service } if directory::parse(st).is_some() => {
+                self.registry_message(&service, Kind::Node, st, out)
             }
             Target::MucService { service } => {
                 let listed = self.directories.list(&service);
@@ -347,7 +382,7 @@ impl Services {
             }
             Target::PubSubNode { service, node } => {
                 let before = self.pubsub.listing(&service, &node);
-                self.pubsub.handle(&service, &node, st, out);
+                self.pubsub.handle(&service, &node, st, now_unix, out);
                 let after = self.pubsub.listing(&service, &node);
                 if before != after {
                     out.push(Action::Send(directory::update(
@@ -360,6 +395,76 @@ impl Services {
             Target::Other => unknown_user(st, out),
         }
         None
+    }
+}
+
+impl Services {
+    /// A message for `service`'s registry (from a host of one of its rooms
+    /// or nodes).
+    fn registry_message(&mut self, service: &str, kind: Kind, st: &Element, out: &mut Vec<Action>) {
+        match directory::parse(st) {
+            Some(DirMsg::Update { item, name }) => self.directories.apply(service, item, name),
+            Some(DirMsg::Release { item }) => self.directories.release(service, &item),
+            Some(DirMsg::Reserve { item, owner }) => {
+                let answer = self.directories.reserve(service, kind, &item, &owner);
+                // A room's answer goes to the room; a node's to the service,
+                // routed by the node it names.
+                let to = match kind {
+                    Kind::Room => item.as_str(),
+                    Kind::Node => service,
+                };
+                out.push(Action::Send(directory::reserved(
+                    service, to, &item, &answer,
+                )));
+            }
+            None => {}
+        }
+    }
+
+    /// The users' stanzas the last step served on behalf of another: a
+    /// registry answer serves the joins or creation requests that waited
+    /// for it. Empty for an ordinary stanza (it served itself).
+    pub fn take_answered(&mut self) -> Vec<Element> {
+        let mut v = self.muc.take_answered();
+        v.extend(self.pubsub.take_answered());
+        v
+    }
+
+    /// Periodic work: creations the registry did not answer fail.
+    pub fn tick(&mut self, now_unix: u64, out: &mut Vec<Action>) {
+        self.muc.expire_pending(now_unix, out);
+        self.pubsub.expire_pending(now_unix, out);
+    }
+}
+
+/// The entity a service record belongs to (a node's items record to the
+/// node, a registry shard to the registry).
+pub fn entity_of_record(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix(crate::records::PUBSUB_ITEMS_PREFIX) {
+        return format!("{PUBSUB_PREFIX}{rest}");
+    }
+    if let Some(rest) = name.strip_prefix(DIRECTORY_PREFIX) {
+        return directory::record_name(rest.rsplit_once('#').map_or(rest, |(s, _)| s));
+    }
+    name.to_string()
+}
+
+/// Quotas of the services' registries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// Rooms per owner and per MUC service.
+    pub muc: directory::Quotas,
+    /// Nodes per owner and per PubSub service.
+    pub pubsub: directory::Quotas,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        let q = directory::Quotas {
+            per_owner: 50,
+            total: 5000,
+        };
+        Quotas { muc: q, pubsub: q }
     }
 }
 

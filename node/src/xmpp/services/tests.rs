@@ -6,16 +6,57 @@ use xmpp_parsers::disco::DiscoInfoResult;
 
 /// Services for ring.test with small limits.
 fn services() -> Services {
+    services_with(Quotas::default())
+}
+
+fn services_with(quotas: Quotas) -> Services {
     Services::new(
-        vec!["ring.test".to_string()],
+        Served::new(&["ring.test"]).unwrap(),
         "host".into(),
         pubsub::Limits {
             max_items: 5,
             max_item_bytes: 1000,
             max_record_bytes: 4000,
         },
+        quotas,
         7,
     )
+}
+
+/// Whether `m` is one of the ring's internal registry messages.
+fn internal(m: &Element) -> bool {
+    directory::parse(m).is_some() || m.get_child("reserved", directory::NS_DIRECTORY).is_some()
+}
+
+/// A one-node ring: serves `st` (loading empty state when asked, then the
+/// stanzas that waited), then the internal messages that produced
+/// (registry requests and answers, all for this node here) until none is
+/// left. Returns the stanzas for everyone else.
+fn one_node(s: &mut Services, st: Element, at: u64) -> Vec<Element> {
+    let mut out = Vec::new();
+    if let Some(load) = s.handle(at, st, &mut out) {
+        let values: Vec<(String, Option<Vec<u8>>)> =
+            load.names.iter().map(|n| (n.clone(), None)).collect();
+        for w in s.loaded(&load.entity, &values, &mut out) {
+            s.handle_loaded(at, w, &mut out);
+        }
+    }
+    let mut external = Vec::new();
+    for a in out {
+        match a {
+            Action::Send(m) if internal(&m) => external.extend(one_node(s, m, at)),
+            Action::Send(m) => external.push(m),
+            Action::Broadcast { stanza, to } => {
+                for t in to {
+                    let mut m = stanza.clone();
+                    stanza::set(&mut m, "to", &t);
+                    external.push(m);
+                }
+            }
+            Action::Reroute(m) => external.extend(one_node(s, m, at)),
+        }
+    }
+    external
 }
 
 mod dispatch_tests {
@@ -103,7 +144,7 @@ mod routing_tests {
 
     #[test]
     fn targets_and_keys() {
-        let d = vec!["ring.test".to_string()];
+        let d = Served::new(&["ring.test"]).unwrap();
         let t = |s: &str| target(&el(s), &d).unwrap();
         assert_eq!(
             t("<presence xmlns='jabber:client' to='Room@conference.ring.test/Nick'/>"),
@@ -170,13 +211,34 @@ mod routing_tests {
         assert_eq!(load.names, vec!["muc:r@conference.ring.test".to_string()]);
         assert_eq!(s.handle(0, join("bob", "bob@b.test/y"), &mut out), None);
         assert!(out.is_empty());
-        s.loaded(&load.entity, &[(load.names[0].clone(), None)], 0, &mut out);
-        // The room was created by alice (locked): bob is refused.
-        assert!(out.iter().any(|a| matches!(a, Action::Send(p) if p.attr("to") == Some("bob@b.test/y") && p.attr("type") == Some("error"))));
+        let waiting = s.loaded(&load.entity, &[(load.names[0].clone(), None)], &mut out);
+        assert_eq!(waiting.len(), 2, "both presences waited for the load");
         assert_eq!(s.loading(), 0);
+        let mut sent = Vec::new();
+        for w in waiting {
+            sent.extend(one_node(&mut s, w, 0));
+        }
+        // The registry granted the room to alice (locked): bob is refused.
+        assert!(
+            sent.iter()
+                .any(|p| p.attr("to") == Some("bob@b.test/y") && p.attr("type") == Some("error"))
+        );
+        assert!(
+            sent.iter()
+                .any(|p| p.attr("to") == Some("alice@a.test/x") && p.attr("type").is_none())
+        );
         let writes = s.take_writes();
-        assert_eq!(writes.len(), 1);
-        assert!(writes[0].1.is_some());
+        assert!(
+            writes
+                .iter()
+                .any(|(n, v)| n == "muc:r@conference.ring.test" && v.is_some())
+        );
+        assert!(
+            writes
+                .iter()
+                .any(|(n, _)| n.starts_with("dir:conference.ring.test#")),
+            "the registry stored the room"
+        );
     }
 }
 
@@ -187,21 +249,8 @@ mod directory_tests {
         s.parse().unwrap()
     }
 
-    /// Feeds `st` to the services, loading empty state when asked, and
-    /// returns what they sent.
     fn feed(s: &mut Services, st: Element) -> Vec<Element> {
-        let mut out = Vec::new();
-        if let Some(load) = s.handle(0, st, &mut out) {
-            let values: Vec<(String, Option<Vec<u8>>)> =
-                load.names.iter().map(|n| (n.clone(), None)).collect();
-            s.loaded(&load.entity, &values, 0, &mut out);
-        }
-        out.into_iter()
-            .filter_map(|a| match a {
-                Action::Send(st) => Some(st),
-                _ => None,
-            })
-            .collect()
+        one_node(s, st, 0)
     }
 
     fn disco_items(s: &mut Services, to: &str) -> Vec<(String, Option<String>, Option<String>)> {
@@ -238,32 +287,20 @@ mod directory_tests {
                 "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='r@conference.ring.test'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'><field var='muc#roomconfig_roomname'><value>Hall</value></field></x></query></iq>",
             ),
         );
-        let updates: Vec<Element> = out
-            .into_iter()
-            .filter(|m| directory::parse_update(m).is_some())
-            .collect();
-        assert_eq!(updates.len(), 1);
-        // The update travels to the service JID's node (here: the same).
-        for u in updates {
-            assert!(feed(&mut s, u).is_empty(), "updates are not answered");
-        }
+        // The listing update went to the service JID's node (here: the
+        // same) and is not answered.
+        assert!(out.iter().all(|m| !internal(m)), "{out:?}");
         assert_eq!(
             disco_items(&mut s, "conference.ring.test"),
             vec![("r@conference.ring.test".into(), None, Some("Hall".into()))]
         );
         // The last occupant leaves a temporary room: it is unlisted.
-        let out = feed(
+        feed(
             &mut s,
             el(
                 "<presence xmlns='jabber:client' type='unavailable' from='a@a.test/x' to='r@conference.ring.test/a'/>",
             ),
         );
-        for u in out
-            .into_iter()
-            .filter(|m| directory::parse_update(m).is_some())
-        {
-            feed(&mut s, u);
-        }
         assert!(disco_items(&mut s, "conference.ring.test").is_empty());
         // PubSub nodes likewise.
         let out = feed(
@@ -272,12 +309,7 @@ mod directory_tests {
                 "<iq xmlns='jabber:client' type='set' id='c' from='a@a.test/x' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>",
             ),
         );
-        for u in out
-            .into_iter()
-            .filter(|m| directory::parse_update(m).is_some())
-        {
-            feed(&mut s, u);
-        }
+        assert_eq!(out[0].attr("type"), Some("result"), "{out:?}");
         assert_eq!(
             disco_items(&mut s, "pubsub.ring.test"),
             vec![("pubsub.ring.test".into(), Some("news".into()), None)]
@@ -300,12 +332,7 @@ mod idle_tests {
     fn empty_rooms_and_unused_nodes_leave_memory_and_come_back() {
         let mut s = super::services();
         let run = |s: &mut Services, xml: &str, at: u64| {
-            let mut out = Vec::new();
-            if let Some(load) = s.handle(at, xml.parse().unwrap(), &mut out) {
-                let stored: Vec<(String, Option<Vec<u8>>)> =
-                    load.names.iter().map(|n| (n.clone(), None)).collect();
-                s.loaded(&load.entity, &stored, at, &mut out);
-            }
+            one_node(s, xml.parse().unwrap(), at);
         };
         run(
             &mut s,
@@ -322,23 +349,30 @@ mod idle_tests {
             "<iq xmlns='jabber:client' type='set' id='n' from='a@a.test/x' to='pubsub.ring.test'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='news'/></pubsub></iq>",
             0,
         );
-        // An occupied room is never idle; an unused node is, after a while.
+        // An occupied room is never idle; an unused node is, after a while
+        // (and so are the registries that granted them).
+        let mut idle = s.idle(1000, 300);
+        idle.sort();
         assert_eq!(
-            s.idle(1000, 300),
-            vec!["pubsub:pubsub.ring.test/news".to_string()]
+            idle,
+            vec![
+                "dir:conference.ring.test".to_string(),
+                "dir:pubsub.ring.test".to_string(),
+                "pubsub:pubsub.ring.test/news".to_string()
+            ]
         );
         run(
             &mut s,
             "<presence xmlns='jabber:client' type='unavailable' from='a@a.test/x' to='r@conference.ring.test/a'/>",
             1000,
         );
-        assert_eq!(
-            s.idle(1100, 300),
-            vec!["pubsub:pubsub.ring.test/news".to_string()],
+        assert!(
+            !s.idle(1100, 300)
+                .contains(&"muc:r@conference.ring.test".to_string()),
             "the room was left 100 s ago"
         );
         let idle = s.idle(1300, 300);
-        assert_eq!(idle.len(), 2, "{idle:?}");
+        assert_eq!(idle.len(), 4, "{idle:?}");
         s.take_writes();
         for e in idle {
             s.unload(&e);

@@ -280,6 +280,18 @@ fn record_limits_and_bad_requests_get_clear_errors() {
     let g = get(&c, 1, "gone");
     assert!(g.ok && !g.found, "{g:?}");
 
+    // The records of rooms and PubSub nodes are their services' alone.
+    let forged: RecordReport = post_json(
+        c.admin(1),
+        "/record?op=put&name=muc%3Aroom%40conference.ring.test",
+        b"{}",
+        T,
+    )
+    .expect("answer");
+    assert!(
+        forged.error.as_deref().is_some_and(|e| e.contains("service only")),
+        "{forged:?}"
+    );
     // Bad requests to the admin API: 400 with a message; and nothing
     // changes state through a GET (405).
     for q in [

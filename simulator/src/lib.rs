@@ -17,6 +17,7 @@
 pub mod plot;
 pub mod progress;
 pub mod protocol;
+pub mod records_load;
 pub mod report;
 pub mod static_ring;
 pub mod sweep;

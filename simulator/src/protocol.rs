@@ -21,9 +21,16 @@
 //! bounced to its origin, or with no outcome. A message with no outcome
 //! whose origin is still alive is *lost*; the routing design requires that
 //! number to be zero.
+//!
+//! With a record workload ([`RecordParams`]), every node also runs the real
+//! record replicator, records are written before the measured phase, and
+//! the measured phase writes and reads them while churn goes on (see
+//! [`crate::records_load`]).
 
 use crate::progress::Progress;
+use crate::records_load::{RecordParams, Workload};
 use crate::report::{HopCounts, ProtocolFigures, Report};
+use ring_records::{MemBackend, Output, RecordMsg, Replicator, StoreLimits};
 use dht::id::{KEY_BITS, KEY_BYTES, Key};
 use dht::node::{Event, NodeConfig, RingNode, Stats};
 use dht::table::TableConfig;
@@ -64,6 +71,8 @@ pub struct ProtocolParams {
     pub churn_median_session: Option<Duration>,
     /// Per-node protocol parameters (k and bits are taken from above).
     pub node: NodeConfig,
+    /// The record workload (none when `records.records == 0`).
+    pub records: RecordParams,
 }
 
 impl ProtocolParams {
@@ -83,6 +92,7 @@ impl ProtocolParams {
             duration: Duration::from_secs(600),
             churn_median_session: None,
             node: NodeConfig::default(),
+            records: RecordParams::default(),
         }
     }
 }
@@ -113,6 +123,13 @@ enum SimEvent {
     Send {
         msg: u32,
     },
+    RecordWrite {
+        record: u32,
+    },
+    RecordRead {
+        record: u32,
+    },
+    Sample,
 }
 
 /// A heap entry: the event itself waits in a slab, so heap operations move
@@ -143,6 +160,8 @@ impl Ord for Queued {
 
 struct SimNode {
     node: RingNode<u32>,
+    /// The record replicator (with a record workload).
+    rep: Option<Replicator<MemBackend>>,
     wake: Option<Time>,
 }
 
@@ -189,6 +208,10 @@ struct Sim {
     joins: u64,
     departures: u64,
     events: u64,
+    /// The record workload's clients, when there is one.
+    workload: Option<Workload>,
+    /// Sweep bytes of replicators that crashed.
+    dead_sweep_bytes: u64,
 }
 
 /// splitmix64-style mixing of a few integers.
@@ -233,6 +256,8 @@ impl Sim {
             joins: 0,
             departures: 0,
             events: 0,
+            workload: None,
+            dead_sweep_bytes: 0,
             p,
         }
     }
@@ -300,7 +325,21 @@ impl Sim {
             now,
             self.now,
         );
-        self.slots.push(Some(SimNode { node, wake: None }));
+        let rep = (self.p.records.records > 0).then(|| {
+            Replicator::new(
+                self.p.records.config.clone(),
+                id,
+                MemBackend::new(),
+                StoreLimits::default(),
+                now,
+            )
+            .expect("a memory store opens")
+        });
+        self.slots.push(Some(SimNode {
+            node,
+            rep,
+            wake: None,
+        }));
         self.live_pos.push(self.live.len());
         self.live.push(slot);
         self.live_ids.insert(id);
@@ -313,6 +352,9 @@ impl Sim {
             return;
         };
         self.dead_stats.merge(n.node.stats());
+        if let Some(rep) = &n.rep {
+            self.dead_sweep_bytes += rep.counters().sweep_bytes;
+        }
         let id = n.node.id();
         self.live_ids.remove(&id);
         let pos = self.live_pos[slot as usize];
@@ -353,58 +395,126 @@ impl Sim {
         self.live_ids.iter().next().copied()
     }
 
-    /// Moves a node's outputs into the event queue and reschedules its timer.
+    /// Moves a node's outputs (and its replicator's) into the event queue
+    /// and reschedules its timer.
     fn flush(&mut self, slot: u32) {
         let now = self.now;
         let instant = self.instant();
-        let Some(sn) = self.slots[slot as usize].as_mut() else {
-            return;
-        };
-        let from = sn.node.contact().clone();
-        let mut out = Vec::new();
-        while let Some(t) = sn.node.poll_transmit(instant) {
-            out.push(t);
-        }
-        let mut events = Vec::new();
-        while let Some(e) = sn.node.poll_event() {
-            events.push(e);
-        }
-        let next = sn
-            .node
-            .poll_timeout()
-            .map(|t| us(t.saturating_duration_since(self.base)));
-        let reschedule = match (next, sn.wake) {
-            (Some(n), Some(w)) => n < w,
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if reschedule {
-            sn.wake = next;
-        }
-        if let (true, Some(n)) = (reschedule, next) {
-            self.schedule(n.max(now), SimEvent::Wake { slot });
-        }
-        for t in out {
-            if self.p.loss > 0.0 && self.rng.random_bool(self.p.loss) {
-                continue;
+        loop {
+            let Some(sn) = self.slots[slot as usize].as_mut() else {
+                return;
+            };
+            // The replicator's messages become envelopes first.
+            let mut answers = Vec::new();
+            if let Some(rep) = sn.rep.as_mut() {
+                while let Some(o) = rep.poll_output() {
+                    match o {
+                        Output::Route { to, msg } => {
+                            let payload = bytes::Bytes::from(msg.encode());
+                            if sn
+                                .node
+                                .route(instant, to, EnvelopeKind::Record, payload, false)
+                                .is_err()
+                            {
+                                rep.handle_bounce(&msg, "resource-constraint");
+                            }
+                        }
+                        Output::Answer { client, answer } => answers.push((client, answer)),
+                        Output::Confirmed { .. } | Output::Loaded { .. } => {}
+                    }
+                }
             }
-            let at = now + self.latency(slot, t.to.addr);
-            self.schedule(
-                at,
-                SimEvent::Deliver {
-                    to: t.to.addr,
-                    from: from.clone(),
-                    msg: t.msg,
-                },
-            );
-        }
-        for e in events {
-            self.on_node_event(slot, e);
+            if let Some(w) = self.workload.as_mut() {
+                for (client, a) in &answers {
+                    w.answered(*client, a, now);
+                }
+            }
+            let Some(sn) = self.slots[slot as usize].as_mut() else {
+                return;
+            };
+            let from = sn.node.contact().clone();
+            let mut out = Vec::new();
+            while let Some(t) = sn.node.poll_transmit(instant) {
+                out.push(t);
+            }
+            let mut events = Vec::new();
+            while let Some(e) = sn.node.poll_event() {
+                events.push(e);
+            }
+            let next = [
+                sn.node.poll_timeout(),
+                sn.rep.as_ref().and_then(|r| r.poll_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| us(t.saturating_duration_since(self.base)));
+            let reschedule = match (next, sn.wake) {
+                (Some(n), Some(w)) => n < w,
+                (Some(_), None) => true,
+                _ => false,
+            };
+            if reschedule {
+                sn.wake = next;
+            }
+            if let (true, Some(n)) = (reschedule, next) {
+                self.schedule(n.max(now), SimEvent::Wake { slot });
+            }
+            for t in out {
+                if self.p.loss > 0.0 && self.rng.random_bool(self.p.loss) {
+                    continue;
+                }
+                let at = now + self.latency(slot, t.to.addr);
+                self.schedule(
+                    at,
+                    SimEvent::Deliver {
+                        to: t.to.addr,
+                        from: from.clone(),
+                        msg: t.msg,
+                    },
+                );
+            }
+            let quiet = events.is_empty() && answers.is_empty();
+            for e in events {
+                self.on_node_event(slot, e);
+            }
+            let more = self.slots[slot as usize]
+                .as_ref()
+                .and_then(|sn| sn.rep.as_ref())
+                .is_some_and(|r| r.has_output());
+            if quiet && !more {
+                return;
+            }
         }
     }
 
     fn on_node_event(&mut self, slot: u32, e: Event<u32>) {
+        let instant = self.instant();
         match e {
+            Event::Delivered(env) if env.kind == EnvelopeKind::Record => {
+                if let Some(sn) = self.slots[slot as usize].as_mut()
+                    && let Some(rep) = sn.rep.as_mut()
+                    && let Some(msg) = RecordMsg::decode(&env.payload)
+                {
+                    rep.handle_message(instant, &sn.node, env.key, env.hops, msg);
+                }
+            }
+            Event::Bounced { envelope, reason } if envelope.kind == EnvelopeKind::Record => {
+                if let Some(sn) = self.slots[slot as usize].as_mut()
+                    && let Some(rep) = sn.rep.as_mut()
+                    && let Some(msg) = RecordMsg::decode(&envelope.payload)
+                {
+                    rep.handle_bounce(&msg, reason.xmpp_condition());
+                }
+            }
+            Event::ContactFailed(_) => {
+                if let Some(rep) = self.slots[slot as usize]
+                    .as_mut()
+                    .and_then(|sn| sn.rep.as_mut())
+                {
+                    rep.handle_membership(instant);
+                }
+            }
             Event::Delivered(env) => {
                 let Some(idx) = msg_index(&env.payload) else {
                     return;
@@ -476,7 +586,14 @@ impl Sim {
                     return; // superseded by an earlier wake
                 }
                 sn.wake = None;
-                sn.node.handle_timeout(now);
+                if sn.node.poll_timeout().is_some_and(|t| t <= now) {
+                    sn.node.handle_timeout(now);
+                }
+                if let Some(rep) = sn.rep.as_mut()
+                    && rep.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    rep.handle_timeout(now, &sn.node);
+                }
                 self.flush(slot);
             }
             SimEvent::Arrive => {
@@ -501,7 +618,84 @@ impl Sim {
                 self.schedule(self.now, SimEvent::Arrive);
             }
             SimEvent::Send { msg } => self.send(msg),
+            SimEvent::RecordWrite { record } => self.record_op(record, true),
+            SimEvent::RecordRead { record } => self.record_op(record, false),
+            SimEvent::Sample => {
+                let copies = self.live_copies();
+                if let Some(w) = self.workload.as_mut() {
+                    w.sample(&copies);
+                }
+            }
         }
+    }
+
+    /// A client at a random live node writes or reads `record`.
+    fn record_op(&mut self, record: u32, write: bool) {
+        if self.live.is_empty() {
+            return;
+        }
+        let origin = self.live[self.rng.random_range(0..self.live.len())];
+        let now_us = self.now;
+        let instant = self.instant();
+        let Some(w) = self.workload.as_mut() else {
+            return;
+        };
+        let (tag, op) = if write {
+            w.write(record, now_us)
+        } else {
+            w.read(record, now_us)
+        };
+        let Some(rep) = self.slots[origin as usize]
+            .as_mut()
+            .and_then(|sn| sn.rep.as_mut())
+        else {
+            return;
+        };
+        if let Err(a) = rep.request(instant, op, tag)
+            && let Some(w) = self.workload.as_mut()
+        {
+            w.answered(tag, &a, now_us);
+        }
+        self.flush(origin);
+    }
+
+    /// Every live node's record copies: (name, version).
+    fn live_copies(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for sn in self.slots.iter().flatten() {
+            let Some(rep) = &sn.rep else { continue };
+            let s = rep.store();
+            for name in s.names_after(None, usize::MAX) {
+                if let Ok(Some(r)) = s.get(&name)
+                    && !r.deleted
+                {
+                    out.push((name, r.version));
+                }
+            }
+        }
+        out
+    }
+
+    /// Sweep bytes of every replicator so far, dead ones included.
+    fn sweep_bytes(&self) -> u64 {
+        self.dead_sweep_bytes
+            + self
+                .slots
+                .iter()
+                .flatten()
+                .filter_map(|sn| sn.rep.as_ref())
+                .map(|r| r.counters().sweep_bytes)
+                .sum::<u64>()
+    }
+
+    /// Record requests still waiting for an answer at live nodes.
+    fn records_pending(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|sn| sn.rep.as_ref())
+            .map(|r| r.pending_requests())
+            .sum()
     }
 
     fn schedule_crash(&mut self, slot: u32) {
@@ -596,7 +790,15 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
     let formation = us(Duration::from_secs_f64(
         (n - 1) as f64 / p.join_rate.max(0.001),
     ));
-    let t0 = formation + us(p.settle);
+    let records = p.records.records;
+    // With a record workload, the records are written after the settling
+    // and the measured phase starts half a minute after the last write.
+    let t_records = formation + us(p.settle);
+    let t0 = if records > 0 {
+        t_records + us(p.records.create_window) + us(Duration::from_secs(30))
+    } else {
+        t_records
+    };
     let t_end = t0 + us(p.duration);
     // Long enough for every receipt deadline to pass.
     let drain = us(p.node.receipt_timeout + Duration::from_secs(90));
@@ -614,10 +816,44 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
         let at = us(Duration::from_secs_f64(i as f64 / p.join_rate.max(0.001)));
         sim.schedule(at, SimEvent::Arrive);
     }
+    sim.run_until(t_records, progress, total);
+    if records > 0 {
+        sim.workload = Some(Workload::new(&p.records));
+        let window = us(p.records.create_window).max(1);
+        for i in 0..records {
+            let at = t_records + sim.rng.random_range(0..window);
+            sim.schedule(at, SimEvent::RecordWrite { record: i as u32 });
+        }
+    }
     sim.run_until(t0, progress, total);
 
     // Measured phase.
     let before = sim.total_stats();
+    let sweep_before = sim.sweep_bytes();
+    if records > 0 {
+        let secs = p.duration.as_secs_f64();
+        let span = us(p.duration).max(1);
+        for (count, write) in [
+            ((p.records.writes_per_s * secs) as u64, true),
+            ((p.records.reads_per_s * secs) as u64, false),
+        ] {
+            for _ in 0..count {
+                let at = t0 + sim.rng.random_range(0..span);
+                let record = sim.rng.random_range(0..records) as u32;
+                let ev = if write {
+                    SimEvent::RecordWrite { record }
+                } else {
+                    SimEvent::RecordRead { record }
+                };
+                sim.schedule(at, ev);
+            }
+        }
+        let mut t = t0;
+        while t < t_end {
+            t += us(Duration::from_secs(60));
+            sim.schedule(t.min(t_end), SimEvent::Sample);
+        }
+    }
     sim.measuring = true;
     sim.churn_until = t_end;
     let live_now: Vec<u32> = sim.live.clone();
@@ -647,9 +883,10 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
         sample_count += 1;
     }
     let after = sim.total_stats();
+    let sweep_after = sim.sweep_bytes();
     // Drain: let in-flight messages finish (timeouts, reroutes, bounces).
     let mut t = t_end;
-    while t < t_end + drain && !sim.all_outcomes_known() {
+    while t < t_end + drain && (!sim.all_outcomes_known() || sim.records_pending() > 0) {
         t += us(Duration::from_secs(1));
         sim.run_until(t, progress, total);
     }
@@ -721,6 +958,12 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
         median_latency_ms: p.median_latency.as_secs_f64() * 1000.0,
         loss_rate: p.loss,
         events: sim.events,
+        records: sim.workload.take().map(|w| {
+            let copies = sim.live_copies();
+            let per_node_s = (sweep_after - sweep_before) as f64
+                / (mean_live.max(1.0) * measured_s.max(1e-9));
+            w.finish(&copies, per_node_s)
+        }),
     };
     let mut r = Report::new("protocol", n as u64, p.lookups as u64, p.k, p.bits, p.seed)
         .with_hops(&sim.hops);
@@ -809,6 +1052,67 @@ mod tests {
             a.protocol.as_ref().unwrap().events,
             b.protocol.as_ref().unwrap().events
         );
+    }
+
+    fn with_records(p: ProtocolParams, records: usize) -> ProtocolParams {
+        ProtocolParams {
+            records: RecordParams {
+                records,
+                writes_per_s: 5.0,
+                reads_per_s: 5.0,
+                create_window: Duration::from_secs(20),
+                ..RecordParams::default()
+            },
+            ..p
+        }
+    }
+
+    #[test]
+    fn records_are_stored_read_and_kept_without_churn() {
+        let r = run(&with_records(small(60, 0), 300), &Progress::hidden());
+        let f = r.protocol.as_ref().unwrap().records.clone().unwrap();
+        assert_eq!(f.records, 300);
+        assert_eq!(f.records_lost, 0, "{f:?}");
+        assert_eq!(f.stale_reads, 0, "{f:?}");
+        assert_eq!(f.write_failures + f.read_failures, 0, "{f:?}");
+        // 300 initial writes, then 5/s over 60 s, all answered.
+        assert_eq!(f.writes, 600, "{f:?}");
+        assert_eq!(f.reads, 300, "{f:?}");
+        assert_eq!(f.records_under_replicated_max, 0, "{f:?}");
+        assert!(f.write_latency_ms_p50 > 0.0);
+    }
+
+    #[test]
+    fn records_survive_churn_with_fast_neighbour_checks() {
+        let mut p = ProtocolParams {
+            churn_median_session: Some(Duration::from_secs(600)),
+            duration: Duration::from_secs(300),
+            ..with_records(small(120, 0), 500)
+        };
+        p.node.liveness_interval = Duration::from_secs(60);
+        let r = run(&p, &Progress::hidden());
+        let f = r.protocol.as_ref().unwrap().clone();
+        let rec = f.records.clone().unwrap();
+        assert!(f.churn_departures > 20, "churn happened: {f:?}");
+        assert_eq!(rec.records_lost, 0, "{rec:?}");
+        assert!(rec.writes >= 500 + 1400, "{rec:?}");
+        assert!(rec.rereplication_bytes_per_node_per_s > 0.0, "{rec:?}");
+    }
+
+    #[test]
+    fn without_neighbour_checks_churn_loses_records() {
+        // The same churn with the neighbourhood checks off and slow
+        // liveness: dead replicas linger in the tables and copies are lost.
+        let mut p = ProtocolParams {
+            churn_median_session: Some(Duration::from_secs(120)),
+            duration: Duration::from_secs(600),
+            ..with_records(small(60, 0), 300)
+        };
+        p.node.neighbours = 0;
+        p.node.liveness_interval = Duration::from_secs(600);
+        let r = run(&p, &Progress::hidden());
+        let rec = r.protocol.as_ref().unwrap().records.clone().unwrap();
+        assert!(rec.records_lost > 0, "{rec:?}");
     }
 
     #[test]

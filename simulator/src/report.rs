@@ -127,6 +127,9 @@ pub struct ProtocolFigures {
     pub loss_rate: f64,
     /// Events the simulator processed.
     pub events: u64,
+    /// The record workload's figures, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub records: Option<crate::records_load::RecordFigures>,
 }
 
 /// One simulation's figures. Field names are the JSON contract.
@@ -254,6 +257,33 @@ impl Report {
                     s,
                     "churn: median session {:.0} s over {:.0} s: {} departures, {} joins",
                     p.median_session_s, p.measured_s, p.churn_departures, p.churn_joins
+                );
+            }
+            if let Some(r) = &p.records {
+                let _ = writeln!(
+                    s,
+                    "records: {} with {} copies (sweep {:.0} s): lost {}  stale reads {} of {}  under-replicated min {} p99 {} max {}",
+                    r.records,
+                    r.replicas,
+                    r.sweep_s,
+                    r.records_lost,
+                    r.stale_reads,
+                    r.reads,
+                    r.records_under_replicated_min,
+                    r.records_under_replicated_p99,
+                    r.records_under_replicated_max
+                );
+                let _ = writeln!(
+                    s,
+                    "record writes {} (failed {})  reads failed {}  write p50/p99 {:.1}/{:.1} ms  read p50/p99 {:.1}/{:.1} ms  re-replication {:.1} B/node/s",
+                    r.writes,
+                    r.write_failures,
+                    r.read_failures,
+                    r.write_latency_ms_p50,
+                    r.write_latency_ms_p99,
+                    r.read_latency_ms_p50,
+                    r.read_latency_ms_p99,
+                    r.rereplication_bytes_per_node_per_s
                 );
             }
         }

@@ -89,6 +89,30 @@ pub struct SimulateArgs {
     /// Protocol mode: contacts silent this long are pinged, s.
     #[arg(long, help_heading = "Protocol mode")]
     pub liveness_interval_s: Option<f64>,
+    /// Protocol mode: the closest contacts checked more often (the
+    /// neighbourhood; 0: none) [default: 8].
+    #[arg(long, help_heading = "Protocol mode")]
+    pub neighbours: Option<usize>,
+    /// Protocol mode: neighbours silent this long are pinged, s [default: 5].
+    #[arg(long, help_heading = "Protocol mode")]
+    pub neighbour_interval_s: Option<f64>,
+
+    /// Records: write this many records before the measured phase and
+    /// run the real record replicator on every node (0: none).
+    #[arg(long, default_value_t = 0, help_heading = "Records (protocol mode)")]
+    pub records: usize,
+    /// Records: writes per simulated second during the measured phase.
+    #[arg(long, default_value_t = 10.0, help_heading = "Records (protocol mode)")]
+    pub record_writes_per_s: f64,
+    /// Records: reads per simulated second during the measured phase.
+    #[arg(long, default_value_t = 10.0, help_heading = "Records (protocol mode)")]
+    pub record_reads_per_s: f64,
+    /// Records: copies of each record (`record_replicas`).
+    #[arg(long, default_value_t = 3, help_heading = "Records (protocol mode)")]
+    pub record_replicas: usize,
+    /// Records: the re-replication sweep runs this often, s (`record_sweep_ms`).
+    #[arg(long, default_value_t = 10.0, help_heading = "Records (protocol mode)")]
+    pub record_sweep_s: f64,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, UsageError> {
@@ -165,6 +189,31 @@ impl SimulateArgs {
                 "churn and loss flags need --mode protocol".into(),
             ));
         }
+        if self.records > 0 && self.mode != Mode::Protocol {
+            return Err(UsageError("--records needs --mode protocol".into()));
+        }
+        if !(1..=16).contains(&self.record_replicas) {
+            return Err(UsageError(format!(
+                "--record-replicas must be between 1 and 16, got {}",
+                self.record_replicas
+            )));
+        }
+        for (name, v) in [
+            ("record-writes-per-s", self.record_writes_per_s),
+            ("record-reads-per-s", self.record_reads_per_s),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(UsageError(format!(
+                    "--{name} must be a non-negative number, got {v}"
+                )));
+            }
+        }
+        if !(self.record_sweep_s > 0.0 && self.record_sweep_s.is_finite()) {
+            return Err(UsageError(format!(
+                "--record-sweep-s must be positive, got {}",
+                self.record_sweep_s
+            )));
+        }
         Ok(())
     }
 
@@ -205,6 +254,18 @@ impl SimulateArgs {
         if let Some(v) = self.liveness_interval_s {
             p.node.liveness_interval = secs("liveness-interval-s", v)?.max(Duration::from_secs(1));
         }
+        if let Some(n) = self.neighbours {
+            p.node.neighbours = n;
+        }
+        if let Some(v) = self.neighbour_interval_s {
+            p.node.neighbour_interval =
+                secs("neighbour-interval-s", v)?.max(Duration::from_millis(100));
+        }
+        p.records.records = self.records;
+        p.records.writes_per_s = self.record_writes_per_s;
+        p.records.reads_per_s = self.record_reads_per_s;
+        p.records.config.replicas = self.record_replicas;
+        p.records.config.sweep_every = secs("record-sweep-s", self.record_sweep_s)?;
         Ok(p)
     }
 

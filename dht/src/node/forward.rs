@@ -307,7 +307,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     /// Declares the link to `peer` failed and redispatches what it held.
     pub(super) fn fail_link(&mut self, now: Instant, peer: NodeId, count_failure: bool) {
         if count_failure {
-            self.table.record_failure(&peer);
+            self.count_failure(peer);
         }
         let Some(link) = self.links.get_mut(&peer) else {
             return;

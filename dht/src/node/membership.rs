@@ -15,7 +15,7 @@ use super::{Event, RingNode, Timer};
 use crate::contact::Contact;
 use crate::id::{Key, NodeId};
 use crate::lookup::{Lookup, LookupGoal};
-use crate::table::InsertOutcome;
+use crate::table::{FailureOutcome, InsertOutcome};
 use crate::wire::{MAX_CONTACTS_PER_ANSWER, Message};
 use rand::RngExt;
 use std::time::Instant;
@@ -47,6 +47,10 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 .push(now + self.cfg.refresh_interval, Timer::Refresh);
             self.timers
                 .push(now + self.cfg.liveness_tick, Timer::Liveness);
+            if self.cfg.neighbours > 0 {
+                self.timers
+                    .push(now + self.cfg.neighbour_interval, Timer::Neighbours);
+            }
         }
         if seeds.is_empty() && self.table.is_empty() {
             // Nobody to ask: this node founds a new ring.
@@ -94,7 +98,40 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
     pub(super) fn on_ping_timeout(&mut self, _now: Instant, nonce: u64) {
         if let Some(peer) = self.pings.remove(&nonce) {
             self.stats.ping_timeouts += 1;
-            self.table.record_failure(&peer);
+            self.count_failure(peer);
+        }
+    }
+
+    /// Counts a failure of `peer`; when it stops counting as live (its
+    /// first failure, or its removal), tells the driver.
+    pub(super) fn count_failure(&mut self, peer: NodeId) {
+        match self.table.record_failure(&peer) {
+            FailureOutcome::Counted(1) | FailureOutcome::Removed { .. } => {
+                self.events.push_back(Event::ContactFailed(peer));
+            }
+            _ => {}
+        }
+    }
+
+    /// Pings the silent ones among the contacts closest to this node's own
+    /// id (see `NodeConfig::neighbours`).
+    pub(super) fn on_neighbours(&mut self, now: Instant) {
+        self.timers
+            .push(now + self.cfg.neighbour_interval, Timer::Neighbours);
+        if self.leaving || self.table.is_empty() {
+            return;
+        }
+        let own = self.me.id;
+        let near = self
+            .table
+            .closest(&own, self.cfg.neighbours, |e| e.failures == 0);
+        for c in near {
+            let silent = self.table.get(&c.id).is_some_and(|e| {
+                now.saturating_duration_since(e.last_seen) >= self.cfg.neighbour_interval
+            });
+            if silent && !self.pings.values().any(|id| *id == c.id) {
+                self.ping(now, c);
+            }
         }
     }
 
@@ -169,7 +206,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
             return;
         };
         self.stats.query_timeouts += 1;
-        self.table.record_failure(&peer);
+        self.count_failure(peer);
         if let Some((lookup, _)) = self.lookups.get_mut(&lookup_id) {
             lookup.handle_failure(&peer);
         }

@@ -83,6 +83,14 @@ pub struct NodeConfig {
     /// How often the liveness scan runs; each run looks at the share of the
     /// table that spreads the pings evenly over `liveness_interval`.
     pub liveness_tick: Duration,
+    /// The contacts closest to this node's own id: its neighbourhood, which
+    /// also holds the other copies of what this node stores. They are
+    /// pinged when silent for `neighbour_interval`, so a crashed
+    /// neighbour leaves replica sets (and is replaced by re-replication)
+    /// within seconds instead of one `liveness_interval`.
+    pub neighbours: usize,
+    /// See `neighbours`.
+    pub neighbour_interval: Duration,
     /// This node's role.
     pub role: Role,
 }
@@ -108,6 +116,8 @@ impl Default for NodeConfig {
             max_outstanding: 200_000,
             liveness_interval: Duration::from_secs(10 * 60),
             liveness_tick: Duration::from_secs(10),
+            neighbours: 8,
+            neighbour_interval: Duration::from_secs(5),
             role: Role::Application,
         }
     }
@@ -156,6 +166,9 @@ pub enum Event<A> {
     /// A new contact entered the routing table (the driver may want to
     /// connect to it early).
     ContactAdded(Contact<A>),
+    /// A contact stopped answering (a timed-out ping, query or ack): it no
+    /// longer counts as live, and replica sets that held it have changed.
+    ContactFailed(NodeId),
     /// An envelope this node originated was confirmed delivered by its
     /// responsible node.
     Receipt {
@@ -378,6 +391,7 @@ impl<A: Clone + PartialEq + std::fmt::Debug> RingNode<A> {
                 Timer::Refresh => self.on_refresh(now),
                 Timer::Receipt => self.on_receipt_timer(now),
                 Timer::Liveness => self.on_liveness(now),
+                Timer::Neighbours => self.on_neighbours(now),
             }
         }
     }

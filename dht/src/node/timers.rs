@@ -25,6 +25,8 @@ pub(crate) enum Timer {
     Receipt,
     /// The paced liveness scan.
     Liveness,
+    /// The neighbourhood check.
+    Neighbours,
 }
 
 #[derive(Default, Debug)]

@@ -1,205 +1,65 @@
-//! This node's copies of records, persisted with redb in the data
-//! directory.
-//!
-//! A record is a value with a version. Copies meet each other during
-//! replication and re-replication, so the store never overwrites blindly:
-//! [`RecordStore::apply`] keeps whichever copy [`Record::supersedes`] the
-//! other, an order every node computes the same way. A delete is a
-//! tombstone (a newer version without a value) so that a stale copy cannot
-//! bring a deleted record back.
+//! The node's storage of record copies: a redb database in the data
+//! directory (`records.redb`), behind the replicator's [`Backend`] trait.
+//! The replicator keeps the index, the limits and the order of copies (see
+//! the `ring-records` crate); this file only reads and writes durably.
 
-use super::Record;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::BTreeMap;
+use ring_records::{Backend, Record, StoreError};
 use std::path::Path;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// The store's own bookkeeping: `boot` counts the opens of this store.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// Size limits of one node's store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StoreLimits {
-    /// Largest value of one record, bytes.
-    pub max_record_bytes: usize,
-    /// Most bytes (names and values) this node stores.
-    pub max_store_bytes: u64,
-}
-
-impl Default for StoreLimits {
-    fn default() -> Self {
-        StoreLimits {
-            max_record_bytes: 64 * 1024,
-            max_store_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
-
-/// Why a write was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum StoreError {
-    /// The value is over the per-record limit.
-    #[error("record of {size} bytes is over the limit of {max} bytes")]
-    TooLarge {
-        /// Value size.
-        size: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The node's store is full.
-    #[error("record store full: {used} of {max} bytes used, {size} more needed")]
-    Full {
-        /// Bytes stored.
-        used: u64,
-        /// The limit.
-        max: u64,
-        /// Bytes the write needs.
-        size: u64,
-    },
-    /// The name is empty or too long.
-    #[error("record names must be 1 to 1024 bytes")]
-    BadName,
-    /// The database failed.
-    #[error("storage: {0}")]
-    Storage(String),
-}
-
 fn storage(e: impl std::fmt::Display) -> StoreError {
     StoreError::Storage(e.to_string())
 }
 
-/// The records this node holds.
-pub struct RecordStore {
+/// Record copies in redb.
+pub struct RedbBackend {
     db: Database,
-    /// How many times this store has been opened (this open included).
+    /// How many times this database has been opened (this open included).
     boot: u64,
-    /// Bytes charged per record (name + value), for the limit and reports.
-    sizes: BTreeMap<String, u64>,
-    bytes: u64,
-    limits: StoreLimits,
 }
 
-fn charge(name: &str, rec: &Record) -> u64 {
-    (name.len() + rec.value.len()) as u64
-}
-
-impl RecordStore {
-    /// Opens (or creates) the store at `path` and indexes what it holds.
-    pub fn open(path: &Path, limits: StoreLimits) -> Result<RecordStore, String> {
+impl RedbBackend {
+    /// Opens (or creates) the database at `path` and counts this open.
+    pub fn open(path: &Path) -> Result<RedbBackend, String> {
         let db = Database::create(path)
             .map_err(|e| format!("cannot open the record store {}: {e}", path.display()))?;
-        let mut sizes = BTreeMap::new();
-        let mut bytes = 0;
+        let tx = db.begin_write().map_err(|e| e.to_string())?;
+        tx.open_table(RECORDS).map_err(|e| e.to_string())?;
         let boot;
         {
-            let tx = db.begin_write().map_err(|e| e.to_string())?;
-            tx.open_table(RECORDS).map_err(|e| e.to_string())?;
-            {
-                let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
-                let last = meta
-                    .get("boot")
-                    .map_err(|e| e.to_string())?
-                    .map_or(0, |v| v.value());
-                boot = last.saturating_add(1);
-                meta.insert("boot", boot).map_err(|e| e.to_string())?;
-            }
-            tx.commit().map_err(|e| e.to_string())?;
-            let rx = db.begin_read().map_err(|e| e.to_string())?;
-            let table = rx.open_table(RECORDS).map_err(|e| e.to_string())?;
-            for item in table.iter().map_err(|e| e.to_string())? {
-                let (k, v) = item.map_err(|e| e.to_string())?;
-                let Some(rec) = Record::decode(v.value()) else {
-                    tracing::warn!(name = k.value(), "skipping an undecodable stored record");
-                    continue;
-                };
-                let c = charge(k.value(), &rec);
-                bytes += c;
-                sizes.insert(k.value().to_string(), c);
+            let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            let last = meta
+                .get("boot")
+                .map_err(|e| e.to_string())?
+                .map_or(0, |v| v.value());
+            boot = last.saturating_add(1);
+            meta.insert("boot", boot).map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        Ok(RedbBackend { db, boot })
+    }
+}
+
+impl Backend for RedbBackend {
+    fn scan(&self) -> Result<Vec<(String, Record)>, StoreError> {
+        let rx = self.db.begin_read().map_err(storage)?;
+        let table = rx.open_table(RECORDS).map_err(storage)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(storage)? {
+            let (k, v) = item.map_err(storage)?;
+            match Record::decode(v.value()) {
+                Some(rec) => out.push((k.value().to_string(), rec)),
+                None => tracing::warn!(name = k.value(), "skipping an undecodable stored record"),
             }
         }
-        Ok(RecordStore {
-            db,
-            boot,
-            sizes,
-            bytes,
-            limits,
-        })
+        Ok(out)
     }
 
-    /// How many times this store has been opened, this time included.
-    /// Counters that must not repeat across restarts of a node with the
-    /// same id (write ids, acknowledgement and fetch numbers) start at
-    /// `boot << 32`.
-    pub fn boot(&self) -> u64 {
-        self.boot
-    }
-
-    /// The first number of a counter for this life of the node (see
-    /// [`RecordStore::boot`]).
-    pub fn counter_base(&self) -> u64 {
-        self.boot << 32
-    }
-
-    /// The limits.
-    pub fn limits(&self) -> StoreLimits {
-        self.limits
-    }
-
-    /// Records held (tombstones included).
-    pub fn len(&self) -> usize {
-        self.sizes.len()
-    }
-
-    /// Whether nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.sizes.is_empty()
-    }
-
-    /// Bytes held (names and values).
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Names held, from `after` (exclusive) on, at most `n`.
-    pub fn names_after(&self, after: Option<&str>, n: usize) -> Vec<String> {
-        let range = match after {
-            Some(a) => self
-                .sizes
-                .range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-            None => self.sizes.range::<str, _>(..),
-        };
-        range.take(n).map(|(k, _)| k.clone()).collect()
-    }
-
-    /// The next at most `n` names starting with `prefix`, after `cursor`
-    /// (a sweep over them a batch at a time): the cursor moves on, and
-    /// starts over once the names are all visited.
-    pub fn prefixed_batch(
-        &self,
-        prefix: &str,
-        cursor: &mut Option<String>,
-        n: usize,
-    ) -> Vec<String> {
-        let from = cursor.take().unwrap_or_else(|| prefix.to_string());
-        let names: Vec<String> = self
-            .sizes
-            .range::<str, _>((
-                std::ops::Bound::Excluded(from.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .take(n)
-            .cloned()
-            .collect();
-        if names.len() == n {
-            *cursor = names.last().cloned();
-        }
-        names
-    }
-
-    /// This node's copy of `name`, tombstones included.
-    pub fn get(&self, name: &str) -> Result<Option<Record>, StoreError> {
+    fn get(&self, name: &str) -> Result<Option<Record>, StoreError> {
         let rx = self.db.begin_read().map_err(storage)?;
         let table = rx.open_table(RECORDS).map_err(storage)?;
         let Some(v) = table.get(name).map_err(storage)? else {
@@ -210,39 +70,7 @@ impl RecordStore {
             .ok_or_else(|| StoreError::Storage(format!("stored record {name:?} is corrupt")))
     }
 
-    /// Checks a write against the limits without storing it.
-    pub fn check(&self, name: &str, rec: &Record) -> Result<(), StoreError> {
-        if name.is_empty() || name.len() > 1024 {
-            return Err(StoreError::BadName);
-        }
-        if rec.value.len() > self.limits.max_record_bytes {
-            return Err(StoreError::TooLarge {
-                size: rec.value.len(),
-                max: self.limits.max_record_bytes,
-            });
-        }
-        let old = self.sizes.get(name).copied().unwrap_or(0);
-        let new = charge(name, rec);
-        let after = self.bytes - old + new;
-        if new > old && after > self.limits.max_store_bytes {
-            return Err(StoreError::Full {
-                used: self.bytes,
-                max: self.limits.max_store_bytes,
-                size: new - old,
-            });
-        }
-        Ok(())
-    }
-
-    /// Stores `rec` if it supersedes this node's copy. Returns whether the
-    /// store changed.
-    pub fn apply(&mut self, name: &str, rec: &Record) -> Result<bool, StoreError> {
-        self.check(name, rec)?;
-        if let Some(cur) = self.get(name)?
-            && !rec.supersedes(&cur)
-        {
-            return Ok(false);
-        }
+    fn put(&mut self, name: &str, rec: &Record) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(storage)?;
         {
             let mut table = tx.open_table(RECORDS).map_err(storage)?;
@@ -250,17 +78,18 @@ impl RecordStore {
                 .insert(name, rec.encode().as_slice())
                 .map_err(storage)?;
         }
-        tx.commit().map_err(storage)?;
-        let new = charge(name, rec);
-        let old = self.sizes.insert(name.to_string(), new).unwrap_or(0);
-        self.bytes = self.bytes - old + new;
-        Ok(true)
+        tx.commit().map_err(storage)
+    }
+
+    fn boot(&self) -> u64 {
+        self.boot
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ring_records::{Store, StoreLimits};
 
     fn rec(version: u64, value: &str) -> Record {
         Record {
@@ -271,107 +100,23 @@ mod tests {
         }
     }
 
-    fn store(dir: &Path, limits: StoreLimits) -> RecordStore {
-        RecordStore::open(&dir.join("records.redb"), limits).unwrap()
-    }
-
     #[test]
-    fn newer_versions_win_and_older_ones_are_ignored() {
+    fn records_survive_a_reopen_and_every_open_counts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = store(dir.path(), StoreLimits::default());
-        assert!(s.apply("a", &rec(2, "two")).unwrap());
-        assert!(!s.apply("a", &rec(1, "one")).unwrap());
-        assert_eq!(s.get("a").unwrap(), Some(rec(2, "two")));
-        assert!(s.apply("a", &rec(3, "three")).unwrap());
-        assert_eq!(s.get("a").unwrap().unwrap().value, b"three");
-        assert_eq!(s.len(), 1);
-        assert_eq!(s.bytes(), 1 + 5);
-    }
-
-    #[test]
-    fn conflicting_writes_resolve_the_same_way_in_any_order() {
-        let a = rec(5, "from node a");
-        let b = rec(5, "from node b");
-        let d1 = tempfile::tempdir().unwrap();
-        let d2 = tempfile::tempdir().unwrap();
-        let mut s1 = store(d1.path(), StoreLimits::default());
-        let mut s2 = store(d2.path(), StoreLimits::default());
-        s1.apply("x", &a).unwrap();
-        s1.apply("x", &b).unwrap();
-        s2.apply("x", &b).unwrap();
-        s2.apply("x", &a).unwrap();
-        assert_eq!(s1.get("x").unwrap(), s2.get("x").unwrap());
-        // A tombstone of the same version beats any value.
-        let t = Record {
-            version: 5,
-            deleted: true,
-            value: vec![],
-            write: None,
-        };
-        s1.apply("x", &t).unwrap();
-        assert!(s1.get("x").unwrap().unwrap().deleted);
-        assert!(!s1.apply("x", &a).unwrap());
-    }
-
-    #[test]
-    fn limits_are_enforced_with_clear_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let limits = StoreLimits {
-            max_record_bytes: 10,
-            max_store_bytes: 20,
-        };
-        let mut s = store(dir.path(), limits);
-        let e = s.apply("big", &rec(1, "01234567890")).unwrap_err();
-        assert_eq!(e, StoreError::TooLarge { size: 11, max: 10 });
-        assert!(e.to_string().contains("over the limit"));
-        s.apply("a", &rec(1, "0123456789")).unwrap(); // 11 bytes
-        let e = s.apply("b", &rec(1, "0123456789")).unwrap_err();
-        assert!(matches!(e, StoreError::Full { .. }), "{e}");
-        // Shrinking an existing record is always allowed.
-        s.apply("a", &rec(2, "0")).unwrap();
-        s.apply("b", &rec(1, "0123456789")).unwrap();
-        assert_eq!(s.apply("", &rec(1, "")).unwrap_err(), StoreError::BadName);
-    }
-
-    #[test]
-    fn prefixed_batches_visit_every_name_and_start_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = store(dir.path(), StoreLimits::default());
-        for i in 0..600 {
-            s.apply(&format!("muc:room{i:03}@c"), &rec(1, "v")).unwrap();
-        }
-        s.apply("a-before", &rec(1, "v")).unwrap();
-        s.apply("z-after", &rec(1, "v")).unwrap();
-        let mut cursor = None;
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..3 {
-            let b = s.prefixed_batch("muc:", &mut cursor, 256);
-            assert!(b.iter().all(|n| n.starts_with("muc:")));
-            seen.extend(b);
-        }
-        assert_eq!(seen.len(), 600, "every room in three sweeps");
-        assert_eq!(cursor, None, "the last batch was short: start over");
-        assert_eq!(
-            s.prefixed_batch("muc:", &mut cursor, 256)[0],
-            "muc:room000@c"
-        );
-    }
-
-    #[test]
-    fn records_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.redb");
         {
-            let mut s = store(dir.path(), StoreLimits::default());
+            let mut s = Store::new(RedbBackend::open(&path).unwrap(), StoreLimits::default())
+                .unwrap();
             s.apply("k1", &rec(1, "v1")).unwrap();
             s.apply("k2", &rec(7, "v2")).unwrap();
+            assert_eq!(s.boot(), 1);
         }
-        let s = store(dir.path(), StoreLimits::default());
+        let s = Store::new(RedbBackend::open(&path).unwrap(), StoreLimits::default()).unwrap();
         assert_eq!(s.boot(), 2, "every open counts");
         assert!(s.counter_base() > (1 << 32));
         assert_eq!(s.len(), 2);
         assert_eq!(s.bytes(), 8);
         assert_eq!(s.get("k2").unwrap(), Some(rec(7, "v2")));
         assert_eq!(s.names_after(None, 10), vec!["k1", "k2"]);
-        assert_eq!(s.names_after(Some("k1"), 10), vec!["k2"]);
     }
 }

@@ -237,16 +237,19 @@ pub async fn run(
     })?;
     on_ready(&ready);
 
-    let store = crate::records::RecordStore::open(
-        &settings.data_dir.join(RECORDS_FILE),
+    let backend = crate::records::RedbBackend::open(&settings.data_dir.join(RECORDS_FILE))?;
+    let records = crate::records::Replicator::new(
+        crate::records::Config {
+            replicas: settings.records.replicas,
+            sweep_every: settings.records.sweep_every,
+            ..Default::default()
+        },
+        me.id,
+        backend,
         settings.records.limits,
-    )?;
-    let records = core::Records::new(
-        store,
-        settings.records.replicas,
-        settings.records.sweep_every,
         Instant::now(),
-    );
+    )
+    .map_err(|e| format!("cannot read the record store: {e}"))?;
     let core = core::Core::new(
         settings.clone(),
         me,

@@ -7,12 +7,10 @@
 //! transmits of a turn are framed into one buffer per neighbour and handed
 //! to its writer as a single write.
 
-mod record_fetch;
 mod records;
 mod services;
 mod stanzas;
 
-pub(crate) use records::Records;
 
 use super::links::{self, push_frame};
 use super::load::LoadRun;
@@ -85,7 +83,9 @@ pub(crate) struct Core {
     /// bucket refreshes have filled the table).
     announce_at: Option<Instant>,
     /// This node's part of the record store.
-    records: Records,
+    records: crate::records::Replicator<crate::records::RedbBackend>,
+    /// Admin requests of the record store waiting for answers.
+    record_clients: records::RecordClients,
     /// The rooms and PubSub nodes this node hosts.
     services: crate::xmpp::services::Services,
     service_driver: services::ServiceDriver,
@@ -101,7 +101,7 @@ impl Core {
         inbox_tx: mpsc::Sender<Input>,
         swarm_tx: mpsc::UnboundedSender<SwarmCmd>,
         edge: Option<xmpp_edge::EdgeHandle>,
-        records: Records,
+        records: crate::records::Replicator<crate::records::RedbBackend>,
         now: Instant,
     ) -> Self {
         let unix_us = SystemTime::now()
@@ -111,7 +111,7 @@ impl Core {
         let seed = me.id.prefix_u64() ^ unix_us;
         let peer_id = me.addr.peer_id().unwrap_or(PeerId::random());
         let services = services::new_services(&settings, me.id.to_hex(), seed);
-        let base = records.store.counter_base();
+        let base = records.store().counter_base();
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
             node,
@@ -136,6 +136,7 @@ impl Core {
             edge,
             announce_at: None,
             records,
+            record_clients: Default::default(),
             services,
             service_driver: services::ServiceDriver::new(base),
         };
@@ -209,7 +210,8 @@ impl Core {
             self.announce_at,
             Some(self.next_metrics),
             self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min(),
-            Some(self.records.next_deadline()),
+            self.records.poll_timeout(),
+            Some(self.service_driver.next_check()),
         ]
         .into_iter()
         .flatten()
@@ -246,6 +248,12 @@ impl Core {
             }
         }
         self.on_record_timers(now);
+        if now >= self.service_driver.next_check() {
+            self.service_driver.checked(now, self.records.config().sweep_every);
+            if self.node.is_joined() {
+                self.check_service_hosts(now);
+            }
+        }
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_EVERY;
             if let Some(e) = &self.edge {
@@ -253,7 +261,7 @@ impl Core {
             }
             self.metrics.update(
                 &self.node,
-                &self.records.report(),
+                &self.records_report(),
                 &self.services_report(),
                 &self.net,
                 self.connected.len(),
@@ -394,6 +402,7 @@ impl Core {
             while let Some(ev) = self.node.poll_event() {
                 self.on_event(now, ev);
             }
+            let records_asked = self.drain_records(now);
             // The services' outputs of the turn, after their state is
             // stored (see `end_service_turn`).
             let services_sent = self.end_service_turn(now);
@@ -419,7 +428,7 @@ impl Core {
                 }
             }
             // Events may have produced transmits and transmits events.
-            if !any && !services_sent {
+            if !any && !services_sent && !records_asked {
                 break;
             }
         }
@@ -515,6 +524,7 @@ impl Core {
                 }
             }
             Event::ContactAdded(_) => {}
+            Event::ContactFailed(_) => self.records.handle_membership(now),
         }
     }
 
@@ -549,7 +559,7 @@ impl Core {
                 .as_ref()
                 .map(|e| edge_report(e.local_addr(), e.stats())),
             edges_known: self.known_edges(None).len(),
-            records: self.records.report(),
+            records: self.records_report(),
             services: self.services_report(),
         }
     }

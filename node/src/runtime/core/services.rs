@@ -11,7 +11,7 @@
 
 use super::Core;
 use crate::api::ServicesReport;
-use crate::records::{MUC_PREFIX, RecordOp, key_of};
+use crate::records::{LocalWrite, MUC_PREFIX, RecordOp, Ring, key_of};
 use crate::xmpp::fanout::{self, FanoutMsg, MAX_RECIPIENTS_PER_ENVELOPE};
 use crate::xmpp::muc::room::RoomState;
 use crate::xmpp::services::{Load, Services};
@@ -36,10 +36,10 @@ fn unix_now() -> u64 {
 
 /// The driver's own state.
 pub(crate) struct ServiceDriver {
-    /// Loads waiting for fetches: entity -> (fetches left, record names).
-    loads: HashMap<String, (usize, Vec<String>)>,
-    /// Numbers the services' writes (with this node's id, their write id).
-    write_seq: u64,
+    /// Loads waiting for the replicator's fetches: token -> (entity,
+    /// record names).
+    loads: HashMap<u64, (String, Vec<String>)>,
+    next_load: u64,
     pub(super) takeovers: u64,
     pub(super) fanout_envelopes: u64,
     pub(super) fanout_stanzas: u64,
@@ -52,15 +52,27 @@ pub(crate) struct ServiceDriver {
     turn: Vec<Step>,
     /// Where the takeover sweep goes on from (a room record name).
     room_cursor: Option<String>,
+    /// When the hosts' check is next due.
+    next_check: Instant,
 }
 
 impl ServiceDriver {
+    /// When the hosts' check (takeovers, unloading) is next due.
+    pub(crate) fn next_check(&self) -> Instant {
+        self.next_check
+    }
+
+    /// The check ran at `now`; the next one in `every`.
+    pub(crate) fn checked(&mut self, now: Instant, every: std::time::Duration) {
+        self.next_check = now + every;
+    }
+
     /// A driver whose write numbers start at `base` (so that they never
     /// repeat those of a previous life of this node).
     pub(crate) fn new(base: u64) -> ServiceDriver {
         ServiceDriver {
             loads: HashMap::new(),
-            write_seq: base,
+            next_load: base,
             takeovers: 0,
             fanout_envelopes: 0,
             fanout_stanzas: 0,
@@ -68,6 +80,7 @@ impl ServiceDriver {
             next_batch: 0,
             turn: Vec::new(),
             room_cursor: None,
+            next_check: Instant::now(),
         }
     }
 }
@@ -180,11 +193,11 @@ impl Core {
                 Some(value) => RecordOp::Put { name, value },
                 None => RecordOp::Delete { name },
             };
-            let write = self.next_service_write();
-            match self.service_write(now, &op, write, batch) {
-                Ok(true) => pending += 1,
-                Ok(false) => {}
-                Err(why) => {
+            match self.records.write_local(now, &self.node, &op, batch) {
+                LocalWrite::Waiting => pending += 1,
+                LocalWrite::Done => {}
+                LocalWrite::Refused(why) => {
+                    tracing::error!(name = op.name(), "service state not stored: {why}");
                     refused.insert(entity, why);
                 }
             }
@@ -228,11 +241,6 @@ impl Core {
         true
     }
 
-    fn next_service_write(&mut self) -> crate::records::WriteId {
-        self.service_driver.write_seq += 1;
-        (*self.node.id().as_bytes(), self.service_driver.write_seq)
-    }
-
     /// A write of batch `batch` is stored by its replicas (or stopped
     /// waiting for them).
     pub(super) fn write_stored(&mut self, now: Instant, batch: u64) {
@@ -270,41 +278,21 @@ impl Core {
     /// fetched from the other replicas first (this node may have just
     /// become responsible for the key).
     fn start_service_load(&mut self, now: Instant, load: Load) {
-        let missing: Vec<String> = load
-            .names
-            .iter()
-            .filter(|n| matches!(self.records.store.get(n), Ok(None)))
-            .cloned()
-            .collect();
-        let mut fetching = 0;
-        for name in missing {
-            if self.start_fetch(
-                now,
-                &name,
-                super::record_fetch::FetchFor::Service(load.entity.clone()),
-            ) {
-                fetching += 1;
-            }
-        }
-        if fetching == 0 {
-            self.finish_service_load(&load.entity, &load.names);
-        } else {
+        let token = self.service_driver.next_load;
+        self.service_driver.next_load += 1;
+        if self.records.load(now, &self.node, &load.names, token) {
             self.service_driver
                 .loads
-                .insert(load.entity, (fetching, load.names));
+                .insert(token, (load.entity, load.names));
+        } else {
+            self.finish_service_load(&load.entity, &load.names);
         }
     }
 
-    /// One of a load's fetches finished.
-    pub(super) fn service_fetch_done(&mut self, entity: &str) {
-        let Some((left, _)) = self.service_driver.loads.get_mut(entity) else {
-            return;
-        };
-        *left -= 1;
-        if *left == 0
-            && let Some((_, names)) = self.service_driver.loads.remove(entity)
-        {
-            self.finish_service_load(entity, &names);
+    /// A load's fetches finished.
+    pub(super) fn service_load_done(&mut self, token: u64) {
+        if let Some((entity, names)) = self.service_driver.loads.remove(&token) {
+            self.finish_service_load(&entity, &names);
         }
     }
 
@@ -312,7 +300,7 @@ impl Core {
         let values: Vec<(String, Option<Vec<u8>>)> = names
             .iter()
             .map(|n| {
-                let v = match self.records.store.get(n) {
+                let v = match self.records.store().get(n) {
                     Ok(Some(r)) if !r.deleted => Some(r.value),
                     _ => None,
                 };
@@ -420,7 +408,7 @@ impl Core {
         self.end_service_turn(now);
         let me = self.node.id();
         for name in self.services.entities() {
-            if self.replica_set(&key_of(&name)).first() != Some(&me) {
+            if self.node.replica_set(&key_of(&name), self.records.config().replicas).first() != Some(&me) {
                 tracing::info!(%name, "no longer responsible: unloading");
                 self.services.unload(&name);
             }
@@ -435,7 +423,7 @@ impl Core {
         // Rooms with occupants whose host is gone: this node, now the
         // closest, tells the occupants (332) so they can join again here.
         // A batch per sweep, going on where the last one stopped.
-        let names = self.records.store.prefixed_batch(
+        let names = self.records.store().prefixed_batch(
             MUC_PREFIX,
             &mut self.service_driver.room_cursor,
             TAKEOVER_BATCH,
@@ -444,11 +432,11 @@ impl Core {
         for name in names {
             let room = &name[MUC_PREFIX.len()..];
             if self.services.muc.is_loaded(room)
-                || self.replica_set(&key_of(&name)).first() != Some(&me)
+                || self.node.replica_set(&key_of(&name), self.records.config().replicas).first() != Some(&me)
             {
                 continue;
             }
-            let Ok(Some(rec)) = self.records.store.get(&name) else {
+            let Ok(Some(rec)) = self.records.store().get(&name) else {
                 continue;
             };
             if rec.deleted {

@@ -147,7 +147,7 @@ impl Core {
     /// An envelope for which this node is responsible.
     pub(super) fn on_delivered(&mut self, now: Instant, env: Envelope) {
         if env.kind == EnvelopeKind::Record {
-            return self.on_record_envelope(now, env);
+            return self.on_record_envelope(now, &env);
         }
         if env.kind == EnvelopeKind::Service(SERVICE_EDGE_FANOUT) {
             return self.on_fanout(now, &env);

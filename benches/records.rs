@@ -13,11 +13,11 @@
 //! reported beside the rates.
 
 use node::api::{RecordReport, StatusReport};
-use node::client::{get_json, post_json, url_encode};
-use node::cluster::{Cluster, cpu_us};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use xmpp_ring::client::{get_json, post_json, url_encode};
+use xmpp_ring::cluster::{Cluster, cpu_us};
 
 const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
 const T: Duration = Duration::from_secs(30);

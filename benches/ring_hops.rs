@@ -10,10 +10,10 @@
 //! `xmpp-ring simulate --mode protocol --nodes N` with the same parameters.
 
 use node::api::{LoadReport, StatusReport};
-use node::client::get_json;
-use node::cluster::Cluster;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use xmpp_ring::client::get_json;
+use xmpp_ring::cluster::Cluster;
 
 const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
 
@@ -72,7 +72,7 @@ fn measure_ring(n: usize) -> f64 {
     let mut hops = 0.0;
     let mut count = 0.0;
     for i in entries {
-        let r: LoadReport = node::client::post_json(
+        let r: LoadReport = xmpp_ring::client::post_json(
             c.admin(i),
             "/load?count=2000&kind=probe&window=16",
             b"",

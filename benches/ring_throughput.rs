@@ -29,11 +29,11 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use node::api::{LoadReport, TraceReport};
-use node::client::{get_json, post_json};
-use node::cluster::Cluster;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use xmpp_ring::client::{get_json, post_json};
+use xmpp_ring::cluster::Cluster;
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -233,7 +233,7 @@ fn cpu_of_cluster(c: &Cluster) -> f64 {
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
-    node::cluster::cpu_us(pid) as f64 / 1e6
+    xmpp_ring::cluster::cpu_us(pid) as f64 / 1e6
 }
 
 // ------------------------------------------------- Prosody s2s yardstick

@@ -27,7 +27,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use node::cluster::Cluster;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -39,6 +38,7 @@ use support::prosody::{Prosody, ProsodyOptions};
 use support::{prosody_with_own_ca, ring_with_edge};
 use tokio::sync::mpsc;
 use xmpp_parsers::minidom::Element;
+use xmpp_ring::cluster::Cluster;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -621,7 +621,7 @@ fn main() {
         }
         let fan = (0..w.ring.nodes.len())
             .filter_map(|i| {
-                node::client::get_json::<node::api::StatusReport>(
+                xmpp_ring::client::get_json::<node::api::StatusReport>(
                     w.ring.admin(i),
                     "/status",
                     support::T,

@@ -2,11 +2,10 @@
 //! library crates. Exit codes: 0 success, 1 runtime failure, 2 bad usage or
 //! configuration.
 
-mod cli;
-
 use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
+use xmpp_ring::cli;
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {

@@ -7,7 +7,6 @@
 
 mod support;
 
-use node::cluster::Cluster;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use support::certs::Ca;
@@ -17,6 +16,7 @@ use support::prosody::{Prosody, ProsodyOptions, free_port};
 use support::raw::{Raw, cond, header};
 use support::{EdgeArgs, args, require_prosody, ring, ring_send, status};
 use xmpp_parsers::minidom::Element;
+use xmpp_ring::cluster::Cluster;
 
 const PROSODY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";

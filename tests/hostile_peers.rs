@@ -110,7 +110,7 @@ async fn idle_connections_from_one_address_do_not_stop_a_real_prosody_from_feder
     assert_eq!(closed, held.len(), "after {waited} checks");
     let e = status(&ring, edge).edge.expect("edge report");
     assert!(e.auth_timeouts >= 30, "{e:?}");
-    let m = node::client::get_text(ring.admin(edge), "/metrics", W).expect("metrics");
+    let m = xmpp_ring::client::get_text(ring.admin(edge), "/metrics", W).expect("metrics");
     assert!(
         m.contains("xmpp_ring_s2s_inbound_refused_total{limit=\"rate\"}"),
         "the limit is in /metrics"

@@ -3,11 +3,11 @@
 //! across a restart of the whole ring, limits and bad requests.
 
 use node::api::{RecordReport, StatusReport};
-use node::client::{get_json, post_json, url_encode};
-use node::cluster::Cluster;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use xmpp_ring::client::{get_json, post_json, url_encode};
+use xmpp_ring::cluster::Cluster;
 
 const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
 const T: Duration = Duration::from_secs(20);
@@ -289,7 +289,10 @@ fn record_limits_and_bad_requests_get_clear_errors() {
     )
     .expect("answer");
     assert!(
-        forged.error.as_deref().is_some_and(|e| e.contains("service only")),
+        forged
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("service only")),
         "{forged:?}"
     );
     // Bad requests to the admin API: 400 with a message; and nothing
@@ -301,7 +304,7 @@ fn record_limits_and_bad_requests_get_clear_errors() {
     ] {
         let e = post_json::<RecordReport>(c.admin(0), q, b"", T).expect_err(q);
         assert!(
-            matches!(e, node::client::ClientError::BadRequest(_)),
+            matches!(e, xmpp_ring::client::ClientError::BadRequest(_)),
             "{q}: {e}"
         );
     }
@@ -352,7 +355,7 @@ fn record_limits_and_bad_requests_get_clear_errors() {
     let s: StatusReport = get_json(c.admin(1), "/status", T).expect("status");
     assert_eq!(s.records.replicas, 3);
     assert!(s.records.requests >= 3);
-    let m = node::client::get_text(c.admin(0), "/metrics", T).expect("metrics");
+    let m = xmpp_ring::client::get_text(c.admin(0), "/metrics", T).expect("metrics");
     assert!(m.contains("xmpp_ring_records "), "{m}");
 }
 

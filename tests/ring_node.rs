@@ -1,13 +1,13 @@
 //! The ring node as operators run it: real `xmpp-ring node` processes on
 //! 127.0.0.1, started and stopped by these tests (by PID, also on failure,
-//! through `node::cluster::Cluster`), talking libp2p with the ring key.
+//! through `xmpp_ring::cluster::Cluster`), talking libp2p with the ring key.
 
 use dht::Key;
 use node::api::{LoadReport, StatusReport, TraceReport};
-use node::client::{get_json, get_text, post_json, url_encode};
-use node::cluster::{Cluster, Signal};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use xmpp_ring::client::{get_json, get_text, post_json, url_encode};
+use xmpp_ring::cluster::{Cluster, Signal};
 
 const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
 
@@ -431,7 +431,7 @@ fn admin_changes_are_post_only_and_the_token_guards_everything_when_required() {
         assert_eq!(mode & 0o777, 0o600, "the token is private");
     }
     let call = |path: &str, body: Option<&[u8]>, token: Option<&str>| {
-        node::client::request_json::<serde_json::Value>(&admin, path, body, token, T)
+        xmpp_ring::client::request_json::<serde_json::Value>(&admin, path, body, token, T)
     };
     for (path, body) in [
         ("/status", None),

@@ -10,8 +10,6 @@
 mod support;
 
 use node::api::StatusReport;
-use node::client::get_json;
-use node::cluster::Cluster;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 use support::client::XmppClient;
@@ -19,6 +17,8 @@ use support::dns::DnsServer;
 use support::prosody::{Prosody, ProsodyOptions};
 use support::{T, prosody_with_own_ca, require_prosody, ring_with_edge};
 use xmpp_parsers::minidom::Element;
+use xmpp_ring::client::get_json;
+use xmpp_ring::cluster::Cluster;
 
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const B_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -397,7 +397,7 @@ async fn muc_across_two_prosody_servers_and_the_kill_of_its_host() {
         .map(|i| status(&w.ring, i).services.takeovers)
         .sum();
     assert!(takeovers >= 1, "a takeover is counted");
-    let m = node::client::get_text(w.ring.admin(new_host), "/metrics", T).expect("metrics");
+    let m = xmpp_ring::client::get_text(w.ring.admin(new_host), "/metrics", T).expect("metrics");
     for name in [
         "xmpp_ring_muc_rooms",
         "xmpp_ring_muc_occupants",

@@ -15,14 +15,14 @@ use crate::support::dns::DnsServer;
 use crate::support::prosody::{Prosody, ProsodyOptions};
 use crate::support::{prosody_with_own_ca, ring_with_edge};
 use node::api::StatusReport;
-use node::client::get_json;
-use node::cluster::Cluster;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use xmpp_ring::client::get_json;
+use xmpp_ring::cluster::Cluster;
 
 pub const USERS: usize = 10;
 const A_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);

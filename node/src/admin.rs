@@ -151,14 +151,14 @@ async fn send(State(s): State<AppState>, Query(q): Query<SendQuery>) -> Response
     if q.body.len() > 64 * 1024 {
         return error(StatusCode::BAD_REQUEST, "body longer than 64 KiB");
     }
-    let mut m = xmpp_parsers::minidom::Element::bare("message", xmpp_edge::xml::NS_CLIENT);
+    let mut m = xmpp_parsers::minidom::Element::bare("message", crate::xmpp::stanza::NS_CLIENT);
     crate::xmpp::stanza::set(&mut m, "from", from.as_str());
     crate::xmpp::stanza::set(&mut m, "to", to.as_str());
     crate::xmpp::stanza::set(&mut m, "type", &q.r#type);
     if let Some(id) = &q.id {
         crate::xmpp::stanza::set(&mut m, "id", id);
     }
-    let mut body = xmpp_parsers::minidom::Element::bare("body", xmpp_edge::xml::NS_CLIENT);
+    let mut body = xmpp_parsers::minidom::Element::bare("body", crate::xmpp::stanza::NS_CLIENT);
     body.append_text(q.body);
     m.append_child(body);
     match ask::<Result<(), String>>(&s.inbox, |reply| Command::Send { stanza: m, reply }).await {

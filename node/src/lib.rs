@@ -1,8 +1,9 @@
 //! # node: a real xmpp-ring node
 //!
 //! Drives the dht crate's ring-node state machine over libp2p (see
-//! [`transport`]), keeps the node's identity and configuration, and serves
-//! the admin HTTP interface (`/status`, `/metrics`, `/trace`).
+//! [`transport`]), the record replicator (`ring-records`) over redb and the
+//! services, keeps the node's identity and configuration, and serves the
+//! admin HTTP interface (`/status`, `/metrics`, `/trace`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -11,8 +12,6 @@ pub mod addr;
 pub mod address_book;
 mod admin;
 pub mod api;
-pub mod client;
-pub mod cluster;
 pub mod config;
 pub mod identity;
 pub mod metrics;

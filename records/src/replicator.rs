@@ -389,7 +389,13 @@ impl<B: Backend> Replicator<B> {
 
     /// A write by this node as the coordinator of `op`'s record (a
     /// service's own state). Stored and pushed at once; see [`LocalWrite`].
-    pub fn write_local(&mut self, now: Instant, ring: &impl Ring, op: &RecordOp, token: u64) -> LocalWrite {
+    pub fn write_local(
+        &mut self,
+        now: Instant,
+        ring: &impl Ring,
+        op: &RecordOp,
+        token: u64,
+    ) -> LocalWrite {
         self.next_local += 1;
         let write = (*ring.me().as_bytes(), self.next_local);
         let ack = self.next_ack();
@@ -425,7 +431,14 @@ impl<B: Backend> Replicator<B> {
 
     /// A `Record` envelope for key `key` delivered here (this node is
     /// responsible for the key), having taken `hops` hops.
-    pub fn handle_message(&mut self, now: Instant, ring: &impl Ring, key: Key, hops: u8, msg: RecordMsg) {
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        ring: &impl Ring,
+        key: Key,
+        hops: u8,
+        msg: RecordMsg,
+    ) {
         let me = ring.me();
         match msg {
             RecordMsg::Request { req, origin, op } => {
@@ -855,7 +868,13 @@ impl<B: Backend> Replicator<B> {
         true
     }
 
-    fn on_fetch_reply(&mut self, now: Instant, ring: &impl Ring, fetch: u64, record: Option<Record>) {
+    fn on_fetch_reply(
+        &mut self,
+        now: Instant,
+        ring: &impl Ring,
+        fetch: u64,
+        record: Option<Record>,
+    ) {
         let Some(f) = self.fetches.get_mut(&fetch) else {
             return;
         };

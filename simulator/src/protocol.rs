@@ -30,7 +30,6 @@
 use crate::progress::Progress;
 use crate::records_load::{RecordParams, Workload};
 use crate::report::{HopCounts, ProtocolFigures, Report};
-use ring_records::{MemBackend, Output, RecordMsg, Replicator, StoreLimits};
 use dht::id::{KEY_BITS, KEY_BYTES, Key};
 use dht::node::{Event, NodeConfig, RingNode, Stats};
 use dht::table::TableConfig;
@@ -38,6 +37,7 @@ use dht::wire::Message;
 use dht::{Contact, EnvelopeKind, Role};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
+use ring_records::{MemBackend, Output, RecordMsg, Replicator, StoreLimits};
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::{Duration, Instant};
@@ -960,8 +960,8 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
         events: sim.events,
         records: sim.workload.take().map(|w| {
             let copies = sim.live_copies();
-            let per_node_s = (sweep_after - sweep_before) as f64
-                / (mean_live.max(1.0) * measured_s.max(1e-9));
+            let per_node_s =
+                (sweep_after - sweep_before) as f64 / (mean_live.max(1.0) * measured_s.max(1e-9));
             w.finish(&copies, per_node_s)
         }),
     };

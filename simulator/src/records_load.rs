@@ -247,7 +247,11 @@ impl Workload {
 
     /// The figures, given the live copies at the end and the sweep bytes
     /// per node per second.
-    pub fn finish(mut self, copies: &[(String, u64)], sweep_bytes_per_node_s: f64) -> RecordFigures {
+    pub fn finish(
+        mut self,
+        copies: &[(String, u64)],
+        sweep_bytes_per_node_s: f64,
+    ) -> RecordFigures {
         let n = self.good_copies(copies);
         self.figures.records_lost = n
             .iter()
@@ -269,7 +273,8 @@ impl Workload {
             .get(((u.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
             .copied()
             .unwrap_or(0);
-        self.figures.rereplication_bytes_per_node_per_s = (sweep_bytes_per_node_s * 10.0).round() / 10.0;
+        self.figures.rereplication_bytes_per_node_per_s =
+            (sweep_bytes_per_node_s * 10.0).round() / 10.0;
         self.figures.write_latency_ms_p50 = pct(&mut self.write_lat, 0.5);
         self.figures.write_latency_ms_p99 = pct(&mut self.write_lat, 0.99);
         self.figures.read_latency_ms_p50 = pct(&mut self.read_lat, 0.5);

@@ -1,9 +1,9 @@
 //! `xmpp-ring status` and `xmpp-ring trace`: clients of a node's admin HTTP.
 
 use super::{CliError, Format};
+use crate::client::{self, ClientError};
 use clap::Args;
 use node::api::{StatusReport, TraceReport};
-use node::client::{self, ClientError};
 use std::fmt::Write as _;
 use std::time::Duration;
 

@@ -11,11 +11,11 @@
 //! when anything fails on the way.
 
 use super::{CliError, Format};
+use crate::client::{get_json, url_encode};
+use crate::cluster::Cluster;
 use clap::Args;
 use dht::Key;
 use node::api::{StatusReport, TraceReport};
-use node::client::{get_json, url_encode};
-use node::cluster::Cluster;
 use node::runtime::Ready;
 use std::fmt::Write as _;
 use std::path::Path;

@@ -58,7 +58,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Simulate a ring: hop counts, table sizes, churn behaviour.
-    Simulate(simulate::SimulateArgs),
+    Simulate(Box<simulate::SimulateArgs>),
     /// Run a ring node.
     Node(Box<node_cmd::NodeArgs>),
     /// Start a local ring of node processes on 127.0.0.1.

@@ -3,9 +3,9 @@
 //! responsible node, which answers.
 
 use super::{CliError, Format};
+use crate::client::{self, url_encode};
 use clap::{Args, Subcommand};
 use node::api::RecordReport;
-use node::client::{self, url_encode};
 use std::time::Duration;
 
 /// Options shared by every record operation.

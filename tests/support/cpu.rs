@@ -2,8 +2,8 @@
 //! cores, so each rate is reported with the CPU each group of processes
 //! (load generator, servers, ring) spent on it.
 
-use node::cluster::cpu_us;
 use serde_json::{Value, json};
+use xmpp_ring::cluster::cpu_us;
 
 /// Groups of processes and their CPU time (µs) when the meter started.
 pub struct Cpu(Vec<(String, Vec<u32>, u64)>);

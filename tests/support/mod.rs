@@ -13,11 +13,11 @@ pub mod prosody;
 pub mod raw;
 
 use node::api::StatusReport;
-use node::client::get_json;
-use node::cluster::Cluster;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use xmpp_ring::client::get_json;
+use xmpp_ring::cluster::Cluster;
 
 pub const EXE: &str = env!("CARGO_BIN_EXE_xmpp-ring");
 pub const T: Duration = Duration::from_secs(20);
@@ -180,10 +180,10 @@ pub fn status(c: &Cluster, i: usize) -> StatusReport {
 pub fn ring_send(c: &Cluster, i: usize, from: &str, to: &str, body: &str) {
     let q = format!(
         "/send?from={}&to={}&body={}",
-        node::client::url_encode(from),
-        node::client::url_encode(to),
-        node::client::url_encode(body)
+        xmpp_ring::client::url_encode(from),
+        xmpp_ring::client::url_encode(to),
+        xmpp_ring::client::url_encode(body)
     );
-    let v: serde_json::Value = node::client::post_json(c.admin(i), &q, b"", T).expect("send");
+    let v: serde_json::Value = xmpp_ring::client::post_json(c.admin(i), &q, b"", T).expect("send");
     assert_eq!(v["ok"], true);
 }

@@ -73,7 +73,7 @@ impl RawConfig {
             .map_err(|m: String| err("role", m))?;
         let mut domains = Vec::new();
         for d in self.domain.unwrap_or_default() {
-            let parsed = xmpp_edge::domain::Domain::parse(&d)
+            let parsed = xmpp_addr::Domain::parse(&d)
                 .map_err(|e| err("domain", format!("{d:?} is not a domain name: {e}")))?;
             domains.push(parsed.as_str().to_string());
         }
@@ -308,8 +308,7 @@ impl RawConfig {
                 ),
             ));
         }
-        let served =
-            xmpp_edge::domain::Served::new(&domains).map_err(|e| err("domain", e.to_string()))?;
+        let served = xmpp_addr::Served::new(&domains).map_err(|e| err("domain", e.to_string()))?;
         Ok(NodeSettings {
             listen,
             bootstrap,
@@ -403,7 +402,7 @@ pub struct NodeSettings {
     /// Served domains (normalised, no trailing dot).
     pub domains: Vec<String>,
     /// The same, for membership tests (subdomains included).
-    pub served: xmpp_edge::domain::Served,
+    pub served: xmpp_addr::Served,
     /// Edge s2s address.
     pub s2s_listen: Option<SocketAddr>,
     /// Admin HTTP address.

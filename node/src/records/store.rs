@@ -105,8 +105,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("records.redb");
         {
-            let mut s = Store::new(RedbBackend::open(&path).unwrap(), StoreLimits::default())
-                .unwrap();
+            let mut s =
+                Store::new(RedbBackend::open(&path).unwrap(), StoreLimits::default()).unwrap();
             s.apply("k1", &rec(1, "v1")).unwrap();
             s.apply("k2", &rec(7, "v2")).unwrap();
             assert_eq!(s.boot(), 1);

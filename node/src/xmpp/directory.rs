@@ -28,10 +28,10 @@
 
 use super::stanza;
 use crate::records::DIRECTORY_PREFIX;
+use crate::xmpp::stanza::NS_CLIENT;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use xmpp_edge::xml::NS_CLIENT;
 use xmpp_parsers::minidom::Element;
 
 /// The private namespace of registry messages.

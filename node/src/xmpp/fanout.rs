@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use xmpp_edge::domain::Domain;
+use xmpp_addr::Domain;
 use xmpp_parsers::minidom::Element;
 
 /// Recipients per fan-out envelope (bounds the envelope's size: a few KiB

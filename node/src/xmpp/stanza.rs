@@ -1,8 +1,11 @@
 //! Stanzas as the ring handles them: parsing envelope payloads, addresses,
 //! and RFC 6120 error replies.
 
-use xmpp_edge::xml::NS_CLIENT;
 use xmpp_parsers::minidom::Element;
+
+/// The namespace of stanzas inside the ring (the edge converts from and to
+/// `jabber:server` on the wire).
+pub const NS_CLIENT: &str = xmpp_parsers::ns::JABBER_CLIENT;
 
 /// The stanza error namespace.
 pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
@@ -20,9 +23,18 @@ pub fn parse(payload: &[u8]) -> Option<Element> {
     (el.ns() == NS_CLIENT && matches!(el.name(), "message" | "presence" | "iq")).then_some(el)
 }
 
+/// Serialises an element (minidom's writer; empty if it cannot be).
+pub fn to_string(el: &Element) -> String {
+    let mut out = Vec::with_capacity(256);
+    if el.write_to(&mut out).is_err() {
+        return String::new();
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// Serialises a stanza for an envelope.
 pub fn to_bytes(el: &Element) -> bytes::Bytes {
-    bytes::Bytes::from(xmpp_edge::xml_write::element_to_string(el).into_bytes())
+    bytes::Bytes::from(to_string(el).into_bytes())
 }
 
 /// The stanza's `to`, if any.

@@ -290,7 +290,10 @@ fn a_write_is_stored_on_r_nodes_and_read_from_any() {
     let mut net = Net::new(&[10, 20, 30, 40, 50, 60]);
     let a = net.put(0, "color", "blue", 1);
     assert_eq!(version(&a), 1);
-    assert!(matches!(a.outcome, Ok(RecordOutcome::Written { replicas: 2, .. })));
+    assert!(matches!(
+        a.outcome,
+        Ok(RecordOutcome::Written { replicas: 2, .. })
+    ));
     let copies = net.copies("color");
     assert_eq!(copies.len(), 3, "r = 3 copies");
     // They are the three nodes closest to the key.
@@ -379,7 +382,16 @@ fn a_newcomer_closer_to_a_key_fetches_before_it_writes() {
         n.view = live.clone();
     }
     let newcomer = net.nodes.len() - 1;
-    assert!(net.nodes[newcomer].rep.as_ref().unwrap().store().get("moving").unwrap().is_none());
+    assert!(
+        net.nodes[newcomer]
+            .rep
+            .as_ref()
+            .unwrap()
+            .store()
+            .get("moving")
+            .unwrap()
+            .is_none()
+    );
     // It coordinates the next write: version 4, not 1.
     let a = net.put(1, "moving", "v3", 10);
     assert_eq!(version(&a), 4, "{a:?}");
@@ -415,7 +427,13 @@ fn the_coordinators_death_mid_write_loses_no_acknowledged_write() {
     let v = version(&a);
     assert!(v >= 2, "{a:?}");
     assert_eq!(value(&net.get(client, "k", 3)), "during");
-    assert!(net.copies("k").iter().filter(|(_, r)| r.version == v).count() >= 2);
+    assert!(
+        net.copies("k")
+            .iter()
+            .filter(|(_, r)| r.version == v)
+            .count()
+            >= 2
+    );
 }
 
 #[test]
@@ -491,7 +509,10 @@ fn local_writes_are_confirmed_only_when_the_replicas_hold_them() {
     assert_eq!(w, LocalWrite::Waiting);
     net.collect(host);
     net.settle();
-    assert!(net.confirmed.is_empty(), "held while the replicas are silent");
+    assert!(
+        net.confirmed.is_empty(),
+        "held while the replicas are silent"
+    );
     // ...then released after the stored wait, with what came.
     net.advance(Duration::from_millis(1100));
     assert_eq!(net.confirmed, vec![(host, 7)]);
@@ -518,7 +539,11 @@ fn local_writes_are_confirmed_only_when_the_replicas_hold_them() {
 fn a_load_fetches_what_the_new_host_lacks() {
     let mut net = Net::new(&[10, 20, 30, 40, 50]);
     net.put(0, "state", "kept", 1);
-    let holders: Vec<usize> = net.copies("state").iter().map(|(id, _)| net.index(*id)).collect();
+    let holders: Vec<usize> = net
+        .copies("state")
+        .iter()
+        .map(|(id, _)| net.index(*id))
+        .collect();
     let outsider = (0..5).find(|i| !holders.contains(i)).unwrap();
     let now = net.now;
     let node = &mut net.nodes[outsider];
@@ -531,7 +556,13 @@ fn a_load_fetches_what_the_new_host_lacks() {
     net.collect(outsider);
     net.settle();
     assert_eq!(net.loaded, vec![(outsider, 5)]);
-    let copy = net.nodes[outsider].rep.as_ref().unwrap().store().get("state").unwrap();
+    let copy = net.nodes[outsider]
+        .rep
+        .as_ref()
+        .unwrap()
+        .store()
+        .get("state")
+        .unwrap();
     assert_eq!(copy.map(|r| r.value), Some(b"kept".to_vec()));
     // Nothing to fetch: ready at once.
     let now = net.now;
@@ -540,7 +571,13 @@ fn a_load_fetches_what_the_new_host_lacks() {
         me: node.id,
         known: &node.view,
     };
-    assert!(!node.rep.as_mut().unwrap().load(now, &view, &["state".to_string()], 6));
+    assert!(
+        !node
+            .rep
+            .as_mut()
+            .unwrap()
+            .load(now, &view, &["state".to_string()], 6)
+    );
 }
 
 #[test]
@@ -577,7 +614,10 @@ fn clients_may_read_but_not_write_service_records() {
     {
         net.request(0, op, i as u64);
         let a = &net.answers[&(0, i as u64)];
-        assert!(a.outcome.as_ref().unwrap_err().contains("service only"), "{a:?}");
+        assert!(
+            a.outcome.as_ref().unwrap_err().contains("service only"),
+            "{a:?}"
+        );
     }
     // Even a request that skips the check reaches a coordinator that
     // refuses it.
@@ -607,7 +647,8 @@ fn a_bounced_request_is_answered_with_the_reason() {
     let mut net = Net::new(&[10, 20]);
     let rep = net.nodes[0].rep.as_mut().unwrap();
     let now = net.now;
-    rep.request(now, RecordOp::Get { name: "n".into() }, 9).unwrap();
+    rep.request(now, RecordOp::Get { name: "n".into() }, 9)
+        .unwrap();
     let Some(Output::Route { msg, .. }) = rep.poll_output() else {
         panic!("a request to route")
     };
@@ -616,6 +657,11 @@ fn a_bounced_request_is_answered_with_the_reason() {
         panic!("an answer")
     };
     assert_eq!(client, 9);
-    assert!(answer.outcome.unwrap_err().contains("remote-server-timeout"));
+    assert!(
+        answer
+            .outcome
+            .unwrap_err()
+            .contains("remote-server-timeout")
+    );
     assert_eq!(rep.pending_requests(), 0);
 }

@@ -11,7 +11,6 @@ mod records;
 mod services;
 mod stanzas;
 
-
 use super::links::{self, push_frame};
 use super::load::LoadRun;
 use super::{Command, Input, NetEvent, SHUTDOWN_GRACE, SwarmCmd};
@@ -249,7 +248,8 @@ impl Core {
         }
         self.on_record_timers(now);
         if now >= self.service_driver.next_check() {
-            self.service_driver.checked(now, self.records.config().sweep_every);
+            self.service_driver
+                .checked(now, self.records.config().sweep_every);
             if self.node.is_joined() {
                 self.check_service_hosts(now);
             }

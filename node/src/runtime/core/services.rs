@@ -334,7 +334,7 @@ impl Core {
     /// One stanza to many JIDs: per remote domain one fan-out envelope
     /// (per batch) to that domain's edge; ring JIDs one by one.
     fn broadcast(&mut self, now: Instant, template: Element, to: Vec<String>) {
-        let text = xmpp_edge::xml_write::element_to_string(&template);
+        let text = crate::xmpp::stanza::to_string(&template);
         for (domain, jids) in fanout::by_domain(to) {
             if self.settings.served.contains(&domain) {
                 for j in jids {
@@ -408,7 +408,12 @@ impl Core {
         self.end_service_turn(now);
         let me = self.node.id();
         for name in self.services.entities() {
-            if self.node.replica_set(&key_of(&name), self.records.config().replicas).first() != Some(&me) {
+            if self
+                .node
+                .replica_set(&key_of(&name), self.records.config().replicas)
+                .first()
+                != Some(&me)
+            {
                 tracing::info!(%name, "no longer responsible: unloading");
                 self.services.unload(&name);
             }
@@ -432,7 +437,11 @@ impl Core {
         for name in names {
             let room = &name[MUC_PREFIX.len()..];
             if self.services.muc.is_loaded(room)
-                || self.node.replica_set(&key_of(&name), self.records.config().replicas).first() != Some(&me)
+                || self
+                    .node
+                    .replica_set(&key_of(&name), self.records.config().replicas)
+                    .first()
+                    != Some(&me)
             {
                 continue;
             }

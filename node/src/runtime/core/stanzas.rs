@@ -15,8 +15,8 @@ use crate::xmpp::{
 };
 use dht::{BounceReason, Envelope, EnvelopeKind, NodeId, Role};
 use std::time::Instant;
+use xmpp_addr::Domain;
 use xmpp_edge::EdgeEvent;
-use xmpp_edge::domain::Domain;
 use xmpp_parsers::minidom::Element;
 
 impl Core {

@@ -14,10 +14,10 @@
 #![allow(missing_docs)]
 
 use crate::xmpp::Action;
+use crate::xmpp::stanza::NS_CLIENT;
 use crate::xmpp::stanza::{self, bare, error_reply};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use xmpp_edge::xml::NS_CLIENT;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Role as XRole, Status};
 
@@ -477,7 +477,7 @@ impl Room {
 pub fn presence_children(p: &Element) -> Vec<String> {
     p.children()
         .filter(|c| !c.is("x", NS_MUC) && !c.is("x", NS_MUC_USER))
-        .map(xmpp_edge::xml_write::element_to_string)
+        .map(crate::xmpp::stanza::to_string)
         .collect()
 }
 

@@ -2,9 +2,9 @@
 //! for is checked, broadcasts flattened to one stanza per recipient.
 
 use super::*;
+use crate::xmpp::stanza::NS_CLIENT;
 use crate::xmpp::stanza::NS_STANZAS;
 use room::Role;
-use xmpp_edge::xml::NS_CLIENT;
 
 const ROOM: &str = "room@conference.ring.test";
 

@@ -1,8 +1,8 @@
 //! The PubSub state machine driven request by request.
 
 use super::*;
+use crate::xmpp::stanza::NS_CLIENT;
 use crate::xmpp::stanza::NS_STANZAS;
-use xmpp_edge::xml::NS_CLIENT;
 
 const SVC: &str = "pubsub.ring.test";
 

@@ -426,7 +426,7 @@ impl PubSub {
                 out,
             );
         };
-        let payload = xmpp_edge::xml_write::element_to_string(&payload);
+        let payload = crate::xmpp::stanza::to_string(&payload);
         if payload.len() > limits.max_item_bytes {
             return fail(
                 st,

@@ -22,7 +22,7 @@ use super::pubsub::{self, PubSub};
 use super::stanza::{self, error_reply, iq_result};
 use crate::records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
-use xmpp_edge::domain::Served;
+use xmpp_addr::Served;
 use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
 

@@ -61,7 +61,7 @@ fn one_node(s: &mut Services, st: Element, at: u64) -> Vec<Element> {
 
 mod dispatch_tests {
     use super::*;
-    use xmpp_edge::xml::NS_CLIENT;
+    use crate::xmpp::stanza::NS_CLIENT;
 
     fn run(xml: &str) -> Vec<Element> {
         let mut out = Vec::new();

@@ -8,9 +8,9 @@
 //! seconds; also when it is dropped, so a failing test or an interrupted run
 //! leaves nothing behind.
 
-use crate::runtime::{READY_FILE, Ready};
 pub use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use node::runtime::{READY_FILE, Ready};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,7 +45,7 @@ impl Cluster {
             .prefix("xmpp-ring-")
             .tempdir()
             .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
-        crate::psk::generate_file(&dir.path().join("ring.psk"))?;
+        node::psk::generate_file(&dir.path().join("ring.psk"))?;
         Ok(Cluster {
             dir,
             exe: exe.to_path_buf(),

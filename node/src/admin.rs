@@ -8,7 +8,7 @@
 //! task through its inbox.
 
 use crate::api::{LoadReport, RecordReport, StatusReport, TraceReport};
-use crate::runtime::{Command, Input, LoadSpec};
+use crate::control::{Command, LoadSpec};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 #[derive(Clone)]
 struct AppState {
-    inbox: mpsc::Sender<Input>,
+    inbox: mpsc::Sender<Command>,
     metrics: PrometheusHandle,
     /// The bearer token every request must carry, when one is required.
     token: Option<Arc<String>>,
@@ -59,12 +59,12 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 async fn ask<T>(
-    inbox: &mpsc::Sender<Input>,
+    inbox: &mpsc::Sender<Command>,
     make: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
     inbox
-        .send(Input::Command(make(tx)))
+        .send(make(tx))
         .await
         .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down"))?;
     rx.await
@@ -237,7 +237,7 @@ async fn record_post(
 /// request must carry, if any.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
-    inbox: mpsc::Sender<Input>,
+    inbox: mpsc::Sender<Command>,
     metrics: PrometheusHandle,
     token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,

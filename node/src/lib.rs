@@ -13,6 +13,7 @@ pub mod address_book;
 mod admin;
 pub mod api;
 pub mod config;
+mod control;
 pub mod identity;
 pub mod metrics;
 pub mod psk;
@@ -21,4 +22,4 @@ pub mod runtime;
 // The derive generates an undocumented event enum.
 #[allow(missing_docs)]
 pub mod transport;
-pub mod xmpp;
+pub use ring_services as xmpp;

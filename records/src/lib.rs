@@ -53,15 +53,22 @@ pub struct Record {
 pub type WriteId = ([u8; 32], u64);
 
 /// Names of the records that hold the state of a ring service: a MUC room
-/// (`muc:` + its bare JID), a PubSub node's configuration, affiliations and
-/// subscriptions (`pubsub:` + service JID + `/` + node name) and its items
-/// (`pubsub-items:` ...). They are ordinary records (an operator can read
+/// (`muc:` + its bare JID, plus its occupant shards and history), a PubSub
+/// node's configuration and affiliations (`pubsub:` + service JID + `/` +
+/// node name), its subscription shards and its items (`pubsub-items:`
+/// ...). A shard's name ends in `#<depth>.<index>`. They are ordinary records (an operator can read
 /// them with `xmpp-ring record get`), but keyed on the *service's* key, so
 /// that their replicas are the nodes next in line to host the room or node:
 /// after the host dies its successor already holds the state.
 pub const MUC_PREFIX: &str = "muc:";
+/// A room's occupants, in shards (see [`MUC_PREFIX`]).
+pub const MUC_OCCUPANTS_PREFIX: &str = "muc-occ:";
+/// A room's discussion history (see [`MUC_PREFIX`]).
+pub const MUC_HISTORY_PREFIX: &str = "muc-hist:";
 /// See [`MUC_PREFIX`].
 pub const PUBSUB_PREFIX: &str = "pubsub:";
+/// A PubSub node's subscriptions, in shards (see [`MUC_PREFIX`]).
+pub const PUBSUB_SUBSCRIPTIONS_PREFIX: &str = "pubsub-subs:";
 /// See [`MUC_PREFIX`].
 pub const PUBSUB_ITEMS_PREFIX: &str = "pubsub-items:";
 /// The registry of a service's rooms or nodes (`dir:` + service JID + `#`
@@ -72,7 +79,10 @@ pub const DIRECTORY_PREFIX: &str = "dir:";
 pub fn is_service_record(name: &str) -> bool {
     [
         MUC_PREFIX,
+        MUC_OCCUPANTS_PREFIX,
+        MUC_HISTORY_PREFIX,
         PUBSUB_PREFIX,
+        PUBSUB_SUBSCRIPTIONS_PREFIX,
         PUBSUB_ITEMS_PREFIX,
         DIRECTORY_PREFIX,
     ]
@@ -84,8 +94,22 @@ pub fn is_service_record(name: &str) -> bool {
 /// docs/architecture.md, "Keys and distance", except
 /// for the service records of [`MUC_PREFIX`]).
 pub fn key_of(name: &str) -> dht::Key {
-    if let Some(jid) = name.strip_prefix(MUC_PREFIX) {
+    if let Some(jid) = name
+        .strip_prefix(MUC_PREFIX)
+        .or_else(|| name.strip_prefix(MUC_HISTORY_PREFIX))
+    {
         return dht::keys::jid_key_normalised(jid);
+    }
+    if let Some(rest) = name.strip_prefix(MUC_OCCUPANTS_PREFIX) {
+        // `muc-occ:<room>#<depth>.<index>`: every shard lives at the room.
+        let room = rest.rsplit_once('#').map_or(rest, |(r, _)| r);
+        return dht::keys::jid_key_normalised(room);
+    }
+    if let Some(rest) = name.strip_prefix(PUBSUB_SUBSCRIPTIONS_PREFIX) {
+        let node = rest.rsplit_once('#').map_or(rest, |(n, _)| n);
+        if let Some((service, node)) = node.split_once('/') {
+            return dht::keys::pubsub_key(service, node);
+        }
     }
     if let Some(rest) = name.strip_prefix(DIRECTORY_PREFIX) {
         // `dir:<service>#<shard>`: every shard lives at the service JID.
@@ -329,6 +353,28 @@ mod tests {
         let b = m.encode();
         for cut in 0..b.len() {
             assert_eq!(RecordMsg::decode(&b[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn every_record_of_a_service_lives_at_the_service_key() {
+        use dht::keys::{jid_key_normalised, pubsub_key, record_key};
+        let room = jid_key_normalised("r#1@conference.a.test");
+        let node = pubsub_key("pubsub.a.test", "news/x#2");
+        let service = jid_key_normalised("conference.a.test");
+        for (name, key) in [
+            ("muc:r#1@conference.a.test", room),
+            ("muc-hist:r#1@conference.a.test", room),
+            ("muc-occ:r#1@conference.a.test#0.0", room),
+            ("muc-occ:r#1@conference.a.test#12.4095", room),
+            ("pubsub:pubsub.a.test/news/x#2", node),
+            ("pubsub-items:pubsub.a.test/news/x#2", node),
+            ("pubsub-subs:pubsub.a.test/news/x#2#3.7", node),
+            ("dir:conference.a.test#5", service),
+            ("plain", record_key("plain")),
+        ] {
+            assert_eq!(key_of(name), key, "{name}");
+            assert_eq!(is_service_record(name), name != "plain", "{name}");
         }
     }
 

@@ -16,6 +16,8 @@ pub trait Ring {
     /// Whether the node has joined the ring (before that its view is
     /// empty and sweeps would push nothing useful).
     fn is_joined(&self) -> bool;
+    /// Whether `id` is a live contact of this node (or this node).
+    fn is_live(&self, id: &NodeId) -> bool;
 
     /// The nodes that should hold `key`'s record as this node sees the
     /// ring: the `r` closest live holders, itself included when it is one
@@ -53,5 +55,13 @@ impl<A: Clone + PartialEq + std::fmt::Debug> Ring for RingNode<A> {
 
     fn is_joined(&self) -> bool {
         RingNode::is_joined(self)
+    }
+
+    fn is_live(&self, id: &NodeId) -> bool {
+        *id == self.id()
+            || self
+                .table()
+                .iter()
+                .any(|e| e.contact.id == *id && e.failures == 0)
     }
 }

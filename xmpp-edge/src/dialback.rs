@@ -12,8 +12,8 @@
 //! that also reads as one for a different pair of domains.
 
 use crate::domain::{Domain, valid_stream_id};
+use crate::escape::{escape_attr, escape_text};
 use crate::xml::NS_DIALBACK;
-use crate::xml_write::{escape_attr, escape_text};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use xmpp_parsers::minidom::Element;

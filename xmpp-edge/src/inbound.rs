@@ -16,9 +16,9 @@
 //! fires meanwhile leaves the parse where it was.
 
 use crate::conn::BoxIo;
-use crate::edge::{EdgeEvent, EdgeStats, Shared};
 use crate::negotiation::inbound::{AuthMethod, InboundOutput, InboundStream};
-use crate::verify::VerifyDone;
+use crate::shared::{EdgeEvent, EdgeStats, Shared};
+use crate::verify::{Verifier, VerifyDone};
 use crate::writer::Writer;
 use crate::xml::{StreamEvent, XmlError, XmlStreamReader};
 use std::future::Future;
@@ -51,7 +51,12 @@ enum Next {
 }
 
 /// Serves one inbound connection until it ends.
-pub(crate) async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
+pub(crate) async fn serve(
+    io: BoxIo,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    verifier: Arc<Verifier>,
+) {
     let mut machine = InboundStream::new(shared.inbound.clone(), Instant::now(), rand::random());
     let (vtx, mut vrx) = mpsc::channel::<VerifyDone>(shared.cfg.max_pending_dialback.max(1));
     let mut io = io;
@@ -64,7 +69,15 @@ pub(crate) async fn serve(io: BoxIo, peer: SocketAddr, shared: Arc<Shared>) {
             shared.cfg.limits.unauthenticated()
         };
         let reader = XmlStreamReader::new(BufReader::new(r), limits);
-        let next = document(&mut machine, reader, &writer, &vtx, &mut vrx, &shared).await;
+        let next = document(
+            &mut machine,
+            reader,
+            &writer,
+            (&vtx, &mut vrx),
+            &shared,
+            &verifier,
+        )
+        .await;
         if writer.timed_out() {
             EdgeStats::bump(&shared.stats.write_timeouts);
         }
@@ -113,9 +126,9 @@ async fn document(
     machine: &mut InboundStream,
     reader: Reader,
     writer: &Writer,
-    vtx: &mpsc::Sender<VerifyDone>,
-    vrx: &mut mpsc::Receiver<VerifyDone>,
+    (vtx, vrx): (&mpsc::Sender<VerifyDone>, &mut mpsc::Receiver<VerifyDone>),
     shared: &Arc<Shared>,
+    verifier: &Verifier,
 ) -> Next {
     let limits = reader.limit_handle();
     let mut idle: Option<Reader> = Some(reader);
@@ -143,7 +156,7 @@ async fn document(
                         Next::Restart(r)
                     };
                 }
-                InboundOutput::Verify(req) => shared.verifier.start(shared, req, vtx.clone()),
+                InboundOutput::Verify(req) => verifier.start(shared, req, vtx.clone()),
                 InboundOutput::Authenticated { domain, method } => {
                     tracing::debug!(%domain, ?method, "inbound stream authenticated");
                     if method == AuthMethod::SaslExternal {

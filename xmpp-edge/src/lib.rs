@@ -20,15 +20,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod config;
 pub mod conn;
 pub mod dialback;
 pub mod domain;
 pub mod edge;
+mod escape;
 mod inbound;
 pub mod ip_limit;
 pub mod negotiation;
+pub mod ns;
 mod outbound;
 pub mod resolve;
+mod shared;
 pub mod stream_error;
 pub mod tls;
 mod verify;

@@ -18,10 +18,10 @@
 
 use crate::conn::BoxIo;
 use crate::domain::Domain;
-use crate::edge::{EdgeEvent, EdgeStats, Gauge, Shared, Undeliverable};
 use crate::negotiation::outbound::{
     Failure, OutboundAuth, OutboundOutput, OutboundStream, Purpose,
 };
+use crate::shared::{EdgeEvent, EdgeStats, Gauge, Shared, Undeliverable};
 use crate::xml::{NS_CLIENT, NS_SERVER, StreamEvent, XmlStreamReader};
 use crate::xml_write::{STREAM_END, element_to_string, renamespace};
 use std::collections::{HashMap, VecDeque};

@@ -4,7 +4,7 @@
 //! `<stream:error><condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>
 //! </stream:error></stream:stream>` and closes that connection only.
 
-use crate::xml_write::escape_text;
+use crate::escape::escape_text;
 
 /// The namespace of stream error conditions.
 pub const NS_STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";

@@ -12,10 +12,10 @@
 //! never queued without limit.
 
 use crate::domain::Domain;
-use crate::edge::{EdgeStats, Gauge, Shared};
 use crate::negotiation::inbound::{Verdict, VerifyRequest};
 use crate::negotiation::outbound::{OutboundOutput, Purpose};
 use crate::outbound::{RESOLVE_TIMEOUT, establish, spawn_reader, write};
+use crate::shared::{EdgeStats, Gauge, Shared};
 use crate::xml_write::STREAM_END;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -34,16 +34,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::minidom::rxml::{Namespace, NcName};
 
-/// The streams namespace.
-pub const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
-/// The server-to-server content namespace.
-pub const NS_SERVER: &str = "jabber:server";
-/// The client content namespace (used inside the ring for stanzas).
-pub const NS_CLIENT: &str = "jabber:client";
-/// The dialback namespace.
-pub const NS_DIALBACK: &str = "jabber:server:dialback";
-/// The XML namespace (for `xml:lang`).
-pub const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
+pub use crate::ns::{NS_CLIENT, NS_DIALBACK, NS_SERVER, NS_STREAMS, NS_XML};
 
 /// Bounds on what one peer may make us parse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,38 +5,10 @@
 //! declared on the header exactly as XEP-0220 and Prosody expect
 //! (`xmlns:db='jabber:server:dialback'`, `<db:result/>`).
 
-use crate::xml::{NS_DIALBACK, NS_SERVER, NS_STREAMS};
+use crate::ns::{NS_DIALBACK, NS_SERVER, NS_STREAMS};
 use xmpp_parsers::minidom::Element;
 
-/// Escapes character data.
-pub fn escape_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// Escapes an attribute value for single quotes.
-pub fn escape_attr(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use crate::escape::{escape_attr, escape_text};
 
 /// An s2s stream header. `id` is empty on the initiating side (Prosody
 /// does the same) and a fresh random id on the responding side.
@@ -118,7 +90,7 @@ mod tests {
             "<message xmlns='jabber:server' to='a@b'><body>hi</body><x xmlns='urn:x'/></message>"
                 .parse()
                 .unwrap();
-        let c = renamespace(el, NS_SERVER, crate::xml::NS_CLIENT);
+        let c = renamespace(el, NS_SERVER, crate::ns::NS_CLIENT);
         assert_eq!(c.ns(), "jabber:client");
         assert_eq!(
             c.get_child("body", "jabber:client").map(|b| b.text()),

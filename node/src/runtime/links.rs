@@ -201,6 +201,10 @@ pub(crate) async fn write_stream(
     hello: Bytes,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     inbox: mpsc::Sender<Input>,
+    // Held until the task ends: the core's shutdown waits for every
+    // writer to push its last bytes out (mini-redis's
+    // `shutdown_complete`).
+    _running: mpsc::Sender<()>,
 ) {
     let result = async {
         let mut stream = open_confirmed(&mut control, peer, &hello).await?;

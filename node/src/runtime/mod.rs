@@ -21,7 +21,6 @@ mod load;
 mod swarm_task;
 
 use crate::addr::{PeerAddr, node_id};
-use crate::api::{LoadReport, StatusReport, TraceReport};
 use crate::config::NodeSettings;
 use crate::transport::{self, RING_PROTOCOL};
 use dht::wire::Message;
@@ -36,10 +35,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
-pub use load::LoadSpec;
+pub(crate) use crate::control::Command;
+pub use crate::control::LoadSpec;
 
 /// Capacity of the core's inbox (batches, not messages).
 const INBOX: usize = 1024;
+/// Admin requests waiting for the core.
+const COMMANDS: usize = 64;
 /// How long a graceful shutdown waits for in-flight envelopes.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -56,8 +58,6 @@ pub(crate) enum Input {
     Net(NetEvent),
     /// Something from this node's s2s edge.
     Edge(xmpp_edge::EdgeEvent),
-    /// An admin request.
-    Command(Command),
 }
 
 /// Connection-level events the swarm task reports.
@@ -68,31 +68,6 @@ pub(crate) enum NetEvent {
     FailedOutgoing,
     BadStream,
     ListenAddr(Multiaddr),
-}
-
-/// Admin requests served by the core.
-pub(crate) enum Command {
-    Status(oneshot::Sender<StatusReport>),
-    Trace {
-        jid: String,
-        reply: oneshot::Sender<TraceReport>,
-    },
-    Load {
-        spec: LoadSpec,
-        reply: oneshot::Sender<Result<LoadReport, String>>,
-    },
-    /// A record-store request.
-    Record {
-        op: crate::records::RecordOp,
-        /// Only this node's own copy (gets), without routing.
-        local: bool,
-        reply: oneshot::Sender<crate::api::RecordReport>,
-    },
-    /// Sends a stanza from the ring (operators and tests).
-    Send {
-        stanza: xmpp_parsers::minidom::Element,
-        reply: oneshot::Sender<Result<(), String>>,
-    },
 }
 
 /// Requests for the swarm task.
@@ -190,7 +165,13 @@ pub async fn run(
         inbox_tx.clone(),
         settings.max_connections,
     ));
-    let accept_handle = tokio::spawn(accept_streams(incoming, inbox_tx.clone(), settings.clone()));
+    let (accept_stop_tx, accept_stop_rx) = tokio::sync::watch::channel(false);
+    let accept_handle = tokio::spawn(accept_streams(
+        incoming,
+        inbox_tx.clone(),
+        settings.clone(),
+        accept_stop_rx,
+    ));
 
     // Admin server.
     let admin_listener = tokio::net::TcpListener::bind(settings.admin)
@@ -205,9 +186,10 @@ pub async fn run(
     } else {
         None
     };
+    let (command_tx, command_rx) = mpsc::channel::<Command>(COMMANDS);
     let admin_handle = tokio::spawn(crate::admin::serve(
         admin_listener,
-        inbox_tx.clone(),
+        command_tx,
         metrics.clone(),
         token,
         async {
@@ -262,12 +244,21 @@ pub async fn run(
         Instant::now(),
     );
     drop(inbox_tx);
-    let result = core.run(inbox_rx, shutdown).await;
+    let result = core.run(inbox_rx, command_rx, shutdown).await;
 
-    accept_handle.abort();
+    // Everything stops on its own, in order: no more inbound streams, no
+    // more admin requests; the swarm task ends once the core (the last
+    // holder of its command channel) is gone.
+    let _ = accept_stop_tx.send(true);
+    let _ = accept_handle.await;
     let _ = admin_stop_tx.send(());
     let _ = admin_handle.await;
-    swarm_handle.abort();
+    if tokio::time::timeout(SHUTDOWN_GRACE, swarm_handle)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the swarm task did not stop within {SHUTDOWN_GRACE:?}");
+    }
     let _ = std::fs::remove_file(settings.data_dir.join(READY_FILE));
     result
 }
@@ -277,8 +268,16 @@ async fn accept_streams(
     mut incoming: libp2p_stream::IncomingStreams,
     inbox: mpsc::Sender<Input>,
     settings: Arc<NodeSettings>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    while let Some((peer, stream)) = incoming.next().await {
+    loop {
+        let next = tokio::select! {
+            next = incoming.next() => next,
+            _ = stop.changed() => return,
+        };
+        let Some((peer, stream)) = next else {
+            return;
+        };
         let inbox = inbox.clone();
         let settings = settings.clone();
         tokio::spawn(async move {

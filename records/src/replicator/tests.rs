@@ -46,6 +46,9 @@ impl Ring for View<'_> {
     fn is_joined(&self) -> bool {
         true
     }
+    fn is_live(&self, id: &NodeId) -> bool {
+        self.known.contains(id)
+    }
 }
 
 /// A message on its way.

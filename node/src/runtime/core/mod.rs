@@ -42,6 +42,8 @@ const TRACE_TIMEOUT: Duration = Duration::from_secs(10);
 const ANNOUNCE_AFTER_JOIN: Duration = Duration::from_secs(1);
 /// How often metrics are refreshed from the state machine's counters.
 const METRICS_EVERY: Duration = Duration::from_secs(1);
+/// How long shutdown waits for writers to push out their last bytes.
+const WRITERS_GRACE: Duration = Duration::from_secs(2);
 
 struct OutBuf {
     to: Contact<PeerAddr>,
@@ -85,9 +87,13 @@ pub(crate) struct Core {
     records: crate::records::Replicator<crate::records::RedbBackend>,
     /// Admin requests of the record store waiting for answers.
     record_clients: records::RecordClients,
+    /// Cloned into every writer task; shutdown drops it and waits until
+    /// every clone is gone.
+    writers_running: Option<mpsc::Sender<()>>,
+    writers_done: mpsc::Receiver<()>,
     /// The rooms and PubSub nodes this node hosts.
-    services: crate::xmpp::services::Services,
-    service_driver: services::ServiceDriver,
+    host: crate::xmpp::host::ServiceHost,
+    fanout: services::FanoutCounters,
 }
 
 impl Core {
@@ -109,8 +115,9 @@ impl Core {
             .unwrap_or(0);
         let seed = me.id.prefix_u64() ^ unix_us;
         let peer_id = me.addr.peer_id().unwrap_or(PeerId::random());
-        let services = services::new_services(&settings, me.id.to_hex(), seed);
         let base = records.store().counter_base();
+        let host = services::new_host(&settings, me.id.to_hex(), seed, base, now);
+        let (writers_running, writers_done) = mpsc::channel(1);
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
             node,
@@ -136,8 +143,10 @@ impl Core {
             announce_at: None,
             records,
             record_clients: Default::default(),
-            services,
-            service_driver: services::ServiceDriver::new(base),
+            writers_running: Some(writers_running),
+            writers_done,
+            host,
+            fanout: Default::default(),
         };
         core.rebuild_hello();
         core
@@ -168,6 +177,7 @@ impl Core {
     pub(crate) async fn run(
         mut self,
         mut inbox: mpsc::Receiver<Input>,
+        mut commands: mpsc::Receiver<Command>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), String> {
         let now = Instant::now();
@@ -192,6 +202,7 @@ impl Core {
                         }
                     }
                 }
+                Some(cmd) = commands.recv() => self.on_command(Instant::now(), cmd),
                 _ = tokio::time::sleep_until(deadline.into()) => {}
             }
             let now = Instant::now();
@@ -210,7 +221,7 @@ impl Core {
             Some(self.next_metrics),
             self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min(),
             self.records.poll_timeout(),
-            Some(self.service_driver.next_check()),
+            self.host.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -247,13 +258,7 @@ impl Core {
             }
         }
         self.on_record_timers(now);
-        if now >= self.service_driver.next_check() {
-            self.service_driver
-                .checked(now, self.records.config().sweep_every);
-            if self.node.is_joined() {
-                self.check_service_hosts(now);
-            }
-        }
+        self.on_service_timers(now);
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_EVERY;
             if let Some(e) = &self.edge {
@@ -304,7 +309,6 @@ impl Core {
             }
             Input::Net(ev) => self.on_net(now, ev),
             Input::Edge(ev) => self.on_edge_event(now, ev),
-            Input::Command(cmd) => self.on_command(now, cmd),
         }
     }
 
@@ -463,6 +467,11 @@ impl Core {
         let _ = self
             .swarm_tx
             .send(SwarmCmd::AddAddrs(peer, contact.addr.multiaddrs()));
+        let Some(running) = self.writers_running.clone() else {
+            // Shutting down: no new streams.
+            self.node.handle_link_down(now, id);
+            return;
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(bytes);
         self.writers.insert(id, tx);
@@ -473,6 +482,7 @@ impl Core {
             self.hello.clone(),
             rx,
             self.inbox_tx.clone(),
+            running,
         ));
     }
 
@@ -580,11 +590,10 @@ impl Core {
         while !self.node.is_drained() && Instant::now() < end {
             match tokio::time::timeout_at(end.into(), inbox.recv()).await {
                 Ok(Some(input)) => {
+                    // Only acks and link events matter now; admin commands
+                    // are no longer read (their callers get an error).
                     let now = Instant::now();
-                    // Only acks and link events matter now; commands get no answer.
-                    if !matches!(input, Input::Command(_)) {
-                        self.handle(now, input);
-                    }
+                    self.handle(now, input);
                     self.flush(now);
                 }
                 _ => break,
@@ -596,10 +605,15 @@ impl Core {
         let now = Instant::now();
         self.node.abandon_pending(now);
         self.flush(now);
-        // Let writers push out the last bytes.
-        let writers: Vec<_> = self.writers.drain().collect();
-        drop(writers);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Writers push out their last bytes and close their streams once
+        // their queues close; wait for the last of them (bounded: a peer
+        // that does not read cannot hold the shutdown).
+        self.writers.clear();
+        self.writers_running = None;
+        let last = tokio::time::timeout(WRITERS_GRACE, self.writers_done.recv()).await;
+        if last.is_err() {
+            tracing::warn!("writers still busy after {WRITERS_GRACE:?}; leaving them");
+        }
     }
 }
 

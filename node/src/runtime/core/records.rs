@@ -139,8 +139,8 @@ impl Core {
                         let _ = reply.send(answer_report(answer));
                     }
                 }
-                Output::Confirmed { token } => self.write_stored(now, token),
-                Output::Loaded { token } => self.service_load_done(token),
+                Output::Confirmed { token } => self.write_stored(token),
+                Output::Loaded { token } => self.service_load_done(now, token),
             }
         }
         any

@@ -3,40 +3,44 @@
 //! IQs between occupants.
 
 use super::room::{Affiliation, NS_MUC_USER, Room, el};
-use crate::xmpp::Action;
-use crate::xmpp::stanza::{self, bare, error_reply};
+use crate::Action;
+use crate::stanza::{self, bare, error_reply};
 use xmpp_parsers::minidom::Element;
 
 impl Room {
-    /// A private message from occupant `i` to the occupant called `nick`.
-    pub fn private_message(&self, i: usize, nick: &str, msg: &Element, out: &mut Vec<Action>) {
+    /// A private message from the occupant `sender` (real JID) to the
+    /// occupant called `nick`.
+    pub fn private_message(&self, sender: &str, nick: &str, msg: &Element, out: &mut Vec<Action>) {
         if msg.attr("type") == Some("groupchat") {
             return out.extend(
                 error_reply(msg, "bad-request", Some("groupchat to an occupant")).map(Action::Send),
             );
         }
-        let Some(t) = self.by_nick(nick) else {
+        let (Some(s), Some(t)) = (self.by_jid(sender), self.by_nick(nick)) else {
             return out.extend(error_reply(msg, "item-not-found", None).map(Action::Send));
         };
         let mut m = msg.clone();
-        stanza::set(
-            &mut m,
-            "from",
-            &self.occupant_jid(&self.state.occupants[i].nick),
-        );
-        stanza::set(&mut m, "to", &self.state.occupants[t].jid);
+        stanza::set(&mut m, "from", &self.occupant_jid(&s.nick));
+        stanza::set(&mut m, "to", &t.jid);
         if m.get_child("x", NS_MUC_USER).is_none() {
             m.append_child(Element::bare("x", NS_MUC_USER));
         }
         out.push(Action::Send(m));
     }
 
-    /// Mediated invitations (XEP-0045 §7.8.2) from occupant `i`: each
+    /// Mediated invitations (XEP-0045 §7.8.2) from the occupant `inviter`
+    /// (real JID): each
     /// invitee gets a message from the room. In a members-only room only
     /// admins and owners invite, and their invitees become members.
     /// Returns whether the affiliations changed.
-    pub fn invite(&mut self, i: usize, msg: &Element, x: &Element, out: &mut Vec<Action>) -> bool {
-        let inviter = self.state.occupants[i].jid.clone();
+    pub fn invite(
+        &mut self,
+        inviter: &str,
+        msg: &Element,
+        x: &Element,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let inviter = inviter.to_string();
         let members_only = self.state.config.members_only;
         if members_only && self.affiliation(&inviter) < Affiliation::Admin {
             out.extend(
@@ -156,12 +160,8 @@ impl Room {
             return;
         };
         let mut fwd = iq.clone();
-        stanza::set(
-            &mut fwd,
-            "from",
-            &self.occupant_jid(&self.state.occupants[sender].nick),
-        );
-        stanza::set(&mut fwd, "to", &self.state.occupants[target].jid);
+        stanza::set(&mut fwd, "from", &self.occupant_jid(&sender.nick));
+        stanza::set(&mut fwd, "to", &target.jid);
         out.push(Action::Send(fwd));
     }
 }

@@ -4,11 +4,13 @@
 //! `SHA-256("pubsub\0" || service || "\0" || node)` (docs/architecture.md, "Keys and distance"): the driver
 //! routes every request that names a node there ([`target_node`]). This
 //! module is the host's state machine, stanzas in, [`Action`]s out. A
-//! node's state is two records: its configuration, affiliations and
-//! subscriptions (`pubsub:` name, written when they change) and its items
-//! (`pubsub-items:`, written on publish and retract), so a subscription does
-//! not rewrite the items and a publish does not rewrite the subscriber
-//! list. Notifications leave as one [`Action::Broadcast`], which the driver
+//! node's state is three kinds of record: its configuration and
+//! affiliations (`pubsub:` name, written when they change), its
+//! subscriptions in shards ([`crate::sharded`], `pubsub-subs:`, a
+//! subscription rewriting one small shard, so a node holds 100,000
+//! subscribers) and its items (`pubsub-items:`, written on publish and
+//! retract). A subscription does not rewrite the items and a publish does
+//! not rewrite the subscriber list. Notifications leave as one [`Action::Broadcast`], which the driver
 //! fans out per subscriber domain.
 
 // Items named after XEP-0045/0060/0004 terms (roles, affiliations, form
@@ -19,11 +21,12 @@ pub mod node;
 mod owner;
 mod user;
 
-use super::Action;
 use super::stanza::{self, bare, error_reply_with, iq_result};
-use crate::records::{PUBSUB_ITEMS_PREFIX, PUBSUB_PREFIX};
-use crate::xmpp::stanza::NS_CLIENT;
+use super::{Action, Write};
+use crate::sharded::{self, ShardHeader, ShardLoad, Sharded};
+use crate::stanza::NS_CLIENT;
 use node::{Node, NodeMeta, StoredItem};
+use ring_records::{PUBSUB_ITEMS_PREFIX, PUBSUB_PREFIX, PUBSUB_SUBSCRIPTIONS_PREFIX};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
@@ -53,6 +56,38 @@ pub fn record_names(service: &str, node: &str) -> (String, String) {
         format!("{PUBSUB_PREFIX}{service}/{node}"),
         format!("{PUBSUB_ITEMS_PREFIX}{service}/{node}"),
     )
+}
+
+/// The base name of the subscription shards of node `node` on `service`.
+pub fn subscriptions_base(service: &str, node: &str) -> String {
+    format!("{PUBSUB_SUBSCRIPTIONS_PREFIX}{service}/{node}")
+}
+
+/// A node being read from the store: its meta and items records are in,
+/// its subscription shards are being read.
+pub struct NodeLoad {
+    service: String,
+    name: String,
+    meta: NodeMeta,
+    items: VecDeque<StoredItem>,
+    subscriptions: ShardLoad<String>,
+}
+
+impl NodeLoad {
+    /// The records to read next (empty when done).
+    pub fn names(&self) -> Vec<String> {
+        self.subscriptions.names()
+    }
+
+    /// Takes the values read.
+    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), String> {
+        self.subscriptions.offer(values).map_err(|e| e.to_string())
+    }
+
+    /// Whether everything is read.
+    pub fn is_done(&self) -> bool {
+        self.subscriptions.is_done()
+    }
 }
 
 /// The node a request for a PubSub service names: the `node` attribute of
@@ -101,11 +136,14 @@ fn with_attrs(name: &str, ns: &str, attrs: &[(&str, &str)]) -> Element {
     e
 }
 
-/// Which records changed.
+/// Which records changed, by node (meta record name).
 #[derive(Default)]
 struct Dirty {
     meta: BTreeSet<String>,
     items: BTreeSet<String>,
+    subscriptions: BTreeSet<String>,
+    /// Records of deleted nodes.
+    removed: Vec<String>,
 }
 
 /// The PubSub nodes this ring node hosts, by meta record name.
@@ -147,7 +185,7 @@ impl PubSub {
     }
 
     /// The users' requests a registry answer just served (see
-    /// [`crate::xmpp::muc::Muc::take_answered`]).
+    /// [`crate::muc::Muc::take_answered`]).
     pub fn take_answered(&mut self) -> Vec<Element> {
         std::mem::take(&mut self.answered)
     }
@@ -161,29 +199,64 @@ impl PubSub {
     }
 
     pub fn subscriptions(&self) -> usize {
-        self.nodes
-            .values()
-            .map(|n| n.meta.subscriptions.len())
-            .sum()
+        self.nodes.values().map(|n| n.subscriptions.len()).sum()
+    }
+
+    /// The subscriptions of a loaded node.
+    pub fn subscriptions_of(&self, meta_name: &str) -> Option<&Sharded<String>> {
+        self.nodes.get(meta_name).map(|n| &n.subscriptions)
     }
 
     pub fn unload(&mut self, meta_name: &str) {
         self.nodes.remove(meta_name);
         self.dirty.meta.remove(meta_name);
         self.dirty.items.remove(meta_name);
+        self.dirty.subscriptions.remove(meta_name);
     }
 
-    /// Puts a node's stored records in memory (`meta` `None`: no node).
-    pub fn install(
+    /// An empty subscription set for a new node.
+    pub(super) fn new_subscriptions(&mut self, service: &str, name: &str) -> Sharded<String> {
+        let salt = self.next_salt();
+        let limit = self.limits.max_record_bytes;
+        Sharded::new(
+            subscriptions_base(service, name),
+            salt,
+            sharded::budget_for(limit),
+            limit,
+        )
+    }
+
+    fn next_salt(&mut self) -> u64 {
+        self.fresh_id();
+        self.next_id
+    }
+
+    /// Deletes node `meta_name` and all its records.
+    pub(super) fn remove_node(&mut self, meta_name: &str) {
+        if let Some(n) = self.nodes.remove(meta_name) {
+            let (meta, items) = record_names(&n.service, &n.name);
+            self.dirty.removed.push(meta);
+            self.dirty.removed.push(items);
+            self.dirty.removed.extend(n.subscriptions.all_names());
+        }
+        self.dirty.meta.remove(meta_name);
+        self.dirty.items.remove(meta_name);
+        self.dirty.subscriptions.remove(meta_name);
+    }
+
+    /// Starts reading node `name`: `meta` and `items` are its first
+    /// records ([`record_names`]). `None` when there is nothing more to
+    /// read (no such node, or it is loaded already).
+    pub fn start_install(
         &mut self,
         service: &str,
         name: &str,
         meta: Option<&[u8]>,
         items: Option<&[u8]>,
-    ) -> Result<(), String> {
+    ) -> Result<Option<NodeLoad>, String> {
         let (meta_name, _) = record_names(service, name);
         let Some(meta) = meta.filter(|_| !self.nodes.contains_key(&meta_name)) else {
-            return Ok(());
+            return Ok(None);
         };
         let meta: NodeMeta = serde_json::from_slice(meta)
             .map_err(|e| format!("stored node {meta_name} is unreadable: {e}"))?;
@@ -192,39 +265,94 @@ impl PubSub {
                 .map_err(|e| format!("stored items of {meta_name} are unreadable: {e}"))?,
             None => VecDeque::new(),
         };
+        // A record from before subscriptions were sharded: an empty set,
+        // with a fresh salt, that the old list moves into.
+        let header = match meta.subscription_shards {
+            Some(h) => h,
+            None => ShardHeader {
+                depth: 0,
+                salt: self.next_salt(),
+            },
+        };
+        let limit = self.limits.max_record_bytes;
+        Ok(Some(NodeLoad {
+            service: service.to_string(),
+            name: name.to_string(),
+            meta,
+            items,
+            subscriptions: ShardLoad::new(
+                subscriptions_base(service, name),
+                header,
+                sharded::budget_for(limit),
+                limit,
+            ),
+        }))
+    }
+
+    /// Puts a node that has been read in memory.
+    pub fn finish_install(&mut self, load: NodeLoad) {
+        let NodeLoad {
+            service,
+            name,
+            mut meta,
+            items,
+            subscriptions,
+        } = load;
+        let (meta_name, _) = record_names(&service, &name);
+        let mut subscriptions = subscriptions.finish();
+        let mut meta_changed = meta.subscription_shards != Some(subscriptions.header());
+        for (jid, subid) in std::mem::take(&mut meta.legacy_subscriptions) {
+            meta_changed = true;
+            if let Err(e) = subscriptions.insert(jid, subid) {
+                tracing::warn!(node = %meta_name, "a subscription of an old record is dropped: {e}");
+            }
+        }
+        if meta_changed {
+            meta.subscription_shards = Some(subscriptions.header());
+            self.dirty.meta.insert(meta_name.clone());
+        }
+        if subscriptions.is_dirty() {
+            self.dirty.subscriptions.insert(meta_name.clone());
+        }
         self.nodes.insert(
             meta_name,
             Node {
-                service: service.to_string(),
-                name: name.to_string(),
+                service,
+                name,
                 meta,
+                subscriptions,
                 items,
             },
         );
-        Ok(())
     }
 
     /// The records to write: `(name, Some(value))`, or `None` to delete.
-    pub fn take_writes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        let mut out = Vec::new();
+    pub fn take_writes(&mut self) -> Vec<Write> {
         let dirty = std::mem::take(&mut self.dirty);
-        for meta_name in dirty.meta.iter().chain(dirty.items.iter()) {
-            let is_meta =
-                dirty.meta.contains(meta_name) && !out.iter().any(|(n, _)| n == meta_name);
-            let suffix = &meta_name[PUBSUB_PREFIX.len()..];
-            let items_name = format!("{PUBSUB_ITEMS_PREFIX}{suffix}");
-            let node = self.nodes.get(meta_name);
-            if is_meta {
-                out.push((
-                    meta_name.clone(),
-                    node.and_then(|n| serde_json::to_vec(&n.meta).ok()),
-                ));
+        let mut out: Vec<Write> = dirty.removed.into_iter().map(Write::delete).collect();
+        for meta_name in &dirty.subscriptions {
+            if let Some(n) = self.nodes.get_mut(meta_name) {
+                out.extend(
+                    n.subscriptions
+                        .take_writes()
+                        .into_iter()
+                        .map(|(name, v)| Write::put(name, v)),
+                );
             }
-            if dirty.items.contains(meta_name) && !out.iter().any(|(n, _)| *n == items_name) {
-                out.push((
-                    items_name,
-                    node.and_then(|n| serde_json::to_vec(&n.items).ok()),
-                ));
+        }
+        for meta_name in &dirty.meta {
+            if let Some(n) = self.nodes.get(meta_name)
+                && let Ok(v) = serde_json::to_vec(&n.meta)
+            {
+                out.push(Write::put(meta_name.clone(), v));
+            }
+        }
+        for meta_name in &dirty.items {
+            if let Some(n) = self.nodes.get(meta_name)
+                && let Ok(v) = serde_json::to_vec(&n.items)
+            {
+                let (_, items_name) = record_names(&n.service, &n.name);
+                out.push(Write::put(items_name, v));
             }
         }
         out
@@ -367,6 +495,17 @@ impl PubSub {
                 out,
             );
         }
+        // Subscriptions changed: their shards are written, and the meta
+        // record when they split.
+        if let Some(n) = self.nodes.get_mut(&meta_name)
+            && n.subscriptions.is_dirty()
+        {
+            self.dirty.subscriptions.insert(meta_name.clone());
+            if n.meta.subscription_shards != Some(n.subscriptions.header()) {
+                n.meta.subscription_shards = Some(n.subscriptions.header());
+                self.dirty.meta.insert(meta_name.clone());
+            }
+        }
     }
 
     fn dispatch(&mut self, service: &str, name: &str, st: &Element, out: &mut Vec<Action>) {
@@ -436,7 +575,7 @@ fn item_element(ns: &str, i: &StoredItem, with_payload: bool) -> Element {
 
 /// One notification (`event` holding `child`) to every subscriber.
 fn notify(n: &Node, child: Element, out: &mut Vec<Action>) {
-    if n.meta.subscriptions.is_empty() {
+    if n.subscriptions.is_empty() {
         return;
     }
     let mut m = Element::bare("message", NS_CLIENT);
@@ -447,7 +586,7 @@ fn notify(n: &Node, child: Element, out: &mut Vec<Action>) {
     m.append_child(event);
     out.push(Action::Broadcast {
         stanza: m,
-        to: n.meta.subscriptions.keys().cloned().collect(),
+        to: n.subscriptions.keys().cloned().collect(),
     });
 }
 

@@ -5,22 +5,25 @@
 //! is routed there, so the host sees all of the room's traffic and needs no
 //! coordination with other nodes. This module is the host's state machine:
 //! stanzas in, [`Action`]s out, no I/O. The driver loads a room's
-//! [`room::RoomState`] from the record store before the first stanza (see
-//! [`crate::xmpp::services`]) and writes back what [`Muc::take_writes`]
-//! returns.
+//! records from the record store before the first stanza (see
+//! [`crate::services`] and [`RoomLoad`]) and writes back what
+//! [`Muc::take_writes`] returns.
 
 // Items named after XEP-0045/0060/0004 terms (roles, affiliations, form
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
 pub mod admin;
+pub mod occupants;
 mod relay;
 pub mod room;
 
-use super::Action;
 use super::stanza::{self, error_reply, iq_result};
-use crate::records::MUC_PREFIX;
-use room::{Affiliation, NS_MUC, Room, RoomState};
+use super::{Action, Write};
+use crate::sharded::{self, ShardHeader, ShardLoad, Sharded};
+use occupants::Occupants;
+use ring_records::{MUC_HISTORY_PREFIX, MUC_OCCUPANTS_PREFIX, MUC_PREFIX};
+use room::{Affiliation, NS_MUC, Occupant, Room, RoomState, StoredMessage};
 use std::collections::{BTreeSet, HashMap};
 use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
 use xmpp_parsers::minidom::Element;
@@ -36,6 +39,8 @@ const MAX_PENDING_CREATES: usize = 1024;
 const MAX_WAITING_PRESENCES: usize = 16;
 /// A creation the registry has not answered in this long fails.
 const CREATE_TIMEOUT_SECS: u64 = 30;
+/// A room's history is written at most this often (seconds).
+pub const HISTORY_WRITE_SECS: u64 = 1;
 
 /// A room asked for but not yet granted by the service's registry.
 struct PendingCreate {
@@ -52,18 +57,67 @@ pub struct Muc {
     /// The stanzas the last registry answer served (see
     /// [`Muc::take_answered`]).
     answered: Vec<Element>,
-    /// Rooms whose state changed since the last [`Muc::take_writes`].
-    dirty: BTreeSet<String>,
+    /// Rooms whose main record changed since the last
+    /// [`Muc::take_writes`].
+    dirty_meta: BTreeSet<String>,
+    /// Rooms whose occupants or history may have changed.
+    touched: BTreeSet<String>,
+    /// Records of rooms that are gone, to delete.
+    removed: Vec<String>,
     /// This node's id (hex), written into the rooms it hosts.
     host: String,
-    /// A room's stored state must stay under this (the record store's
-    /// per-record limit): joins past it are refused.
+    /// The record store's per-record limit: a room's main record, each
+    /// occupant shard and its history stay under it.
     max_state_bytes: usize,
+    /// For the occupant shards' salts (seeded by the driver).
+    next_salt: u64,
 }
 
-/// The record holding `room`'s state.
+/// The record holding `room`'s main state.
 pub fn record_name(room: &str) -> String {
     format!("{MUC_PREFIX}{room}")
+}
+
+/// The base name of `room`'s occupant shards.
+pub fn occupants_base(room: &str) -> String {
+    format!("{MUC_OCCUPANTS_PREFIX}{room}")
+}
+
+/// The record holding `room`'s discussion history.
+pub fn history_name(room: &str) -> String {
+    format!("{MUC_HISTORY_PREFIX}{room}")
+}
+
+/// The records a room's load starts with: its main record and its
+/// history (the occupant shards follow, see [`RoomLoad`]).
+pub fn load_names(room: &str) -> Vec<String> {
+    vec![record_name(room), history_name(room)]
+}
+
+/// A room being read from the store: its main record and history are in,
+/// its occupant shards are being read.
+pub struct RoomLoad {
+    room: String,
+    state: RoomState,
+    history: Vec<StoredMessage>,
+    occupants: ShardLoad<Occupant>,
+}
+
+impl RoomLoad {
+    /// The records to read next (empty when done).
+    pub fn names(&self) -> Vec<String> {
+        self.occupants.names()
+    }
+
+    /// Takes the values read.
+    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), String> {
+        self.occupants.offer(values).map_err(|e| e.to_string())
+    }
+
+    /// Whether everything is read.
+    pub fn is_done(&self) -> bool {
+        self.occupants.is_done()
+    }
 }
 
 fn reply_error(st: &Element, condition: &str, text: &str, out: &mut Vec<Action>) {
@@ -78,15 +132,55 @@ fn disco_query<'a>(st: &'a Element, ns: &str) -> Option<&'a Element> {
 }
 
 impl Muc {
-    pub fn new(host: String, max_state_bytes: usize) -> Muc {
+    pub fn new(host: String, max_state_bytes: usize, seed: u64) -> Muc {
         Muc {
             rooms: HashMap::new(),
             pending: HashMap::new(),
             answered: Vec::new(),
-            dirty: BTreeSet::new(),
+            dirty_meta: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            removed: Vec::new(),
             host,
             max_state_bytes,
+            next_salt: seed,
         }
+    }
+
+    fn fresh_salt(&mut self) -> u64 {
+        // A 64-bit LCG step, as for PubSub ids.
+        self.next_salt = self
+            .next_salt
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.next_salt
+    }
+
+    fn new_occupants(&mut self, room: &str) -> Occupants {
+        let salt = self.fresh_salt();
+        let limit = self.max_state_bytes;
+        Occupants::from_set(Sharded::new(
+            occupants_base(room),
+            salt,
+            sharded::budget_for(limit),
+            limit,
+        ))
+    }
+
+    /// Marks everything of `room` to be written.
+    fn mark(&mut self, room: &str) {
+        self.dirty_meta.insert(room.to_string());
+        self.touched.insert(room.to_string());
+    }
+
+    /// Forgets `room` and deletes its records.
+    fn forget(&mut self, room: &str) {
+        if let Some(r) = self.rooms.remove(room) {
+            self.removed.push(record_name(room));
+            self.removed.push(history_name(room));
+            self.removed.extend(r.occupants.all_names());
+        }
+        self.dirty_meta.remove(room);
+        self.touched.remove(room);
     }
 
     pub fn is_loaded(&self, room: &str) -> bool {
@@ -100,66 +194,161 @@ impl Muc {
 
     /// Occupants of `room` (0 if it is not loaded).
     pub fn occupants_of(&self, room: &str) -> usize {
-        self.rooms.get(room).map_or(0, |r| r.state.occupants.len())
+        self.rooms.get(room).map_or(0, |r| r.occupants.len())
     }
 
     pub fn occupants(&self) -> usize {
-        self.rooms.values().map(|r| r.state.occupants.len()).sum()
+        self.rooms.values().map(|r| r.occupants.len()).sum()
     }
 
-    /// Puts a room's stored state in memory (`None`: there is no room).
-    pub fn install(&mut self, room: &str, value: Option<&[u8]>) -> Result<(), String> {
-        let Some(bytes) = value.filter(|_| !self.rooms.contains_key(room)) else {
-            return Ok(());
-        };
-        let mut state: RoomState = serde_json::from_slice(bytes)
-            .map_err(|e| format!("stored state of {room} is unreadable: {e}"))?;
-        if state.host != self.host {
-            state.host = self.host.clone();
-            self.dirty.insert(room.to_string());
-        }
-        self.rooms
-            .insert(room.to_string(), Room::new(room.to_string(), state));
-        Ok(())
-    }
-
-    /// Takes over a room whose host died: its occupants are told the room
-    /// went away (status 332) so that they join again; configuration,
-    /// affiliations and subject stay.
-    pub fn take_over(
+    /// Starts reading a room: `meta` and `history` are its first records
+    /// ([`load_names`]). `None` when there is nothing more to read (no
+    /// such room, or it is loaded already).
+    pub fn start_install(
         &mut self,
         room: &str,
-        value: &[u8],
-        out: &mut Vec<Action>,
-    ) -> Result<(), String> {
-        self.install(room, Some(value))?;
+        meta: Option<&[u8]>,
+        history: Option<&[u8]>,
+    ) -> Result<Option<RoomLoad>, String> {
+        let Some(bytes) = meta.filter(|_| !self.rooms.contains_key(room)) else {
+            return Ok(None);
+        };
+        let state: RoomState = serde_json::from_slice(bytes)
+            .map_err(|e| format!("stored state of {room} is unreadable: {e}"))?;
+        // History is a convenience: unreadable, it starts empty.
+        let history = history
+            .and_then(|h| serde_json::from_slice(h).ok())
+            .unwrap_or_default();
+        // A record from before occupants were sharded: an empty set, with
+        // a fresh salt, that the old list moves into.
+        let header = match state.occupant_shards {
+            Some(h) => h,
+            None => ShardHeader {
+                depth: 0,
+                salt: self.fresh_salt(),
+            },
+        };
+        let limit = self.max_state_bytes;
+        Ok(Some(RoomLoad {
+            room: room.to_string(),
+            state,
+            history,
+            occupants: ShardLoad::new(
+                occupants_base(room),
+                header,
+                sharded::budget_for(limit),
+                limit,
+            ),
+        }))
+    }
+
+    /// Puts a room that has been read in memory.
+    pub fn finish_install(&mut self, load: RoomLoad) {
+        let RoomLoad {
+            room,
+            mut state,
+            history,
+            occupants,
+        } = load;
+        let mut occupants = Occupants::from_set(occupants.finish());
+        let mut meta_changed = state.occupant_shards != Some(occupants.header());
+        for o in std::mem::take(&mut state.legacy_occupants) {
+            meta_changed = true;
+            if let Err(e) = occupants.insert(o) {
+                tracing::warn!(%room, "an occupant of an old record is dropped: {e}");
+            }
+        }
+        let previous_host = (state.host != self.host).then(|| state.host.clone());
+        if previous_host.is_some() {
+            state.host = self.host.clone();
+            meta_changed = true;
+        }
+        let mut r = Room::new(room.clone(), state, occupants);
+        r.restore_history(history);
+        r.previous_host = previous_host;
+        self.rooms.insert(room.clone(), r);
+        self.touched.insert(room.clone());
+        if meta_changed {
+            self.dirty_meta.insert(room);
+        }
+    }
+
+    /// The host `room`'s stored state named when this node loaded it, if
+    /// another (asked once, by the driver, to see whether it died).
+    pub fn take_previous_host(&mut self, room: &str) -> Option<String> {
+        self.rooms.get_mut(room)?.previous_host.take()
+    }
+
+    /// Takes over a loaded room whose host died: its occupants are told
+    /// the room went away (status 332) so that they join again;
+    /// configuration, affiliations, subject and history stay.
+    pub fn take_over(&mut self, room: &str, out: &mut Vec<Action>) {
         if let Some(r) = self.rooms.get_mut(room)
-            && !r.state.occupants.is_empty()
+            && !r.occupants.is_empty()
         {
             r.evict_all(None, out);
-            self.dirty.insert(room.to_string());
+            self.mark(room);
         }
-        Ok(())
     }
 
     /// Forgets a room this node no longer hosts (its state is stored).
     pub fn unload(&mut self, room: &str) {
         self.rooms.remove(room);
-        self.dirty.remove(room);
+        self.dirty_meta.remove(room);
+        self.touched.remove(room);
     }
 
-    /// The records to write: `(name, Some(value))`, or `None` to delete.
-    pub fn take_writes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        std::mem::take(&mut self.dirty)
+    /// The records to write: main records that changed, the occupant
+    /// shards that changed, and histories last written at least
+    /// [`HISTORY_WRITE_SECS`] ago (`now_unix`); deletions of rooms that
+    /// are gone. History writes hold nothing up.
+    pub fn take_writes(&mut self, now_unix: u64) -> Vec<Write> {
+        let mut out: Vec<Write> = std::mem::take(&mut self.removed)
             .into_iter()
-            .map(|room| {
-                let value = self
-                    .rooms
-                    .get(&room)
-                    .and_then(|r| serde_json::to_vec(&r.state).ok());
-                (record_name(&room), value)
-            })
-            .collect()
+            .map(Write::delete)
+            .collect();
+        for room in std::mem::take(&mut self.dirty_meta) {
+            let Some(r) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            r.state.occupant_shards = Some(r.occupants.header());
+            r.state.occupied = !r.occupants.is_empty();
+            if let Ok(v) = serde_json::to_vec(&r.state) {
+                out.push(Write::put(record_name(&room), v));
+            }
+        }
+        let mut later = BTreeSet::new();
+        for room in std::mem::take(&mut self.touched) {
+            let Some(r) = self.rooms.get_mut(&room) else {
+                continue;
+            };
+            out.extend(
+                r.occupants
+                    .take_writes()
+                    .into_iter()
+                    .map(|(n, v)| Write::put(n, v)),
+            );
+            if r.history_dirty {
+                if now_unix >= r.history_written_unix + HISTORY_WRITE_SECS {
+                    r.history_dirty = false;
+                    r.history_written_unix = now_unix;
+                    let stored = r.stored_history(self.max_state_bytes);
+                    if let Ok(v) = serde_json::to_vec(&stored) {
+                        out.push(Write::background(history_name(&room), v));
+                    }
+                } else {
+                    later.insert(room);
+                }
+            }
+        }
+        self.touched = later;
+        out
+    }
+
+    /// Whether a history waits to be written (the driver calls
+    /// [`Muc::take_writes`] again within [`HISTORY_WRITE_SECS`]).
+    pub fn history_pending(&self) -> bool {
+        !self.touched.is_empty()
     }
 
     /// How `room` appears in the service's directory: its name when it is
@@ -232,8 +421,11 @@ impl Muc {
             }
             return;
         }
-        let may_change = match st.name() {
-            "presence" => true,
+        // Presences change only occupants, whose shards refuse what does
+        // not fit; other changes may grow the main record, and are undone
+        // when it would not fit.
+        let meta_may_change = match st.name() {
+            "presence" => false,
             "message" => {
                 st.get_child("subject", xmpp_parsers::ns::JABBER_CLIENT)
                     .is_some()
@@ -241,7 +433,8 @@ impl Muc {
             }
             _ => st.attr("type") == Some("set"),
         };
-        let before = may_change.then(|| self.rooms.get(room).map(|r| r.state.clone()));
+        let before = meta_may_change.then(|| self.rooms.get(room).cloned());
+        let was_empty = self.rooms.get(room).map(|r| r.occupants.is_empty());
         let mark = out.len();
         let changed = match st.name() {
             "presence" => self.on_presence(room, nick, &from, st, now_unix, out),
@@ -258,10 +451,8 @@ impl Muc {
         {
             out.truncate(mark);
             match before {
-                Some(state) => {
-                    if let Some(r) = self.rooms.get_mut(room) {
-                        r.state = state;
-                    }
+                Some(r) => {
+                    self.rooms.insert(room.to_string(), r);
                 }
                 None => {
                     self.rooms.remove(room);
@@ -275,14 +466,23 @@ impl Muc {
                 out,
             );
         }
-        if let Some(r) = self.rooms.get(room)
-            && (r.destroyed || (r.state.occupants.is_empty() && !r.state.config.persistent))
-        {
-            self.rooms.remove(room);
-            self.dirty.insert(room.to_string());
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        if r.destroyed || (r.occupants.is_empty() && !r.state.config.persistent) {
+            self.forget(room);
             out.push(Action::Send(super::directory::release(service, room)));
-        } else if changed {
-            self.dirty.insert(room.to_string());
+            return;
+        }
+        // A split moves the occupants to a new depth, which the main
+        // record names.
+        let emptied_or_filled = was_empty != Some(r.occupants.is_empty())
+            || r.state.occupant_shards != Some(r.occupants.header());
+        if changed || r.history_dirty {
+            self.touched.insert(room.to_string());
+        }
+        if (changed && meta_may_change) || emptied_or_filled {
+            self.dirty_meta.insert(room.to_string());
         }
     }
 
@@ -348,7 +548,6 @@ impl Muc {
         };
         if !self.rooms.contains_key(room) {
             self.create(room, &first, out);
-            self.dirty.insert(room.to_string());
         } else {
             self.handle(room, nick_of(&first).as_deref(), &first, now_unix, out);
         }
@@ -365,20 +564,28 @@ impl Muc {
             return;
         };
         let history = join_history(st);
+        let occupants = self.new_occupants(room);
         let mut state = RoomState {
             config: Default::default(),
             locked: true,
             affiliations: Default::default(),
             subject: None,
-            occupants: vec![],
+            legacy_occupants: vec![],
+            occupant_shards: Some(occupants.header()),
+            occupied: true,
             host: self.host.clone(),
         };
         state
             .affiliations
             .insert(stanza::bare(from), Affiliation::Owner);
-        let mut r = Room::new(room.to_string(), state);
-        r.enter(from, &nick, st, true, history, out);
+        let mut r = Room::new(room.to_string(), state, occupants);
+        if let Err(e) = r.enter(from, &nick, st, true, history, out) {
+            let service = room.split_once('@').map_or("", |(_, s)| s);
+            out.push(Action::Send(super::directory::release(service, room)));
+            return reply_error(st, "resource-constraint", &e.to_string(), out);
+        }
         self.rooms.insert(room.to_string(), r);
+        self.mark(room);
     }
 
     /// The users' stanzas a registry answer just served (they waited for
@@ -422,19 +629,17 @@ impl Muc {
         match st.attr("type") {
             None => {}
             Some("unavailable") => {
-                let Some(r) = room else { return false };
-                let Some(i) = r.by_jid(from) else {
+                let Some(r) = room.filter(|r| r.by_jid(from).is_some()) else {
                     return false;
                 };
-                r.remove_occupant(i, &[], out);
+                r.remove_occupant(from, &[], out);
                 return true;
             }
             Some("error") => {
-                let Some(r) = room else { return false };
-                let Some(i) = r.by_jid(from) else {
+                let Some(r) = room.filter(|r| r.by_jid(from).is_some()) else {
                     return false;
                 };
-                r.remove_occupant(i, &[Status::ServiceErrorKick], out);
+                r.remove_occupant(from, &[Status::ServiceErrorKick], out);
                 return true;
             }
             // Probes and subscriptions to rooms are not answered.
@@ -468,25 +673,31 @@ impl Muc {
             self.request_create(room_jid, st, now_unix, out);
             return false;
         };
-        if let Some(i) = r.by_jid(from) {
-            if r.state.occupants[i].nick == nick {
-                // A presence update (show, status).
-                r.state.occupants[i].presence = room::presence_children(st);
-                let o = r.state.occupants[i].clone();
-                r.broadcast_presence(&o, false, &[], &[], None, out);
-                return true;
-            }
-            if r.by_nick(nick).is_some() {
+        if let Some(old) = r.by_jid(from).cloned() {
+            if old.nick != nick && r.by_nick(nick).is_some() {
                 reply_error(st, "conflict", "that nickname is taken", out);
                 return false;
             }
-            // A nick change: unavailable with 303 from the old nick, then
-            // available from the new one.
-            let old = r.state.occupants[i].clone();
-            r.broadcast_presence(&old, true, &[Status::NewNick], &[], Some(nick), out);
-            r.state.occupants[i].nick = nick.to_string();
-            r.state.occupants[i].presence = room::presence_children(st);
-            let new = r.state.occupants[i].clone();
+            let presence = room::presence_children(st);
+            let Some(new) = r.occupants.update(from, |o| {
+                o.nick = nick.to_string();
+                o.presence = presence;
+                o.clone()
+            }) else {
+                reply_error(
+                    st,
+                    "resource-constraint",
+                    "the room has reached its storage limit (record_max_bytes)",
+                    out,
+                );
+                return false;
+            };
+            if old.nick != nick {
+                // A nick change: unavailable with 303 from the old nick,
+                // then available from the new one.
+                r.broadcast_presence(&old, true, &[Status::NewNick], &[], Some(nick), out);
+            }
+            // A presence update (show, status), or the new nick.
             r.broadcast_presence(&new, false, &[], &[], None, out);
             return true;
         }
@@ -506,22 +717,8 @@ impl Muc {
             && join.as_ref().and_then(|j| j.password.as_ref()) != r.state.config.password.as_ref()
         {
             Some(("not-authorized", "a password is required"))
-        } else if r.state.occupants.len() >= r.state.config.max_users && aff < Affiliation::Admin {
+        } else if r.occupants.len() >= r.state.config.max_users && aff < Affiliation::Admin {
             Some(("service-unavailable", "the room is full"))
-        } else if serde_json::to_vec(&r.state).map_or(usize::MAX, |v| v.len())
-            + from.len()
-            + nick.len()
-            + room::presence_children(st)
-                .iter()
-                .map(String::len)
-                .sum::<usize>()
-            + 128
-            > self.max_state_bytes
-        {
-            Some((
-                "service-unavailable",
-                "the room has reached its storage limit (record_max_bytes)",
-            ))
         } else {
             None
         };
@@ -529,7 +726,15 @@ impl Muc {
             reply_error(st, condition, text, out);
             return false;
         }
-        r.enter(from, nick, st, false, history, out);
+        if r.enter(from, nick, st, false, history, out).is_err() {
+            reply_error(
+                st,
+                "service-unavailable",
+                "the room has reached its storage limit (record_max_bytes)",
+                out,
+            );
+            return false;
+        }
         true
     }
 
@@ -546,11 +751,11 @@ impl Muc {
             reply_error(st, "item-not-found", "no such room", out);
             return false;
         };
-        let occupant = r.by_jid(from);
+        let occupant = r.by_jid(from).map(|o| o.jid.clone());
         if st.attr("type") == Some("error") {
             // The occupant's server cannot deliver to it: it is gone.
-            if let Some(i) = occupant {
-                r.remove_occupant(i, &[Status::ServiceErrorKick], out);
+            if let Some(jid) = occupant {
+                r.remove_occupant(&jid, &[Status::ServiceErrorKick], out);
                 return true;
             }
             return false;
@@ -562,7 +767,7 @@ impl Muc {
             r.decline(from, x, out);
             return false;
         }
-        let Some(i) = occupant else {
+        let Some(sender) = occupant else {
             reply_error(
                 st,
                 "not-acceptable",
@@ -572,16 +777,16 @@ impl Muc {
             return false;
         };
         if let Some(x) = x.filter(|x| x.get_child("invite", room::NS_MUC_USER).is_some()) {
-            return r.invite(i, st, x, out);
+            return r.invite(&sender, st, x, out);
         }
         match nick {
             Some(n) => {
-                r.private_message(i, n, st, out);
+                r.private_message(&sender, n, st, out);
                 false
             }
             None if st.attr("type") == Some("groupchat") => {
                 let before = r.state.subject.clone();
-                r.groupchat(i, st, now_unix, out);
+                r.groupchat(&sender, st, now_unix, out);
                 r.state.subject != before
             }
             None => {

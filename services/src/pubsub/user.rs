@@ -4,7 +4,7 @@
 
 use super::node::{self, Affiliation, Node, NodeConfig, NodeMeta, StoredItem};
 use super::*;
-use crate::xmpp::stanza::{bare, iq_result};
+use crate::stanza::{bare, iq_result};
 use std::collections::VecDeque;
 
 /// Nodes waiting for the registry's answer at once.
@@ -51,7 +51,7 @@ impl PubSub {
                 since_unix: self.now_unix,
             },
         );
-        out.push(Action::Send(crate::xmpp::directory::reserve(
+        out.push(Action::Send(crate::directory::reserve(
             service, name, &owner,
         )));
     }
@@ -85,6 +85,7 @@ impl PubSub {
         let from = st.attr("from").unwrap_or_default();
         let mut affiliations = std::collections::BTreeMap::new();
         affiliations.insert(bare(from), Affiliation::Owner);
+        let subscriptions = self.new_subscriptions(service, name);
         self.nodes.insert(
             meta_name.clone(),
             Node {
@@ -93,12 +94,15 @@ impl PubSub {
                 meta: NodeMeta {
                     config: p.config,
                     affiliations,
-                    subscriptions: Default::default(),
+                    subscription_shards: Some(subscriptions.header()),
+                    legacy_subscriptions: Default::default(),
                 },
+                subscriptions,
                 items: VecDeque::new(),
             },
         );
         self.dirty.meta.insert(meta_name.clone());
+        self.dirty.subscriptions.insert(meta_name.clone());
         self.dirty.items.insert(meta_name);
         let create = with_attrs("create", NS_PUBSUB, &[("node", name)]);
         out.push(Action::Send(iq_result(
@@ -232,27 +236,15 @@ impl PubSub {
                         out,
                     );
                 }
-                let subid = match n.meta.subscriptions.get(&jid) {
+                let subid = match n.subscriptions.get(&jid) {
                     Some(s) => s.clone(),
                     None => {
                         let s = self.fresh_id();
-                        let max = self.limits.max_record_bytes;
-                        if let Some(n) = self.nodes.get_mut(&meta_name) {
-                            n.meta.subscriptions.insert(jid.clone(), s.clone());
-                            // The subscriptions are stored in one record:
-                            // past its limit, no more subscribers.
-                            if serde_json::to_vec(&n.meta).map_or(usize::MAX, |v| v.len()) > max {
-                                n.meta.subscriptions.remove(&jid);
-                                return fail(
-                                    st,
-                                    "resource-constraint",
-                                    "the node has reached its storage limit for subscriptions (record_max_bytes)",
-                                    None,
-                                    out,
-                                );
-                            }
+                        if let Some(n) = self.nodes.get_mut(&meta_name)
+                            && let Err(e) = n.subscriptions.insert(jid.clone(), s.clone())
+                        {
+                            return fail(st, "resource-constraint", &e.to_string(), None, out);
                         }
-                        self.dirty.meta.insert(meta_name.clone());
                         s
                     }
                 };
@@ -312,7 +304,6 @@ impl PubSub {
                 let list = if matches!(request, Request::Subscriptions(_)) {
                     let mut l = Element::bare("subscriptions", NS_PUBSUB);
                     for (jid, subid) in n
-                        .meta
                         .subscriptions
                         .iter()
                         .filter(|(j, _)| bare(j) == bare(&from))
@@ -378,7 +369,7 @@ impl PubSub {
                 out,
             );
         }
-        if n.meta.subscriptions.remove(jid).is_none() {
+        if n.subscriptions.remove(jid).is_none() {
             return fail(
                 st,
                 "unexpected-request",
@@ -387,7 +378,6 @@ impl PubSub {
                 out,
             );
         }
-        self.dirty.meta.insert(meta_name.to_string());
         out.push(Action::Send(iq_result(st, None)));
     }
 
@@ -426,7 +416,7 @@ impl PubSub {
                 out,
             );
         };
-        let payload = crate::xmpp::stanza::to_string(&payload);
+        let payload = crate::stanza::to_string(&payload);
         if payload.len() > limits.max_item_bytes {
             return fail(
                 st,

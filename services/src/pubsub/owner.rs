@@ -3,8 +3,8 @@
 
 use super::node::{self, Affiliation};
 use super::{NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, PubSub, fail, notify, pubsub_el, with_attrs};
-use crate::xmpp::Action;
-use crate::xmpp::stanza::{bare, iq_result};
+use crate::Action;
+use crate::stanza::{bare, iq_result};
 use xmpp_parsers::minidom::Element;
 
 impl PubSub {
@@ -40,7 +40,7 @@ impl PubSub {
                 )));
             }
             ("configure", true) => {
-                let submitted = match crate::xmpp::forms::submitted(op) {
+                let submitted = match crate::forms::submitted(op) {
                     Ok(Some(s)) if !s.cancel => s,
                     Ok(Some(_)) => return out.push(Action::Send(iq_result(st, None))),
                     Ok(None) => return fail(st, "bad-request", "no form", None, out),
@@ -74,13 +74,9 @@ impl PubSub {
                     );
                 }
                 let service = n.service.clone();
-                self.nodes.remove(meta_name);
-                self.dirty.meta.insert(meta_name.to_string());
-                self.dirty.items.insert(meta_name.to_string());
+                self.remove_node(meta_name);
                 out.push(Action::Send(iq_result(st, None)));
-                out.push(Action::Send(crate::xmpp::directory::release(
-                    &service, &name,
-                )));
+                out.push(Action::Send(crate::directory::release(&service, &name)));
             }
             ("purge", true) => {
                 n.items.clear();
@@ -94,7 +90,7 @@ impl PubSub {
             }
             ("subscriptions", false) => {
                 let mut l = with_attrs("subscriptions", NS_PUBSUB_OWNER, &[("node", &name)]);
-                for (jid, subid) in &n.meta.subscriptions {
+                for (jid, subid) in n.subscriptions.iter() {
                     l.append_child(with_attrs(
                         "subscription",
                         NS_PUBSUB_OWNER,
@@ -133,20 +129,26 @@ impl PubSub {
                     }
                     changes.push((jid.to_string(), state == "subscribed"));
                 }
+                // All or nothing: a subscription that cannot be stored
+                // undoes the request.
+                let before = n.subscriptions.clone();
                 for (jid, on) in changes {
-                    if on {
-                        if !n.meta.subscriptions.contains_key(&jid) {
-                            let subid = format!(
-                                "{:016x}",
-                                self.next_id ^ jid.len() as u64 ^ n.meta.subscriptions.len() as u64
-                            );
-                            n.meta.subscriptions.insert(jid, subid);
-                        }
-                    } else {
-                        n.meta.subscriptions.remove(&jid);
+                    if !on {
+                        n.subscriptions.remove(&jid);
+                        continue;
+                    }
+                    if n.subscriptions.contains_key(&jid) {
+                        continue;
+                    }
+                    let subid = format!(
+                        "{:016x}",
+                        self.next_id ^ jid.len() as u64 ^ n.subscriptions.len() as u64
+                    );
+                    if let Err(e) = n.subscriptions.insert(jid, subid) {
+                        n.subscriptions = before;
+                        return fail(st, "resource-constraint", &e.to_string(), None, out);
                     }
                 }
-                self.dirty.meta.insert(meta_name.to_string());
                 out.push(Action::Send(iq_result(st, None)));
             }
             ("affiliations", false) => {
@@ -196,16 +198,32 @@ impl PubSub {
                         out,
                     );
                 }
+                // The new affiliations must fit the node's record before
+                // anything changes.
+                let mut meta = n.meta.clone();
+                meta.affiliations = after;
+                if serde_json::to_vec(&meta).map_or(usize::MAX, |b| b.len())
+                    > self.limits.max_record_bytes
+                {
+                    return fail(
+                        st,
+                        "resource-constraint",
+                        "the node's state would exceed its storage limit (record_max_bytes)",
+                        None,
+                        out,
+                    );
+                }
                 // Outcasts lose their subscriptions.
-                let banned: Vec<String> = after
-                    .iter()
-                    .filter(|(_, a)| **a == Affiliation::Outcast)
-                    .map(|(j, _)| j.clone())
-                    .collect();
-                n.meta
+                let banned: Vec<String> = n
                     .subscriptions
-                    .retain(|j, _| !banned.contains(&bare(j)));
-                n.meta.affiliations = after;
+                    .keys()
+                    .filter(|j| meta.affiliations.get(&bare(j)) == Some(&Affiliation::Outcast))
+                    .cloned()
+                    .collect();
+                for j in banned {
+                    n.subscriptions.remove(&j);
+                }
+                n.meta = meta;
                 self.dirty.meta.insert(meta_name.to_string());
                 out.push(Action::Send(iq_result(st, None)));
             }

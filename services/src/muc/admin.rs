@@ -7,8 +7,8 @@
 #![allow(missing_docs)]
 
 use super::room::{Affiliation, NS_MUC_USER, Role, Room, RoomConfig};
-use crate::xmpp::stanza::{self, bare, error_reply, iq_result};
-use crate::xmpp::{Action, forms};
+use crate::stanza::{self, bare, error_reply, iq_result};
+use crate::{Action, forms};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::muc::user::Status;
 
@@ -192,7 +192,7 @@ impl Room {
                 stanza::set(&mut s, "code", "104");
                 x.append_child(s);
                 m.append_child(x);
-                let to = self.state.occupants.iter().map(|o| o.jid.clone()).collect();
+                let to = self.occupants.jids();
                 out.push(Action::Broadcast { stanza: m, to });
                 true
             }
@@ -201,13 +201,14 @@ impl Room {
     }
 
     fn remove_non_members(&mut self, why: Status, out: &mut Vec<Action>) {
-        while let Some(i) = self
-            .state
+        let out_of_place: Vec<String> = self
             .occupants
             .iter()
-            .position(|o| self.affiliation(&o.jid) < Affiliation::Member)
-        {
-            self.remove_occupant(i, std::slice::from_ref(&why), out);
+            .filter(|o| self.affiliation(&o.jid) < Affiliation::Member)
+            .map(|o| o.jid.clone())
+            .collect();
+        for jid in out_of_place {
+            self.remove_occupant(&jid, std::slice::from_ref(&why), out);
         }
     }
 
@@ -215,9 +216,7 @@ impl Room {
     pub fn admin_iq(&mut self, iq: &Element, query: &Element, out: &mut Vec<Action>) -> bool {
         let from = iq.attr("from").unwrap_or_default();
         let actor_aff = self.affiliation(from);
-        let actor_role = self
-            .by_jid(from)
-            .map_or(Role::None, |i| self.state.occupants[i].role);
+        let actor_role = self.by_jid(from).map_or(Role::None, |o| o.role);
         let items: Vec<&Element> = query
             .children()
             .filter(|c| c.is("item", NS_MUC_ADMIN))
@@ -266,7 +265,7 @@ impl Room {
             if actor_role != Role::Moderator {
                 return error(iq, "forbidden", "only moderators may list roles", out);
             }
-            for o in self.state.occupants.iter().filter(|o| o.role == want) {
+            for o in self.occupants.iter().filter(|o| o.role == want) {
                 let mut i = Element::bare("item", NS_MUC_ADMIN);
                 stanza::set(&mut i, "role", r);
                 stanza::set(&mut i, "nick", &o.nick);
@@ -307,14 +306,15 @@ impl Room {
                 let Some(role) = Role::parse(r) else {
                     return error(iq, "bad-request", "unknown role", out);
                 };
-                let Some(i) = self.by_nick(nick) else {
+                let Some(target) = self.by_nick(nick) else {
                     return error(iq, "item-not-found", "no such occupant", out);
                 };
-                let target_aff = self.affiliation(&self.state.occupants[i].jid);
+                let target_aff = self.affiliation(&target.jid);
+                let target_role = target.role;
                 if actor_role != Role::Moderator {
                     return error(iq, "forbidden", "only moderators may change roles", out);
                 }
-                if (role == Role::Moderator || self.state.occupants[i].role == Role::Moderator)
+                if (role == Role::Moderator || target_role == Role::Moderator)
                     && actor_aff < Affiliation::Admin
                 {
                     return error(iq, "not-allowed", "only admins may change moderators", out);
@@ -370,17 +370,18 @@ impl Room {
         for c in changes {
             match c {
                 Change::Role(nick, Role::None) => {
-                    if let Some(i) = self.by_nick(&nick) {
-                        self.remove_occupant(i, &[Status::Kicked], out);
+                    if let Some(jid) = self.by_nick(&nick).map(|o| o.jid.clone()) {
+                        self.remove_occupant(&jid, &[Status::Kicked], out);
                     }
                 }
                 Change::Role(nick, role) => {
-                    if let Some(o) = self
-                        .by_nick(&nick)
-                        .and_then(|i| self.state.occupants.get_mut(i))
-                    {
-                        o.role = role;
-                        let o = o.clone();
+                    let jid = self.by_nick(&nick).map(|o| o.jid.clone());
+                    if let Some(o) = jid.and_then(|j| {
+                        self.occupants.update(&j, |o| {
+                            o.role = role;
+                            o.clone()
+                        })
+                    }) {
                         self.broadcast_presence(&o, false, &[], &[], None, out);
                     }
                 }
@@ -399,26 +400,32 @@ impl Room {
         }
         // Occupants with that bare JID: out if banned or no longer allowed,
         // else their role follows the new affiliation.
-        while let Some(i) = self.state.occupants.iter().position(|o| {
-            bare(&o.jid) == jid
-                && (aff == Affiliation::Outcast
-                    || (self.state.config.members_only && aff < Affiliation::Member))
-        }) {
-            let why = if aff == Affiliation::Outcast {
-                Status::Banned
-            } else {
-                Status::RemovalFromRoom
-            };
-            self.remove_occupant(i, &[why], out);
-        }
-        let role = self.default_role(aff);
-        let affected: Vec<usize> = (0..self.state.occupants.len())
-            .filter(|i| bare(&self.state.occupants[*i].jid) == jid)
+        let affected: Vec<String> = self
+            .occupants
+            .iter()
+            .filter(|o| bare(&o.jid) == jid)
+            .map(|o| o.jid.clone())
             .collect();
-        for i in affected {
-            self.state.occupants[i].role = role;
-            let o = self.state.occupants[i].clone();
-            self.broadcast_presence(&o, false, &[Status::AffiliationChange], &[], None, out);
+        let leaves = aff == Affiliation::Outcast
+            || (self.state.config.members_only && aff < Affiliation::Member);
+        let why = if aff == Affiliation::Outcast {
+            Status::Banned
+        } else {
+            Status::RemovalFromRoom
+        };
+        let role = self.default_role(aff);
+        for j in affected {
+            if leaves {
+                self.remove_occupant(&j, std::slice::from_ref(&why), out);
+                continue;
+            }
+            let changed = self.occupants.update(&j, |o| {
+                o.role = role;
+                o.clone()
+            });
+            if let Some(o) = changed {
+                self.broadcast_presence(&o, false, &[Status::AffiliationChange], &[], None, out);
+            }
         }
     }
 }

@@ -5,7 +5,8 @@
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
-use crate::xmpp::forms;
+use crate::forms;
+use crate::sharded::{ShardHeader, Sharded};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use xmpp_parsers::minidom::Element;
@@ -72,15 +73,24 @@ impl NodeConfig {
     }
 }
 
-/// A node's configuration, affiliations and subscriptions: one record,
-/// written when they change.
+/// A node's configuration and affiliations, and where its subscriptions
+/// are: one record, written when they change.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NodeMeta {
     pub config: NodeConfig,
     /// By bare JID (absent: `none`).
     pub affiliations: BTreeMap<String, Affiliation>,
-    /// Subscribed JID -> subscription id.
-    pub subscriptions: BTreeMap<String, String>,
+    /// Where the subscriptions are stored (absent in older records).
+    #[serde(default)]
+    pub subscription_shards: Option<ShardHeader>,
+    /// The subscriptions of a record written before they were sharded
+    /// (moved to shards when the node loads).
+    #[serde(
+        default,
+        rename = "subscriptions",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub legacy_subscriptions: BTreeMap<String, String>,
 }
 
 /// One published item.
@@ -92,11 +102,13 @@ pub struct StoredItem {
     pub payload: String,
 }
 
-/// A node in memory: its meta record and its items record (oldest first).
+/// A node in memory: its meta record, its subscriptions (subscribed JID
+/// -> subscription id, in shards) and its items record (oldest first).
 pub struct Node {
     pub service: String,
     pub name: String,
     pub meta: NodeMeta,
+    pub subscriptions: Sharded<String>,
     pub items: VecDeque<StoredItem>,
 }
 
@@ -104,7 +116,7 @@ impl Node {
     pub fn affiliation(&self, jid: &str) -> Affiliation {
         self.meta
             .affiliations
-            .get(&crate::xmpp::stanza::bare(jid))
+            .get(&crate::stanza::bare(jid))
             .copied()
             .unwrap_or(Affiliation::None)
     }

@@ -2,20 +2,30 @@
 //! do, and what the room sends when someone joins, talks, changes nick or
 //! leaves.
 //!
-//! [`RoomState`] is everything that survives the host: configuration,
-//! affiliations, subject and the occupant list. It is written to the record
-//! store after every change (see [`super::Muc::take_writes`]), so the node
-//! next in line holds a fresh copy when the host dies. The discussion
-//! history is the host's alone (it would cost a replicated write per
-//! message) and starts empty after a failover.
+//! What survives the host is stored in three kinds of record (see
+//! [`super::Muc::take_writes`]), so that the node next in line holds a
+//! fresh copy when the host dies:
+//!
+//! * [`RoomState`] (`muc:<room>`): configuration, affiliations, subject,
+//!   the host and where the occupants are; written when one of them
+//!   changes;
+//! * the occupants ([`super::occupants::Occupants`], `muc-occ:<room>#..`),
+//!   sharded, each join or presence change rewriting one small shard;
+//! * the discussion history (`muc-hist:<room>`), bounded by the room's
+//!   configuration and the record limit, written at most once a second
+//!   whatever the message rate. Messages are sent without waiting for
+//!   it: a failover loses at most the last second of history, never a
+//!   message.
 
 // Items named after XEP-0045/0060/0004 terms (roles, affiliations, form
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
-use crate::xmpp::Action;
-use crate::xmpp::stanza::NS_CLIENT;
-use crate::xmpp::stanza::{self, bare, error_reply};
+use super::occupants::Occupants;
+use crate::Action;
+use crate::sharded::{ShardError, ShardHeader};
+use crate::stanza::NS_CLIENT;
+use crate::stanza::{self, bare, error_reply};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use xmpp_parsers::minidom::Element;
@@ -168,23 +178,53 @@ pub struct RoomState {
     pub affiliations: BTreeMap<String, Affiliation>,
     /// The subject and the nick that set it.
     pub subject: Option<(String, String)>,
-    pub occupants: Vec<Occupant>,
+    /// The occupants of a record written before they were sharded (moved
+    /// to shards when the room loads).
+    #[serde(default, rename = "occupants", skip_serializing_if = "Vec::is_empty")]
+    pub legacy_occupants: Vec<Occupant>,
+    /// Where the occupants are stored (absent in older records).
+    #[serde(default)]
+    pub occupant_shards: Option<ShardHeader>,
+    /// Whether the room had occupants when this was written: a successor
+    /// knows it must take the room over without reading the shards.
+    #[serde(default)]
+    pub occupied: bool,
     /// The id (hex) of the node that last hosted the room.
     pub host: String,
 }
 
+impl RoomState {
+    /// Whether the stored room had occupants.
+    pub fn has_occupants(&self) -> bool {
+        self.occupied || !self.legacy_occupants.is_empty()
+    }
+}
+
+#[derive(Clone, Debug)]
 pub struct HistoryEntry {
     pub message: Element,
     pub stamp_unix: u64,
 }
 
+/// One stored history message: (Unix time, serialised stanza).
+pub type StoredMessage = (u64, String);
+
+#[derive(Clone)]
 pub struct Room {
     /// The room's bare JID (normalised).
     pub jid: String,
     pub state: RoomState,
+    pub occupants: Occupants,
     pub history: VecDeque<HistoryEntry>,
+    /// The history changed since it was last written.
+    pub history_dirty: bool,
+    /// When the history was last written (Unix seconds).
+    pub history_written_unix: u64,
     /// Destroyed: the record is to be deleted and the room forgotten.
     pub destroyed: bool,
+    /// The host the stored state named when this node loaded it, if it
+    /// was another (see [`super::Muc::take_previous_host`]).
+    pub previous_host: Option<String>,
 }
 
 /// Builds an element in the client namespace with attributes.
@@ -197,12 +237,51 @@ pub fn el(name: &str, attrs: &[(&str, &str)]) -> Element {
 }
 
 impl Room {
-    pub fn new(jid: String, state: RoomState) -> Room {
+    pub fn new(jid: String, state: RoomState, occupants: Occupants) -> Room {
         Room {
             jid,
             state,
+            occupants,
             history: VecDeque::new(),
+            history_dirty: false,
+            history_written_unix: 0,
             destroyed: false,
+            previous_host: None,
+        }
+    }
+
+    /// The history as stored: the newest messages that fit `max_bytes`.
+    pub fn stored_history(&self, max_bytes: usize) -> Vec<StoredMessage> {
+        let mut out: Vec<StoredMessage> = Vec::new();
+        // `[`, `]` and per entry `[stamp,"..."],`.
+        let mut bytes: usize = 2;
+        for h in self.history.iter().rev() {
+            let text = crate::stanza::to_string(&h.message);
+            let cost = serde_json::to_string(&text).map_or(usize::MAX, |t| t.len()) + 24;
+            if bytes.saturating_add(cost) > max_bytes {
+                break;
+            }
+            bytes += cost;
+            out.push((h.stamp_unix, text));
+        }
+        out.reverse();
+        out
+    }
+
+    /// Puts stored history back (unreadable messages are skipped).
+    pub fn restore_history(&mut self, stored: Vec<StoredMessage>) {
+        let cap = self.state.config.history.min(MAX_HISTORY);
+        self.history = stored
+            .into_iter()
+            .filter_map(|(stamp_unix, text)| {
+                Some(HistoryEntry {
+                    message: text.parse().ok()?,
+                    stamp_unix,
+                })
+            })
+            .collect();
+        while self.history.len() > cap {
+            self.history.pop_front();
         }
     }
 
@@ -227,12 +306,14 @@ impl Room {
             .unwrap_or(Affiliation::None)
     }
 
-    pub fn by_jid(&self, jid: &str) -> Option<usize> {
-        self.state.occupants.iter().position(|o| o.jid == jid)
+    /// The occupant whose real JID is `jid`.
+    pub fn by_jid(&self, jid: &str) -> Option<&Occupant> {
+        self.occupants.get(jid)
     }
 
-    pub fn by_nick(&self, nick: &str) -> Option<usize> {
-        self.state.occupants.iter().position(|o| o.nick == nick)
+    /// The occupant called `nick`.
+    pub fn by_nick(&self, nick: &str) -> Option<&Occupant> {
+        self.occupants.by_nick(nick)
     }
 
     /// The role a user of `affiliation` gets on entering.
@@ -294,7 +375,7 @@ impl Room {
     ) {
         let mut with_jid = Vec::new();
         let mut without_jid = Vec::new();
-        for o in &self.state.occupants {
+        for o in self.occupants.iter() {
             if o.jid == occ.jid {
                 continue;
             }
@@ -319,16 +400,20 @@ impl Room {
         out.push(Action::Send(p));
     }
 
-    /// Takes occupant `i` out of the room, telling everyone (`statuses`
-    /// say why: 301 banned, 307 kicked, 321/322 affiliation, 333 error).
-    pub fn remove_occupant(&mut self, i: usize, statuses: &[Status], out: &mut Vec<Action>) {
-        let occ = self.state.occupants[i].clone();
+    /// Takes the occupant `jid` out of the room, telling everyone
+    /// (`statuses` say why: 301 banned, 307 kicked, 321/322 affiliation,
+    /// 333 error).
+    pub fn remove_occupant(&mut self, jid: &str, statuses: &[Status], out: &mut Vec<Action>) {
+        let Some(occ) = self.occupants.get(jid).cloned() else {
+            return;
+        };
         self.broadcast_presence(&occ, true, statuses, &[], None, out);
-        self.state.occupants.remove(i);
+        self.occupants.remove(jid);
     }
 
     /// Enters `from` as `nick` (the checks are done). `created`: the join
     /// created the room. `history_max`: the stanzas the user asked for.
+    /// Refused, with nothing sent, when the occupant cannot be stored.
     pub fn enter(
         &mut self,
         from: &str,
@@ -337,7 +422,7 @@ impl Room {
         created: bool,
         history_max: Option<usize>,
         out: &mut Vec<Action>,
-    ) {
+    ) -> Result<(), ShardError> {
         let aff = self.affiliation(from);
         let occ = Occupant {
             nick: nick.to_string(),
@@ -346,14 +431,14 @@ impl Room {
             presence: presence_children(presence),
         };
         let sees_jids = self.state.config.whois_anyone || occ.role == Role::Moderator;
+        self.occupants.insert(occ.clone())?;
         // 1. The occupants already there, to the newcomer.
-        for o in &self.state.occupants {
+        for o in self.occupants.iter().filter(|o| o.jid != from) {
             let mut p = self.presence_of(o, false, sees_jids, vec![], None);
             stanza::set(&mut p, "to", from);
             out.push(Action::Send(p));
         }
         // 2. The newcomer to everyone, itself last (with 110).
-        self.state.occupants.push(occ.clone());
         let mut own = Vec::new();
         if self.state.config.whois_anyone {
             own.push(Status::NonAnonymousRoom);
@@ -390,12 +475,15 @@ impl Room {
         s.append_text(&text);
         m.append_child(s);
         out.push(Action::Send(m));
+        Ok(())
     }
 
-    /// A groupchat message from occupant `i`: a subject change or a message
-    /// for everyone.
-    pub fn groupchat(&mut self, i: usize, msg: &Element, now_unix: u64, out: &mut Vec<Action>) {
-        let occ = self.state.occupants[i].clone();
+    /// A groupchat message from the occupant `jid`: a subject change or a
+    /// message for everyone.
+    pub fn groupchat(&mut self, jid: &str, msg: &Element, now_unix: u64, out: &mut Vec<Action>) {
+        let Some(occ) = self.occupants.get(jid).cloned() else {
+            return;
+        };
         if occ.role < Role::Participant {
             return out.extend(
                 error_reply(msg, "forbidden", Some("visitors may not speak")).map(Action::Send),
@@ -438,8 +526,9 @@ impl Room {
             while self.history.len() > cap {
                 self.history.pop_front();
             }
+            self.history_dirty = true;
         }
-        let to = self.state.occupants.iter().map(|o| o.jid.clone()).collect();
+        let to = self.occupants.jids();
         out.push(Action::Broadcast { stanza: m, to });
     }
 
@@ -447,7 +536,7 @@ impl Room {
     /// `<destroy/>` element, or `None` for a service shutdown, status 332)
     /// and empties it.
     pub fn evict_all(&mut self, destroy: Option<Element>, out: &mut Vec<Action>) {
-        for occ in std::mem::take(&mut self.state.occupants) {
+        for occ in self.occupants.drain() {
             let mut p = el(
                 "presence",
                 &[
@@ -477,7 +566,7 @@ impl Room {
 pub fn presence_children(p: &Element) -> Vec<String> {
     p.children()
         .filter(|c| !c.is("x", NS_MUC) && !c.is("x", NS_MUC_USER))
-        .map(crate::xmpp::stanza::to_string)
+        .map(crate::stanza::to_string)
         .collect()
 }
 

@@ -27,8 +27,8 @@
 //! the next node in line holds them when that node dies.
 
 use super::stanza;
-use crate::records::DIRECTORY_PREFIX;
-use crate::xmpp::stanza::NS_CLIENT;
+use crate::stanza::NS_CLIENT;
+use ring_records::DIRECTORY_PREFIX;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -2,8 +2,8 @@
 //! for is checked, broadcasts flattened to one stanza per recipient.
 
 use super::*;
-use crate::xmpp::stanza::NS_CLIENT;
-use crate::xmpp::stanza::NS_STANZAS;
+use crate::stanza::NS_CLIENT;
+use crate::stanza::NS_STANZAS;
 use room::Role;
 
 const ROOM: &str = "room@conference.ring.test";
@@ -11,7 +11,34 @@ const ROOM: &str = "room@conference.ring.test";
 struct Harness {
     muc: Muc,
     /// The service's registry, answering the rooms' reservations.
-    registry: crate::xmpp::directory::Directories,
+    registry: crate::directory::Directories,
+    /// What the room wrote, as the record store keeps it.
+    store: Store,
+}
+
+type Store = HashMap<String, Option<Vec<u8>>>;
+
+/// Loads ROOM from `store` into `muc`, round by round as the host does.
+fn load(muc: &mut Muc, store: &Store) -> Result<(), String> {
+    let get = |n: &str| store.get(n).cloned().flatten();
+    let meta = get(&record_name(ROOM));
+    let history = get(&history_name(ROOM));
+    let Some(mut l) = muc.start_install(ROOM, meta.as_deref(), history.as_deref())? else {
+        return Ok(());
+    };
+    while !l.is_done() {
+        let values = l
+            .names()
+            .into_iter()
+            .map(|n| {
+                let v = get(&n);
+                (n, v)
+            })
+            .collect();
+        l.offer(&values)?;
+    }
+    muc.finish_install(l);
+    Ok(())
 }
 
 /// (recipient, stanza) for everything the service asked to send.
@@ -23,7 +50,7 @@ fn flatten(out: Vec<Action>) -> Vec<(String, Element)> {
             Action::Broadcast { stanza, to } => {
                 for t in to {
                     let mut s = stanza.clone();
-                    crate::xmpp::stanza::set(&mut s, "to", &t);
+                    crate::stanza::set(&mut s, "to", &t);
                     v.push((t, s));
                 }
             }
@@ -59,11 +86,43 @@ impl Harness {
     }
 
     fn with_quotas(per_owner: usize, total: usize) -> Harness {
-        let q = crate::xmpp::directory::Quotas { per_owner, total };
+        let q = crate::directory::Quotas { per_owner, total };
         Harness {
-            muc: Muc::new("me".into(), 65536),
-            registry: crate::xmpp::directory::Directories::new(65536, q, q),
+            muc: Muc::new("me".into(), 65536, 1),
+            registry: crate::directory::Directories::new(65536, q, q),
+            store: Store::new(),
         }
+    }
+
+    /// Stores what the rooms changed (as of `now_unix`); the writes.
+    fn flush_at(&mut self, now_unix: u64) -> Vec<Write> {
+        let w = self.muc.take_writes(now_unix);
+        for x in &w {
+            self.store.insert(x.name.clone(), x.value.clone());
+        }
+        w
+    }
+
+    fn flush(&mut self) -> Vec<Write> {
+        self.flush_at(1_000)
+    }
+
+    /// ROOM's main record as stored.
+    fn stored_state(&self) -> RoomState {
+        serde_json::from_slice(self.store[&record_name(ROOM)].as_ref().unwrap()).unwrap()
+    }
+
+    /// The nicks of ROOM's occupants as stored (read back by a new host).
+    fn stored_nicks(&self) -> Vec<String> {
+        let mut m = Muc::new("reader".into(), self.muc.max_state_bytes, 2);
+        load(&mut m, &self.store).unwrap();
+        let mut nicks: Vec<String> = m.rooms[ROOM]
+            .occupants
+            .iter()
+            .map(|o| o.nick.clone())
+            .collect();
+        nicks.sort();
+        nicks
     }
 
     /// Hands `st` to the room it is for; registry messages are settled.
@@ -82,9 +141,9 @@ impl Harness {
         let st: Element = xml.parse().unwrap();
         let out = Self::deliver(&mut self.muc, &st);
         let muc = &mut self.muc;
-        let out = crate::xmpp::directory::play_registry(
+        let out = crate::directory::play_registry(
             &mut self.registry,
-            crate::xmpp::directory::Kind::Room,
+            crate::directory::Kind::Room,
             out,
             &mut |answer| Self::deliver(muc, &answer),
         );
@@ -230,11 +289,13 @@ fn groupchat_private_messages_subject_and_history() {
         .find_map(|(_, s)| s.get_child("subject", NS_CLIENT))
         .unwrap();
     assert_eq!(subject.text(), "Topic");
-    // The subject is part of the stored state.
-    let w = h.muc.take_writes();
-    let state: RoomState = serde_json::from_slice(w[0].1.as_ref().unwrap()).unwrap();
+    // The subject is part of the stored state, the occupants are in
+    // their shards.
+    h.flush();
+    let state = h.stored_state();
     assert_eq!(state.subject.unwrap().1, "Topic");
-    assert_eq!(state.occupants.len(), 3);
+    assert!(state.occupied);
+    assert_eq!(h.stored_nicks().len(), 3);
 }
 
 #[test]
@@ -268,12 +329,13 @@ fn leaving_and_the_last_one_out_of_a_temporary_room() {
     assert_eq!(r.len(), 2);
     h.send("<presence xmlns='jabber:client' type='unavailable' from='alice@a.test/x' to='room@conference.ring.test/alice'/>");
     assert!(!h.muc.is_loaded(ROOM));
-    let w = h.muc.take_writes();
-    assert_eq!(
-        w,
-        vec![(record_name(ROOM), None)],
-        "a temporary room is deleted"
-    );
+    let w = h.muc.take_writes(1_000);
+    assert!(w.iter().all(|w| w.value.is_none()), "{w:?}");
+    let names: Vec<&str> = w.iter().map(|w| w.name.as_str()).collect();
+    let occupants = format!("{}#0.0", occupants_base(ROOM));
+    for name in [record_name(ROOM), history_name(ROOM), occupants] {
+        assert!(names.contains(&name.as_str()), "{name} deleted");
+    }
 }
 
 #[test]
@@ -362,10 +424,13 @@ fn bad_requests_get_the_xep_errors() {
 fn takeover_tells_occupants_and_keeps_the_configuration() {
     let mut h = Harness::room_with_alice_and_bob(&[("muc#roomconfig_roomname", "Kept")]);
     h.send("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='room@conference.ring.test'><subject>S</subject></message>");
-    let state = h.muc.take_writes().pop().unwrap().1.unwrap();
-    let mut successor = Muc::new("other".into(), 65536);
+    h.flush();
+    let mut successor = Muc::new("other".into(), 65536, 3);
+    load(&mut successor, &h.store).unwrap();
+    assert_eq!(successor.take_previous_host(ROOM).as_deref(), Some("me"));
+    assert_eq!(successor.take_previous_host(ROOM), None, "asked once");
     let mut out = Vec::new();
-    successor.take_over(ROOM, &state, &mut out).unwrap();
+    successor.take_over(ROOM, &mut out);
     let r = flatten(out);
     assert_eq!(r.len(), 2);
     for (_, p) in &r {
@@ -376,6 +441,7 @@ fn takeover_tells_occupants_and_keeps_the_configuration() {
     let mut h2 = Harness {
         muc: successor,
         registry: h.registry,
+        store: h.store,
     };
     let r = h2.join("bob@b.test/y", "bob");
     let subject = r
@@ -384,34 +450,137 @@ fn takeover_tells_occupants_and_keeps_the_configuration() {
         .find_map(|(_, s)| s.get_child("subject", NS_CLIENT))
         .unwrap();
     assert_eq!(subject.text(), "S");
-    let w = h2.muc.take_writes();
-    let st: RoomState = serde_json::from_slice(w[0].1.as_ref().unwrap()).unwrap();
+    h2.flush();
+    let st = h2.stored_state();
     assert_eq!(st.config.name, "Kept");
     assert_eq!(st.host, "other");
+    assert_eq!(h2.stored_nicks(), vec!["bob".to_string()]);
     assert!(
-        Muc::new("x".into(), 65536)
-            .install(ROOM, Some(b"not json"))
+        Muc::new("x".into(), 65536, 4)
+            .start_install(ROOM, Some(b"not json"), None)
             .is_err()
     );
 }
 
 #[test]
-fn joins_stop_at_the_record_limit() {
+fn history_survives_the_host_and_is_written_at_most_once_a_second() {
     let mut h = Harness::room_with_alice_and_bob(&[]);
-    h.muc.max_state_bytes = 2000;
-    let mut refused = None;
-    for i in 0..100 {
+    h.flush_at(1_000);
+    let say = |h: &mut Harness, text: &str| {
+        h.send(&format!("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='{ROOM}'><body>{text}</body></message>"));
+    };
+    say(&mut h, "one");
+    let w = h.flush_at(1_001);
+    let hist: Vec<&Write> = w.iter().filter(|w| w.name == history_name(ROOM)).collect();
+    assert_eq!(hist.len(), 1);
+    assert!(!hist[0].holds, "messages never wait for their history");
+    // Two more within the same second: written once, a second later.
+    say(&mut h, "two");
+    say(&mut h, "three");
+    assert!(
+        h.flush_at(1_001)
+            .iter()
+            .all(|w| w.name != history_name(ROOM))
+    );
+    assert!(h.muc.history_pending());
+    let w = h.flush_at(1_002);
+    assert_eq!(w.iter().filter(|w| w.name == history_name(ROOM)).count(), 1);
+    assert!(!h.muc.history_pending());
+    // A new host replays it to whoever joins.
+    let mut successor = Muc::new("other".into(), 65536, 5);
+    load(&mut successor, &h.store).unwrap();
+    let mut h2 = Harness {
+        muc: successor,
+        registry: h.registry,
+        store: h.store,
+    };
+    let r = h2.join("carol@c.test/1", "carol");
+    let bodies: Vec<String> = r
+        .iter()
+        .filter(|(t, _)| t == "carol@c.test/1")
+        .filter_map(|(_, s)| s.get_child("body", NS_CLIENT).map(|b| b.text()))
+        .collect();
+    assert_eq!(bodies, vec!["one", "two", "three"]);
+}
+
+#[test]
+fn a_room_outgrows_one_record_and_a_join_writes_one_shard() {
+    let q = crate::directory::Quotas {
+        per_owner: 10,
+        total: 10,
+    };
+    let mut h = Harness {
+        muc: Muc::new("me".into(), 2000, 1),
+        registry: crate::directory::Directories::new(65536, q, q),
+        store: Store::new(),
+    };
+    h.join("alice@a.test/x", "alice");
+    h.configure("alice@a.test/x", &[]);
+    for i in 0..300 {
         let r = h.join(&format!("u{i}@c.test/r"), &format!("user{i}"));
-        if let Some(cond) = error_of(&r[0].1) {
-            refused = Some((i, cond));
-            break;
+        assert!(r.iter().all(|(_, s)| error_of(s).is_none()), "join {i}");
+        let w = h.flush();
+        for x in &w {
+            let len = x.value.as_ref().map_or(0, Vec::len);
+            assert!(len <= 2000, "{} is {len} bytes", x.name);
         }
     }
-    let (at, cond) = refused.expect("the state fills 2,000 bytes");
-    assert_eq!(cond, "service-unavailable");
-    assert!(at > 3, "refused too early: {at}");
-    let state = h.muc.take_writes().pop().unwrap().1.unwrap();
-    assert!(state.len() <= 2000, "{} bytes", state.len());
+    assert!(h.stored_state().occupant_shards.unwrap().depth >= 4);
+    assert_eq!(h.stored_nicks().len(), 301);
+    // One more join rewrites one shard and nothing else.
+    h.join("late@c.test/r", "late");
+    let w = h.flush();
+    assert_eq!(
+        w.len(),
+        1,
+        "{:?}",
+        w.iter().map(|w| &w.name).collect::<Vec<_>>()
+    );
+    assert!(w[0].name.starts_with(&occupants_base(ROOM)));
+    // A presence no shard can hold is refused, and nothing is kept.
+    let big = "x".repeat(2100);
+    let r = h.send(&format!("<presence xmlns='jabber:client' from='big@c.test/r' to='{ROOM}/big'><status>{big}</status></presence>"));
+    assert_eq!(error_of(&r[0].1).as_deref(), Some("service-unavailable"));
+    assert!(h.muc.rooms[ROOM].by_nick("big").is_none());
+}
+
+#[test]
+fn an_old_record_with_its_occupants_inside_is_moved_to_shards() {
+    let mut state = RoomState {
+        config: Default::default(),
+        locked: false,
+        affiliations: Default::default(),
+        subject: None,
+        legacy_occupants: vec![room::Occupant {
+            nick: "old".into(),
+            jid: "old@a.test/r".into(),
+            role: Role::Participant,
+            presence: vec![],
+        }],
+        occupant_shards: None,
+        occupied: false,
+        host: "gone".into(),
+    };
+    state.config.persistent = true;
+    // As written by the previous release: occupants in the record.
+    let mut old = serde_json::to_value(&state).unwrap();
+    old.as_object_mut().unwrap().remove("occupant_shards");
+    old.as_object_mut().unwrap().remove("occupied");
+    assert!(old["occupants"].is_array());
+    let old = serde_json::to_vec(&old).unwrap();
+    let back: RoomState = serde_json::from_slice(&old).unwrap();
+    assert!(
+        back.has_occupants(),
+        "an old room with occupants is taken over"
+    );
+    let mut h = Harness::new();
+    h.store.insert(record_name(ROOM), Some(old));
+    load(&mut h.muc, &h.store.clone()).unwrap();
+    h.flush();
+    let st = h.stored_state();
+    assert!(st.legacy_occupants.is_empty());
+    assert!(st.occupant_shards.is_some() && st.occupied);
+    assert_eq!(h.stored_nicks(), vec!["old".to_string()]);
 }
 
 #[test]
@@ -491,12 +660,12 @@ fn several_role_changes_in_one_request_hit_the_right_occupants() {
     // bob (index 1) is kicked first; dave must still be the one muted.
     let r = h.send(&format!("<iq xmlns='jabber:client' type='set' id='k' from='alice@a.test/x' to='{ROOM}'><query xmlns='http://jabber.org/protocol/muc#admin'><item nick='bob' role='none'/><item nick='dave' role='visitor'/></query></iq>"));
     assert!(r.iter().any(|(_, s)| s.attr("type") == Some("result")));
-    let state = &h.muc.rooms[ROOM].state;
-    let roles: Vec<(&str, Role)> = state
+    let mut roles: Vec<(&str, Role)> = h.muc.rooms[ROOM]
         .occupants
         .iter()
         .map(|o| (o.nick.as_str(), o.role))
         .collect();
+    roles.sort();
     assert_eq!(
         roles,
         vec![
@@ -577,7 +746,7 @@ fn joins_wait_for_the_registry_and_fail_when_it_never_answers() {
     // One reservation asked for; nobody answered yet.
     let sent = flatten(out);
     assert_eq!(sent.len(), 1);
-    assert!(crate::xmpp::directory::parse(&sent[0].1).is_some());
+    assert!(crate::directory::parse(&sent[0].1).is_some());
     let mut out = Vec::new();
     h.muc.expire_pending(129, &mut out);
     assert!(out.is_empty(), "not yet");
@@ -607,25 +776,25 @@ fn fields_are_bounded_with_the_xeps_errors() {
     let out = h.send(&format!("<presence xmlns='jabber:client' from='carol@c.test/z' to='{ROOM}/carol'><status>{status}</status></presence>"));
     assert_eq!(error_of(&out[0].1).as_deref(), Some("not-acceptable"));
     // Nothing of it was kept.
-    let state: RoomState =
-        serde_json::from_slice(&h.muc.take_writes().pop().unwrap().1.unwrap()).unwrap();
-    assert!(state.subject.is_none());
-    assert!(state.occupants.iter().all(|o| o.nick != "carol"));
+    h.flush();
+    assert!(h.stored_state().subject.is_none());
+    assert!(!h.stored_nicks().contains(&"carol".to_string()));
 }
 
 #[test]
 fn a_change_that_would_not_fit_the_record_is_undone_and_refused() {
-    let q = crate::xmpp::directory::Quotas {
+    let q = crate::directory::Quotas {
         per_owner: 10,
         total: 10,
     };
     let mut h = Harness {
-        muc: Muc::new("me".into(), 3000),
-        registry: crate::xmpp::directory::Directories::new(65536, q, q),
+        muc: Muc::new("me".into(), 3000, 1),
+        registry: crate::directory::Directories::new(65536, q, q),
+        store: Store::new(),
     };
     h.join("alice@a.test/x", "alice");
     h.configure("alice@a.test/x", &[]);
-    h.muc.take_writes();
+    h.flush();
     // alice bans one JID after another: past the record limit, the ban is
     // refused with resource-constraint and the room stays as it was.
     let mut refused_at = None;
@@ -639,7 +808,8 @@ fn a_change_that_would_not_fit_the_record_is_undone_and_refused() {
         }
     }
     let i = refused_at.expect("the limit was reached");
-    let stored = h.muc.take_writes().pop().unwrap().1.unwrap();
+    h.flush();
+    let stored = h.store[&record_name(ROOM)].clone().unwrap();
     assert!(stored.len() <= 3000, "{} bytes stored", stored.len());
     let state: RoomState = serde_json::from_slice(&stored).unwrap();
     assert!(

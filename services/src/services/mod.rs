@@ -15,12 +15,12 @@
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
-use super::Action;
 use super::directory::{self, DirMsg, Directories, Kind};
 use super::muc::{self, Muc};
 use super::pubsub::{self, PubSub};
 use super::stanza::{self, error_reply, iq_result};
-use crate::records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
+use super::{Action, Write};
+use ring_records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
 use xmpp_addr::Served;
 use xmpp_parsers::disco::DiscoItemsResult;
@@ -107,6 +107,47 @@ pub struct Load {
     pub names: Vec<String>,
 }
 
+/// How far a load got (see [`Services::loaded`]).
+#[derive(Debug, PartialEq)]
+pub enum LoadStep {
+    /// These records are needed too (a room's occupant shards, a node's
+    /// subscription shards): load them and call [`Services::loaded`]
+    /// again.
+    More(Vec<String>),
+    /// The entity is in memory (or does not exist): the stanzas that
+    /// waited for it, to serve one by one with [`Services::handle_loaded`].
+    Ready(Vec<Element>),
+}
+
+/// An entity whose first records are read and whose shards are being read.
+enum Partial {
+    Room(muc::RoomLoad),
+    Node(pubsub::NodeLoad),
+}
+
+impl Partial {
+    fn names(&self) -> Vec<String> {
+        match self {
+            Partial::Room(l) => l.names(),
+            Partial::Node(l) => l.names(),
+        }
+    }
+
+    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), String> {
+        match self {
+            Partial::Room(l) => l.offer(values),
+            Partial::Node(l) => l.offer(values),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Partial::Room(l) => l.is_done(),
+            Partial::Node(l) => l.is_done(),
+        }
+    }
+}
+
 /// The services of one ring node.
 pub struct Services {
     served: Served,
@@ -121,6 +162,8 @@ pub struct Services {
     /// Stanzas waiting for their entity's state, by entity.
     waiting: HashMap<String, Vec<Element>>,
     waiting_total: usize,
+    /// Loads past their first records, by entity.
+    partial: HashMap<String, Partial>,
 }
 
 impl Services {
@@ -133,12 +176,13 @@ impl Services {
     ) -> Services {
         Services {
             served,
-            muc: Muc::new(host, limits.max_record_bytes),
+            muc: Muc::new(host, limits.max_record_bytes, seed ^ 0x6d75_6300),
             pubsub: PubSub::new(limits, seed),
             directories: Directories::new(limits.max_record_bytes, quotas.muc, quotas.pubsub),
             last_used: HashMap::new(),
             waiting: HashMap::new(),
             waiting_total: 0,
+            partial: HashMap::new(),
         }
     }
 
@@ -203,8 +247,7 @@ impl Services {
         };
         let (entity, names) = match &t {
             Target::Room { room, .. } if !self.muc.is_loaded(room) => {
-                let name = muc::record_name(room);
-                (name.clone(), vec![name])
+                (muc::record_name(room), muc::load_names(room))
             }
             Target::PubSubNode { service, node } => {
                 let (meta, items) = pubsub::record_names(service, node);
@@ -252,33 +295,78 @@ impl Services {
         }
     }
 
-    /// The state of `entity` arrived: `values` holds each of the load's
-    /// records (`None`: absent or deleted). Returns the stanzas that waited
-    /// for it, to be served one by one with [`Services::handle_loaded`]
-    /// (or answers them with an error when the state is unreadable).
+    /// Starts loading `room` with no stanza waiting for it: the host's
+    /// sweep found it orphaned (its host died with occupants in it).
+    /// `None` when it is loaded or loading already.
+    pub fn load_room(&mut self, room: &str) -> Option<Load> {
+        let entity = muc::record_name(room);
+        if self.muc.is_loaded(room) || self.waiting.contains_key(&entity) {
+            return None;
+        }
+        self.waiting.insert(entity.clone(), Vec::new());
+        Some(Load {
+            entity,
+            names: muc::load_names(room),
+        })
+    }
+
+    /// Records of `entity` arrived: `values` holds each record the last
+    /// [`Load`] or [`LoadStep::More`] named (`None`: absent or deleted).
+    /// Either more records are needed, or the entity is ready and the
+    /// stanzas that waited for it are returned (or answered with an error
+    /// when its state is unreadable).
     pub fn loaded(
         &mut self,
         entity: &str,
         values: &[(String, Option<Vec<u8>>)],
         out: &mut Vec<Action>,
-    ) -> Vec<Element> {
-        let value = |i: usize| values.get(i).and_then(|(_, v)| v.as_deref());
-        let installed = if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
-            self.muc.install(room, value(0))
-        } else if let Some(service) = entity.strip_prefix(DIRECTORY_PREFIX) {
-            let shards: Vec<Option<&[u8]>> = (0..values.len()).map(value).collect();
-            self.directories.install(service, &shards)
-        } else if let Some((service, node)) = entity
-            .strip_prefix(PUBSUB_PREFIX)
-            .and_then(|n| n.split_once('/'))
-        {
-            self.pubsub.install(service, node, value(0), value(1))
-        } else {
-            Err(format!("unknown service entity {entity}"))
+    ) -> LoadStep {
+        let map: HashMap<String, Option<Vec<u8>>> = values.iter().cloned().collect();
+        let get = |n: &str| map.get(n).and_then(|v| v.as_deref());
+        let progress: Result<Option<Partial>, String> = match self.partial.remove(entity) {
+            Some(mut p) => p.offer(&map).map(|()| Some(p)),
+            None => {
+                if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
+                    self.muc
+                        .start_install(room, get(entity), get(&muc::history_name(room)))
+                        .map(|l| l.map(Partial::Room))
+                } else if let Some(service) = entity.strip_prefix(DIRECTORY_PREFIX) {
+                    let shards: Vec<Option<&[u8]>> =
+                        values.iter().map(|(_, v)| v.as_deref()).collect();
+                    self.directories.install(service, &shards).map(|()| None)
+                } else if let Some((service, node)) = entity
+                    .strip_prefix(PUBSUB_PREFIX)
+                    .and_then(|n| n.split_once('/'))
+                {
+                    let (meta, items) = pubsub::record_names(service, node);
+                    self.pubsub
+                        .start_install(service, node, get(&meta), get(&items))
+                        .map(|l| l.map(Partial::Node))
+                } else {
+                    Err(format!("unknown service entity {entity}"))
+                }
+            }
+        };
+        let error = match progress {
+            Ok(Some(p)) if !p.is_done() => {
+                let names = p.names();
+                self.partial.insert(entity.to_string(), p);
+                return LoadStep::More(names);
+            }
+            Ok(Some(Partial::Room(l))) => {
+                self.muc.finish_install(l);
+                None
+            }
+            Ok(Some(Partial::Node(l))) => {
+                self.pubsub.finish_install(l);
+                None
+            }
+            Ok(None) => None,
+            Err(e) => Some(e),
         };
         let waiting = self.waiting.remove(entity).unwrap_or_default();
         self.waiting_total = self.waiting_total.saturating_sub(waiting.len());
-        if let Err(e) = installed {
+        if let Some(e) = error {
             tracing::error!("{e}");
             for st in waiting {
                 out.extend(
@@ -290,9 +378,9 @@ impl Services {
                     .map(Action::Send),
                 );
             }
-            return Vec::new();
+            return LoadStep::Ready(Vec::new());
         }
-        waiting
+        LoadStep::Ready(waiting)
     }
 
     /// Serves a stanza whose room, node or registry was just loaded (see
@@ -320,13 +408,28 @@ impl Services {
         }
     }
 
-    /// Records whose services' state changed: `(name, Some(value))` to
-    /// write, `(name, None)` to delete.
-    pub fn take_writes(&mut self) -> Vec<(String, Option<Vec<u8>>)> {
-        let mut w = self.muc.take_writes();
+    /// Records whose services' state changed, to write or delete
+    /// (`now_unix` paces the rooms' history writes).
+    pub fn take_writes(&mut self, now_unix: u64) -> Vec<Write> {
+        let mut w = self.muc.take_writes(now_unix);
         w.extend(self.pubsub.take_writes());
-        w.extend(self.directories.take_writes());
+        w.extend(
+            self.directories
+                .take_writes()
+                .into_iter()
+                .map(|(name, value)| Write {
+                    name,
+                    value,
+                    holds: true,
+                }),
+        );
         w
+    }
+
+    /// Whether a write waits for time to pass (a room's history, written
+    /// at most once a second).
+    pub fn writes_pending(&self) -> bool {
+        self.muc.history_pending()
     }
 
     fn dispatch(
@@ -437,11 +540,25 @@ impl Services {
     }
 }
 
-/// The entity a service record belongs to (a node's items record to the
-/// node, a registry shard to the registry).
+/// The entity a service record belongs to (a node's items and
+/// subscription shards to the node, a room's occupant shards and history
+/// to the room, a registry shard to the registry).
 pub fn entity_of_record(name: &str) -> String {
-    if let Some(rest) = name.strip_prefix(crate::records::PUBSUB_ITEMS_PREFIX) {
+    use ring_records::{
+        MUC_HISTORY_PREFIX, MUC_OCCUPANTS_PREFIX, PUBSUB_ITEMS_PREFIX, PUBSUB_SUBSCRIPTIONS_PREFIX,
+    };
+    let unshard = |rest: &str| rest.rsplit_once('#').map_or(rest, |(e, _)| e).to_string();
+    if let Some(rest) = name.strip_prefix(PUBSUB_ITEMS_PREFIX) {
         return format!("{PUBSUB_PREFIX}{rest}");
+    }
+    if let Some(rest) = name.strip_prefix(PUBSUB_SUBSCRIPTIONS_PREFIX) {
+        return format!("{PUBSUB_PREFIX}{}", unshard(rest));
+    }
+    if let Some(rest) = name.strip_prefix(MUC_OCCUPANTS_PREFIX) {
+        return format!("{MUC_PREFIX}{}", unshard(rest));
+    }
+    if let Some(rest) = name.strip_prefix(MUC_HISTORY_PREFIX) {
+        return format!("{MUC_PREFIX}{rest}");
     }
     if let Some(rest) = name.strip_prefix(DIRECTORY_PREFIX) {
         return directory::record_name(rest.rsplit_once('#').map_or(rest, |(s, _)| s));

@@ -1,8 +1,8 @@
 //! The PubSub state machine driven request by request.
 
 use super::*;
-use crate::xmpp::stanza::NS_CLIENT;
-use crate::xmpp::stanza::NS_STANZAS;
+use crate::stanza::NS_CLIENT;
+use crate::stanza::NS_STANZAS;
 
 const SVC: &str = "pubsub.ring.test";
 
@@ -17,6 +17,39 @@ fn ps() -> PubSub {
     )
 }
 
+type Store = HashMap<String, Option<Vec<u8>>>;
+
+/// Keeps `writes` as the record store would.
+fn keep(store: &mut Store, writes: Vec<Write>) {
+    for w in writes {
+        store.insert(w.name, w.value);
+    }
+}
+
+/// Loads node `name` from `store` into `p`, round by round as the host
+/// does.
+fn load(p: &mut PubSub, store: &Store, name: &str) -> Result<(), String> {
+    let get = |n: &str| store.get(n).cloned().flatten();
+    let (meta, items) = record_names(SVC, name);
+    let (meta, items) = (get(&meta), get(&items));
+    let Some(mut l) = p.start_install(SVC, name, meta.as_deref(), items.as_deref())? else {
+        return Ok(());
+    };
+    while !l.is_done() {
+        let values = l
+            .names()
+            .into_iter()
+            .map(|n| {
+                let v = get(&n);
+                (n, v)
+            })
+            .collect();
+        l.offer(&values)?;
+    }
+    p.finish_install(l);
+    Ok(())
+}
+
 fn deliver(p: &mut PubSub, st: &Element) -> Vec<Action> {
     let mut out = Vec::new();
     match target_node(st) {
@@ -29,27 +62,24 @@ fn deliver(p: &mut PubSub, st: &Element) -> Vec<Action> {
 /// Runs a request; the service's registry (generous quotas) answers
 /// creations.
 fn run(p: &mut PubSub, xml: &str) -> Vec<Action> {
-    let q = crate::xmpp::directory::Quotas {
+    let q = crate::directory::Quotas {
         per_owner: 50,
         total: 5000,
     };
-    let mut registry = crate::xmpp::directory::Directories::new(65536, q, q);
+    let mut registry = crate::directory::Directories::new(65536, q, q);
     run_with(p, &mut registry, xml)
 }
 
 fn run_with(
     p: &mut PubSub,
-    registry: &mut crate::xmpp::directory::Directories,
+    registry: &mut crate::directory::Directories,
     xml: &str,
 ) -> Vec<Action> {
     let st: Element = xml.parse().unwrap();
     let out = deliver(p, &st);
-    crate::xmpp::directory::play_registry(
-        registry,
-        crate::xmpp::directory::Kind::Node,
-        out,
-        &mut |answer| deliver(p, &answer),
-    )
+    crate::directory::play_registry(registry, crate::directory::Kind::Node, out, &mut |answer| {
+        deliver(p, &answer)
+    })
 }
 
 fn iq(from: &str, ty: &str, ns: &str, inner: &str) -> String {
@@ -177,12 +207,15 @@ fn create_subscribe_publish_notify_and_retrieve() {
         .map(str::to_string)
         .collect();
     assert_eq!(ids, vec!["2", "3", "4"]);
-    // Both records are written; a new host reads them back.
-    let writes = p.take_writes();
-    assert_eq!(writes.len(), 2);
+    // Meta, items and subscriptions are written; a new host reads them
+    // back.
+    let mut store = Store::new();
+    keep(&mut store, p.take_writes());
+    assert!(store.contains_key(&record_names(SVC, "news").0));
+    assert!(store.contains_key(&record_names(SVC, "news").1));
+    assert!(store.contains_key(&format!("{}#0.0", subscriptions_base(SVC, "news"))));
     let mut q = ps();
-    q.install(SVC, "news", writes[0].1.as_deref(), writes[1].1.as_deref())
-        .unwrap();
+    load(&mut q, &store, "news").unwrap();
     assert_eq!(q.subscriptions(), 2);
     let out = run(
         &mut q,
@@ -406,8 +439,8 @@ fn delete_notifies_and_instant_nodes_are_rerouted() {
     assert!(out.iter().any(|a| matches!(a, Action::Broadcast { stanza, .. } if stanza.get_child("event", NS_PUBSUB_EVENT).unwrap().get_child("delete", NS_PUBSUB_EVENT).is_some())));
     assert!(!p.is_loaded("pubsub:pubsub.ring.test/news"));
     assert!(
-        p.take_writes().iter().all(|(_, v)| v.is_none()),
-        "both records deleted"
+        p.take_writes().iter().all(|w| w.value.is_none()),
+        "every record deleted"
     );
     let out = run(&mut p, &iq("alice@a.test/x", "set", NS_PUBSUB, "<create/>"));
     let Action::Reroute(st) = &out[0] else {
@@ -418,45 +451,99 @@ fn delete_notifies_and_instant_nodes_are_rerouted() {
 }
 
 #[test]
-fn subscriptions_stop_at_the_record_limit() {
+fn subscriptions_outgrow_one_record_and_each_writes_one_shard() {
     let mut p = ps();
     created(&mut p);
-    let mut refused = None;
-    for i in 0..200 {
-        let out = run(
-            &mut p,
+    let mut store = Store::new();
+    keep(&mut store, p.take_writes());
+    let subscribe = |p: &mut PubSub, i: usize| {
+        run(
+            p,
             &iq(
                 &format!("u{i}@b.test/r"),
                 "set",
                 NS_PUBSUB,
                 &format!("<subscribe node='news' jid='u{i}@b.test'/>"),
             ),
-        );
-        if reply(&out).attr("type") == Some("error") {
-            refused = Some((i, errors(&out).0));
-            break;
+        )
+    };
+    for i in 0..500 {
+        let out = subscribe(&mut p, i);
+        assert_eq!(reply(&out).attr("type"), Some("result"), "{i}: {out:?}");
+        let w = p.take_writes();
+        for x in &w {
+            let len = x.value.as_ref().map_or(0, Vec::len);
+            assert!(len <= 2000, "{}: {len} bytes", x.name);
         }
+        keep(&mut store, w);
     }
-    let (at, cond) = refused.expect("the 2,000-byte record fills up");
-    assert_eq!(cond, "resource-constraint");
-    assert!(at > 10, "refused too early: {at}");
-    let meta = p
-        .take_writes()
-        .into_iter()
-        .find(|(n, _)| n.starts_with(PUBSUB_PREFIX))
-        .unwrap()
-        .1
+    // 500 subscriptions are far more than one 2,000-byte record holds.
+    let mut q = ps();
+    load(&mut q, &store, "news").unwrap();
+    assert_eq!(q.subscriptions(), 500);
+    // One more writes one shard, and neither the meta nor the items.
+    subscribe(&mut p, 500);
+    let w = p.take_writes();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].name.starts_with(&subscriptions_base(SVC, "news")));
+    // Notifications reach everyone.
+    let out = run(
+        &mut p,
+        &iq(
+            "alice@a.test/x",
+            "set",
+            NS_PUBSUB,
+            "<publish node='news'><item id='x'><entry xmlns='urn:x'/></item></publish>",
+        ),
+    );
+    let to = out
+        .iter()
+        .find_map(|a| match a {
+            Action::Broadcast { to, .. } => Some(to.len()),
+            _ => None,
+        })
         .unwrap();
-    assert!(meta.len() <= 2000, "{} bytes", meta.len());
+    assert_eq!(to, 501);
+}
+
+#[test]
+fn an_old_record_with_its_subscriptions_inside_is_moved_to_shards() {
+    let meta = serde_json::json!({
+        "config": node::NodeConfig::new(3),
+        "affiliations": {"alice@a.test": "Owner"},
+        "subscriptions": {"bob@b.test": "0001", "carol@c.test": "0002"},
+    });
+    let mut store = Store::new();
+    store.insert(
+        record_names(SVC, "news").0,
+        Some(serde_json::to_vec(&meta).unwrap()),
+    );
+    let mut p = ps();
+    load(&mut p, &store, "news").unwrap();
+    assert_eq!(p.subscriptions(), 2);
+    keep(&mut store, p.take_writes());
+    let stored: NodeMeta =
+        serde_json::from_slice(store[&record_names(SVC, "news").0].as_ref().unwrap()).unwrap();
+    assert!(stored.legacy_subscriptions.is_empty());
+    assert!(stored.subscription_shards.is_some());
+    let mut q = ps();
+    load(&mut q, &store, "news").unwrap();
+    assert_eq!(
+        q.subscriptions_of(&record_names(SVC, "news").0)
+            .unwrap()
+            .get("bob@b.test")
+            .map(String::as_str),
+        Some("0001")
+    );
 }
 
 #[test]
 fn creating_nodes_is_bounded_per_owner_and_per_service() {
-    let q = crate::xmpp::directory::Quotas {
+    let q = crate::directory::Quotas {
         per_owner: 1,
         total: 2,
     };
-    let mut registry = crate::xmpp::directory::Directories::new(65536, q, q);
+    let mut registry = crate::directory::Directories::new(65536, q, q);
     let mut p = ps();
     let create =
         |node: &str, who: &str| iq(who, "set", NS_PUBSUB, &format!("<create node='{node}'/>"));
@@ -510,9 +597,9 @@ fn an_owner_change_that_would_not_fit_the_record_is_undone_and_refused() {
         }
     }
     assert!(refused, "the record limit was reached");
-    for (name, value) in p.take_writes() {
-        if let Some(v) = value {
-            assert!(v.len() <= 2000, "{name}: {} bytes", v.len());
+    for w in p.take_writes() {
+        if let Some(v) = w.value {
+            assert!(v.len() <= 2000, "{}: {} bytes", w.name, v.len());
         }
     }
 }

@@ -37,6 +37,7 @@ use ring_records::{Backend, LocalWrite, MUC_PREFIX, RecordOp, Replicator, Ring, 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// Rooms checked for a dead host per sweep.
 pub const TAKEOVER_BATCH: usize = 256;
@@ -321,7 +322,8 @@ impl ServiceHost {
             }));
             for t in &step.triggers {
                 out.extend(
-                    stanza::error_reply(t, "resource-constraint", Some(&text)).map(Action::Send),
+                    stanza::error_reply(t, DefinedCondition::ResourceConstraint, Some(&text))
+                        .map(Action::Send),
                 );
             }
         }

@@ -18,6 +18,7 @@ pub mod fanout;
 pub mod forms;
 pub mod host;
 pub mod muc;
+pub mod path;
 pub mod pubsub;
 pub mod services;
 pub mod sharded;

@@ -2,6 +2,7 @@
 //! and RFC 6120 error replies.
 
 use xmpp_parsers::minidom::Element;
+pub use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
 /// The namespace of stanzas inside the ring (the edge converts from and to
 /// `jabber:server` on the wire).
@@ -53,21 +54,29 @@ pub fn is_error_or_result(el: &Element) -> bool {
 }
 
 /// The error type RFC 6120 §8.3.3 gives each condition.
-fn error_type(condition: &str) -> &'static str {
+pub fn error_type(condition: &DefinedCondition) -> ErrorType {
+    use DefinedCondition as C;
     match condition {
-        "service-unavailable"
-        | "feature-not-implemented"
-        | "not-allowed"
-        | "item-not-found"
-        | "jid-malformed" => "cancel",
-        "remote-server-timeout"
-        | "resource-constraint"
-        | "recipient-unavailable"
-        | "unexpected-request" => "wait",
-        "bad-request" | "not-acceptable" | "policy-violation" => "modify",
-        "forbidden" | "not-authorized" | "registration-required" => "auth",
-        _ => "cancel",
+        C::ServiceUnavailable
+        | C::FeatureNotImplemented
+        | C::NotAllowed
+        | C::ItemNotFound
+        | C::JidMalformed => ErrorType::Cancel,
+        C::RemoteServerTimeout
+        | C::ResourceConstraint
+        | C::RecipientUnavailable
+        | C::UnexpectedRequest => ErrorType::Wait,
+        C::BadRequest | C::NotAcceptable | C::PolicyViolation => ErrorType::Modify,
+        C::Forbidden | C::NotAuthorized | C::RegistrationRequired => ErrorType::Auth,
+        _ => ErrorType::Cancel,
     }
+}
+
+/// The condition RFC 6120 calls `name` (the dht's bounce reasons name
+/// theirs); `undefined-condition` for a name it does not define.
+pub fn condition(name: &str) -> DefinedCondition {
+    DefinedCondition::try_from(Element::bare(name, NS_STANZAS))
+        .unwrap_or(DefinedCondition::UndefinedCondition)
 }
 
 /// The stanza without its children (name and attributes): enough to answer
@@ -82,7 +91,11 @@ pub fn shell(stanza: &Element) -> Element {
 
 /// The error reply to `stanza` with `condition`, or `None` when the stanza
 /// must not be answered (it is an error or an IQ result itself).
-pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Option<Element> {
+pub fn error_reply(
+    stanza: &Element,
+    condition: DefinedCondition,
+    text: Option<&str>,
+) -> Option<Element> {
     error_reply_with(stanza, condition, text, None)
 }
 
@@ -90,7 +103,7 @@ pub fn error_reply(stanza: &Element, condition: &str, text: Option<&str>) -> Opt
 /// names one for most of its errors) beside the RFC 6120 one.
 pub fn error_reply_with(
     stanza: &Element,
-    condition: &str,
+    condition: DefinedCondition,
     text: Option<&str>,
     app: Option<Element>,
 ) -> Option<Element> {
@@ -109,22 +122,17 @@ pub fn error_reply_with(
     // RFC 6120 §8.3.1 allows including the original payload. Like Prosody
     // we leave it out: the id matches the error to what was sent, and an
     // error never costs the return path more than the stanza it answers.
-    let mut error = Element::bare("error", NS_CLIENT);
-    error.set_attr(
-        xmpp_parsers::minidom::rxml::Namespace::NONE,
-        ncname("type"),
-        error_type(condition).to_string(),
-    );
-    error.append_child(Element::bare(condition, NS_STANZAS));
-    if let Some(t) = text {
-        let mut te = Element::bare("text", NS_STANZAS);
-        te.append_text(t);
-        error.append_child(te);
-    }
-    if let Some(app) = app {
-        error.append_child(app);
-    }
-    reply.append_child(error);
+    let error = StanzaError {
+        type_: error_type(&condition),
+        by: None,
+        defined_condition: condition,
+        texts: text
+            .map(|t| (String::new(), t.to_string()))
+            .into_iter()
+            .collect(),
+        other: app,
+    };
+    reply.append_child(error.into());
     Some(reply)
 }
 
@@ -215,7 +223,12 @@ mod tests {
         let m = el(
             "<message xmlns='jabber:client' from='a@x/r' to='b@y' id='7'><body>hi</body></message>",
         );
-        let e = error_reply(&m, "service-unavailable", Some("no such user")).unwrap();
+        let e = error_reply(
+            &m,
+            DefinedCondition::ServiceUnavailable,
+            Some("no such user"),
+        )
+        .unwrap();
         assert_eq!(e.attr("from"), Some("b@y"));
         assert_eq!(e.attr("to"), Some("a@x/r"));
         assert_eq!(e.attr("id"), Some("7"));
@@ -239,7 +252,7 @@ mod tests {
         assert!(
             error_reply(
                 &el("<message xmlns='jabber:client' type='error'/>"),
-                "x",
+                DefinedCondition::BadRequest,
                 None
             )
             .is_none()
@@ -247,7 +260,7 @@ mod tests {
         assert!(
             error_reply(
                 &el("<iq xmlns='jabber:client' type='result' id='1'/>"),
-                "x",
+                DefinedCondition::BadRequest,
                 None
             )
             .is_none()
@@ -255,10 +268,38 @@ mod tests {
         assert!(
             error_reply(
                 &el("<iq xmlns='jabber:client' type='get' id='1'/>"),
-                "x",
+                DefinedCondition::BadRequest,
                 None
             )
             .is_some()
+        );
+    }
+
+    #[test]
+    fn conditions_by_name_and_their_types() {
+        for (name, ty) in [
+            ("item-not-found", ErrorType::Cancel),
+            ("resource-constraint", ErrorType::Wait),
+            ("policy-violation", ErrorType::Modify),
+            ("not-authorized", ErrorType::Auth),
+            ("remote-server-not-found", ErrorType::Cancel),
+        ] {
+            let c = condition(name);
+            assert_ne!(c, DefinedCondition::UndefinedCondition, "{name}");
+            assert_eq!(error_type(&c), ty, "{name}");
+            let e = error_reply(
+                &el("<iq xmlns='jabber:client' type='get' id='1'/>"),
+                c,
+                None,
+            )
+            .unwrap();
+            let err = e.get_child("error", NS_CLIENT).unwrap();
+            assert!(err.get_child(name, NS_STANZAS).is_some(), "{name}");
+            assert!(err.get_child("text", NS_STANZAS).is_none());
+        }
+        assert_eq!(
+            condition("no-such-thing"),
+            DefinedCondition::UndefinedCondition
         );
     }
 

@@ -17,6 +17,7 @@ use crate::xml::NS_DIALBACK;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// The ring-wide dialback secret, kept as the HMAC key XEP-0185 derives
 /// from it: the hex form of `SHA-256(secret)`.
@@ -139,13 +140,17 @@ pub fn result_answer(receiving: &str, originating: &str, valid: bool) -> String 
 
 /// `<db:result from='receiving' to='originating' type='error'>` with a
 /// stanza error condition (XEP-0220 §2.4): the key could not be checked.
-pub fn result_error(receiving: &str, originating: &str, condition: &str) -> String {
+pub fn result_error(receiving: &str, originating: &str, condition: &DefinedCondition) -> String {
     let kind = match condition {
-        "resource-constraint" | "remote-server-timeout" | "internal-server-error" => "wait",
+        DefinedCondition::ResourceConstraint
+        | DefinedCondition::RemoteServerTimeout
+        | DefinedCondition::InternalServerError => "wait",
         _ => "cancel",
     };
+    // The condition's RFC 6120 name, as xmpp-parsers writes it.
+    let name = Element::from(condition.clone()).name().to_string();
     format!(
-        "<db:result from='{}' to='{}' type='error'><error type='{kind}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+        "<db:result from='{}' to='{}' type='error'><error type='{kind}'><{name} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
         escape_attr(receiving),
         escape_attr(originating),
     )

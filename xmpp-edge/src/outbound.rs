@@ -32,6 +32,7 @@ use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 pub(crate) type Reader = XmlStreamReader<BufReader<ReadHalf<BoxIo>>>;
 
@@ -270,14 +271,18 @@ impl OutboundPool {
         }
     }
 
-    fn refuse(&self, stanza: Element, condition: &'static str) -> Result<(), Box<Undeliverable>> {
+    fn refuse(
+        &self,
+        stanza: Element,
+        condition: DefinedCondition,
+    ) -> Result<(), Box<Undeliverable>> {
         EdgeStats::bump(&self.shared.stats.stanzas_bounced);
         Err(Box::new(Undeliverable { stanza, condition }))
     }
 
     /// Hands a stanza of a failed stream back to the owner (awaiting room
     /// in its channel: the stream's task has nothing else to do).
-    async fn bounce(&self, q: Queued, condition: &'static str) {
+    async fn bounce(&self, q: Queued, condition: DefinedCondition) {
         EdgeStats::bump(&self.shared.stats.stanzas_bounced);
         match q.into_stanza() {
             Some(stanza) => {
@@ -300,14 +305,14 @@ impl OutboundPool {
         let local = stanza.attr("from").map(Domain::of_jid);
         let remote = stanza.attr("to").map(Domain::of_jid);
         let (Some(Ok(local)), Some(Ok(remote))) = (local, remote) else {
-            return self.refuse(stanza, "jid-malformed");
+            return self.refuse(stanza, DefinedCondition::JidMalformed);
         };
         if !served.contains(&local) || served.contains(&remote) {
-            return self.refuse(stanza, "not-allowed");
+            return self.refuse(stanza, DefinedCondition::NotAllowed);
         }
         let key = (local, remote);
         let Ok(mut map) = self.streams.lock() else {
-            return self.refuse(stanza, "internal-server-error");
+            return self.refuse(stanza, DefinedCondition::InternalServerError);
         };
         let (exists, stanzas, bytes) = match map.get(&key) {
             Some(q) if !q.tx.is_closed() => (
@@ -318,12 +323,12 @@ impl OutboundPool {
             _ => (false, 0, 0),
         };
         if stanzas >= cfg.outbound_queue {
-            return self.refuse(stanza, "resource-constraint");
+            return self.refuse(stanza, DefinedCondition::ResourceConstraint);
         }
         if !exists && map.len() >= cfg.max_outbound {
             map.retain(|_, q| !q.tx.is_closed());
             if map.len() >= cfg.max_outbound {
-                return self.refuse(stanza, "resource-constraint");
+                return self.refuse(stanza, DefinedCondition::ResourceConstraint);
             }
         }
         let q = Queued {
@@ -333,7 +338,7 @@ impl OutboundPool {
         if stanzas > 0 && bytes + n > cfg.outbound_queue_bytes {
             drop(map);
             return match q.into_stanza() {
-                Some(st) => self.refuse(st, "resource-constraint"),
+                Some(st) => self.refuse(st, DefinedCondition::ResourceConstraint),
                 None => Ok(()),
             };
         }
@@ -375,17 +380,17 @@ impl OutboundPool {
         key: &(Domain, Domain),
         mut rx: QueueRx,
         pending: VecDeque<Queued>,
-        cond: &'static str,
+        cond: DefinedCondition,
     ) {
         if let Ok(mut m) = self.streams.lock() {
             rx.rx.close();
             m.remove(key);
         }
         for q in pending {
-            self.bounce(q, cond).await;
+            self.bounce(q, cond.clone()).await;
         }
         while let Some(q) = rx.try_recv() {
-            self.bounce(q, cond).await;
+            self.bounce(q, cond.clone()).await;
         }
     }
 
@@ -420,7 +425,7 @@ impl OutboundPool {
             let started = Instant::now();
             let (wrote, failed) = self.session(est, &mut rx, &mut pending).await;
             for q in failed {
-                self.bounce(q, "remote-server-timeout").await;
+                self.bounce(q, DefinedCondition::RemoteServerTimeout).await;
             }
             let idle = {
                 // Decide under the lock whether to end: a stanza queued
@@ -440,7 +445,7 @@ impl OutboundPool {
             }
             if *shared.shutdown.borrow() {
                 return self
-                    .give_up(&key, rx, pending, "remote-server-timeout")
+                    .give_up(&key, rx, pending, DefinedCondition::RemoteServerTimeout)
                     .await;
             }
             // The peer closed while stanzas wait: try again, but not forever
@@ -449,7 +454,7 @@ impl OutboundPool {
                 failures += 1;
                 if failures >= 3 {
                     return self
-                        .give_up(&key, rx, pending, "remote-server-timeout")
+                        .give_up(&key, rx, pending, DefinedCondition::RemoteServerTimeout)
                         .await;
                 }
             }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// What the edge tells its owner.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ pub struct Undeliverable {
     /// The stanza as it was given.
     pub stanza: Element,
     /// The condition.
-    pub condition: &'static str,
+    pub condition: DefinedCondition,
 }
 
 /// Counters of the edge (for `/status` and `/metrics`).

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// Requests queued per pair of domains.
 const QUEUE_PER_PAIR: usize = 32;
@@ -78,7 +79,7 @@ impl Verifier {
         let pair = (req.receiving.clone(), req.originating.clone());
         let job = Job { req, reply };
         let Ok(mut pairs) = self.pairs.lock() else {
-            return job.answer(Verdict::Error("internal-server-error"));
+            return job.answer(Verdict::Error(DefinedCondition::InternalServerError));
         };
         let job = match pairs.get(&pair) {
             Some(tx) => match tx.try_send(job) {
@@ -86,7 +87,7 @@ impl Verifier {
                 Err(mpsc::error::TrySendError::Full(job)) => {
                     drop(pairs);
                     EdgeStats::bump(&shared.stats.verifications_refused);
-                    return job.answer(Verdict::Error("resource-constraint"));
+                    return job.answer(Verdict::Error(DefinedCondition::ResourceConstraint));
                 }
                 Err(mpsc::error::TrySendError::Closed(job)) => job,
             },
@@ -96,7 +97,7 @@ impl Verifier {
         if pairs.len() >= self.max_pairs {
             drop(pairs);
             EdgeStats::bump(&shared.stats.verifications_refused);
-            return job.answer(Verdict::Error("resource-constraint"));
+            return job.answer(Verdict::Error(DefinedCondition::ResourceConstraint));
         }
         let (tx, rx) = mpsc::channel(QUEUE_PER_PAIR);
         let _ = tx.try_send(job);
@@ -132,7 +133,7 @@ async fn run_pair(shared: &Shared, local: &Domain, remote: &Domain, mut rx: mpsc
             tracing::info!(%remote, "dialback verification timed out");
             rx.close();
             while let Ok(job) = rx.try_recv() {
-                job.answer(Verdict::Error("remote-server-timeout"));
+                job.answer(Verdict::Error(DefinedCondition::RemoteServerTimeout));
             }
             return;
         }
@@ -153,7 +154,7 @@ async fn run_pair(shared: &Shared, local: &Domain, remote: &Domain, mut rx: mpsc
                     machine.verify(&job.req.stream_id, &job.req.key);
                     let until = Instant::now() + shared.cfg.handshake_timeout;
                     if let Some((old, _)) = waiting.insert(job.req.stream_id.clone(), (job, until)) {
-                        old.answer(Verdict::Error("conflict"));
+                        old.answer(Verdict::Error(DefinedCondition::Conflict));
                     }
                 }
                 None => open = false,
@@ -175,7 +176,7 @@ async fn run_pair(shared: &Shared, local: &Domain, remote: &Domain, mut rx: mpsc
                     .collect();
                 for id in late {
                     if let Some((job, _)) = waiting.remove(&id) {
-                        job.answer(Verdict::Error("remote-server-timeout"));
+                        job.answer(Verdict::Error(DefinedCondition::RemoteServerTimeout));
                     }
                 }
             }
@@ -211,9 +212,9 @@ async fn run_pair(shared: &Shared, local: &Domain, remote: &Domain, mut rx: mpsc
     reader_task.abort();
     rx.close();
     for (_, (job, _)) in waiting {
-        job.answer(Verdict::Error("remote-server-timeout"));
+        job.answer(Verdict::Error(DefinedCondition::RemoteServerTimeout));
     }
     while let Ok(job) = rx.try_recv() {
-        job.answer(Verdict::Error("remote-server-timeout"));
+        job.answer(Verdict::Error(DefinedCondition::RemoteServerTimeout));
     }
 }

@@ -12,6 +12,7 @@ use xmpp_edge::resolve::Resolver;
 use xmpp_edge::tls::{Identity, self_signed};
 use xmpp_edge::{EdgeConfig, EdgeEvent, EdgeHandle};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -234,18 +235,20 @@ async fn unreachable_domains_bounce_every_queued_stanza() {
         }
     }
     assert!(
-        conditions.iter().all(|c| *c == "remote-server-not-found"),
+        conditions
+            .iter()
+            .all(|c| *c == DefinedCondition::RemoteServerNotFound),
         "{conditions:?}"
     );
     // Stanzas that are not ours to send are refused at once.
     let refused = a
         .send(message("alice@elsewhere.test", "x@b.test", "spoof"))
         .unwrap_err();
-    assert_eq!(refused.condition, "not-allowed");
+    assert_eq!(refused.condition, DefinedCondition::NotAllowed);
     let refused = a
         .send(message("alice@a.test", "x@b test", "bad jid"))
         .unwrap_err();
-    assert_eq!(refused.condition, "jid-malformed");
+    assert_eq!(refused.condition, DefinedCondition::JidMalformed);
 }
 
 /// With `secure_auth`, a remote whose certificate does not validate gets
@@ -293,7 +296,7 @@ async fn secure_auth_refuses_remotes_with_unverifiable_certificates() {
     .unwrap();
     match tokio::time::timeout(Duration::from_secs(15), a_rx.recv()).await {
         Ok(Some(EdgeEvent::Undeliverable(u))) => {
-            assert_eq!(u.condition, "remote-server-timeout");
+            assert_eq!(u.condition, DefinedCondition::RemoteServerTimeout);
             assert_eq!(u.stanza.attr("to"), Some("carol@c.test"));
         }
         other => panic!("expected a bounce, got {other:?}"),

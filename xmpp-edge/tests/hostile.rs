@@ -17,6 +17,7 @@ use xmpp_edge::resolve::Resolver;
 use xmpp_edge::tls::{Identity, self_signed};
 use xmpp_edge::{EdgeConfig, EdgeEvent, EdgeHandle};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 const W: Duration = Duration::from_secs(10);
 
@@ -224,7 +225,7 @@ async fn an_attackers_stream_cannot_authenticate_ring_test() {
     let bounced = tokio::time::timeout(W, events.recv()).await;
     match bounced {
         Ok(Some(EdgeEvent::Undeliverable(u))) => {
-            assert_eq!(u.condition, "remote-server-timeout");
+            assert_eq!(u.condition, DefinedCondition::RemoteServerTimeout);
             assert_eq!(u.stanza.attr("to"), Some("x@evil.test"));
         }
         other => panic!("expected the stanza back, got {other:?}"),
@@ -393,7 +394,7 @@ async fn a_remote_that_stops_reading_gets_stanzas_bounced_not_stuck() {
             "bob@slow.test",
             &format!("{i} {body}"),
         )) {
-            assert_eq!(u.condition, "resource-constraint");
+            assert_eq!(u.condition, DefinedCondition::ResourceConstraint);
             bounced += 1;
         }
     }
@@ -406,7 +407,7 @@ async fn a_remote_that_stops_reading_gets_stanzas_bounced_not_stuck() {
         }
         match tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
             Ok(Some(EdgeEvent::Undeliverable(u))) => {
-                assert_eq!(u.condition, "remote-server-timeout");
+                assert_eq!(u.condition, DefinedCondition::RemoteServerTimeout);
                 bounced += 1;
             }
             Ok(_) => panic!("unexpected event"),

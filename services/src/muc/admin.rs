@@ -11,6 +11,7 @@ use crate::stanza::{self, bare, error_reply, iq_result};
 use crate::{Action, forms};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::muc::user::Status;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
@@ -18,7 +19,7 @@ const FORM_TYPE: &str = "http://jabber.org/protocol/muc#roomconfig";
 /// Largest `max_users` an owner can configure.
 const MAX_USERS_LIMIT: usize = 100_000;
 
-fn error(iq: &Element, condition: &str, text: &str, out: &mut Vec<Action>) -> bool {
+fn error(iq: &Element, condition: DefinedCondition, text: &str, out: &mut Vec<Action>) -> bool {
     out.extend(error_reply(iq, condition, Some(text)).map(Action::Send));
     false
 }
@@ -132,7 +133,12 @@ impl Room {
     pub fn owner_iq(&mut self, iq: &Element, query: &Element, out: &mut Vec<Action>) -> bool {
         let from = iq.attr("from").unwrap_or_default();
         if self.affiliation(from) != Affiliation::Owner {
-            return error(iq, "forbidden", "only owners may do this", out);
+            return error(
+                iq,
+                DefinedCondition::Forbidden,
+                "only owners may do this",
+                out,
+            );
         }
         match iq.attr("type") {
             Some("get") => {
@@ -161,8 +167,8 @@ impl Room {
                 }
                 let submitted = match forms::submitted(query) {
                     Ok(Some(s)) => s,
-                    Ok(None) => return error(iq, "bad-request", "no form", out),
-                    Err(e) => return error(iq, "bad-request", &e, out),
+                    Ok(None) => return error(iq, DefinedCondition::BadRequest, "no form", out),
+                    Err(e) => return error(iq, DefinedCondition::BadRequest, &e, out),
                 };
                 if submitted.cancel {
                     // Cancelling the first configuration abandons the room.
@@ -175,7 +181,7 @@ impl Room {
                 }
                 let config = match apply_form(&self.state.config, &submitted.values) {
                     Ok(c) => c,
-                    Err(e) => return error(iq, "not-acceptable", &e, out),
+                    Err(e) => return error(iq, DefinedCondition::NotAcceptable, &e, out),
                 };
                 let became_members_only = config.members_only && !self.state.config.members_only;
                 self.state.config = config;
@@ -196,7 +202,12 @@ impl Room {
                 out.push(Action::Broadcast { stanza: m, to });
                 true
             }
-            _ => error(iq, "bad-request", "muc#owner needs get or set", out),
+            _ => error(
+                iq,
+                DefinedCondition::BadRequest,
+                "muc#owner needs get or set",
+                out,
+            ),
         }
     }
 
@@ -222,12 +233,17 @@ impl Room {
             .filter(|c| c.is("item", NS_MUC_ADMIN))
             .collect();
         if items.is_empty() {
-            return error(iq, "bad-request", "no item", out);
+            return error(iq, DefinedCondition::BadRequest, "no item", out);
         }
         match iq.attr("type") {
             Some("get") => self.admin_list(iq, items[0], actor_aff, actor_role, out),
             Some("set") => self.admin_set(iq, &items, actor_aff, actor_role, out),
-            _ => error(iq, "bad-request", "muc#admin needs get or set", out),
+            _ => error(
+                iq,
+                DefinedCondition::BadRequest,
+                "muc#admin needs get or set",
+                out,
+            ),
         }
     }
 
@@ -242,12 +258,12 @@ impl Room {
         let mut q = Element::bare("query", NS_MUC_ADMIN);
         if let Some(a) = item.attr("affiliation") {
             let Some(want) = Affiliation::parse(a).filter(|a| *a != Affiliation::None) else {
-                return error(iq, "bad-request", "unknown affiliation", out);
+                return error(iq, DefinedCondition::BadRequest, "unknown affiliation", out);
             };
             if actor_aff < Affiliation::Admin {
                 return error(
                     iq,
-                    "forbidden",
+                    DefinedCondition::Forbidden,
                     "only admins and owners may list affiliations",
                     out,
                 );
@@ -260,10 +276,15 @@ impl Room {
             }
         } else if let Some(r) = item.attr("role") {
             let Some(want) = Role::parse(r).filter(|r| *r != Role::None) else {
-                return error(iq, "bad-request", "unknown role", out);
+                return error(iq, DefinedCondition::BadRequest, "unknown role", out);
             };
             if actor_role != Role::Moderator {
-                return error(iq, "forbidden", "only moderators may list roles", out);
+                return error(
+                    iq,
+                    DefinedCondition::Forbidden,
+                    "only moderators may list roles",
+                    out,
+                );
             }
             for o in self.occupants.iter().filter(|o| o.role == want) {
                 let mut i = Element::bare("item", NS_MUC_ADMIN);
@@ -276,7 +297,7 @@ impl Room {
         } else {
             return error(
                 iq,
-                "bad-request",
+                DefinedCondition::BadRequest,
                 "an item needs an affiliation or a role",
                 out,
             );
@@ -304,25 +325,35 @@ impl Room {
         for item in items {
             if let (Some(nick), Some(r)) = (item.attr("nick"), item.attr("role")) {
                 let Some(role) = Role::parse(r) else {
-                    return error(iq, "bad-request", "unknown role", out);
+                    return error(iq, DefinedCondition::BadRequest, "unknown role", out);
                 };
                 let Some(target) = self.by_nick(nick) else {
-                    return error(iq, "item-not-found", "no such occupant", out);
+                    return error(iq, DefinedCondition::ItemNotFound, "no such occupant", out);
                 };
                 let target_aff = self.affiliation(&target.jid);
                 let target_role = target.role;
                 if actor_role != Role::Moderator {
-                    return error(iq, "forbidden", "only moderators may change roles", out);
+                    return error(
+                        iq,
+                        DefinedCondition::Forbidden,
+                        "only moderators may change roles",
+                        out,
+                    );
                 }
                 if (role == Role::Moderator || target_role == Role::Moderator)
                     && actor_aff < Affiliation::Admin
                 {
-                    return error(iq, "not-allowed", "only admins may change moderators", out);
+                    return error(
+                        iq,
+                        DefinedCondition::NotAllowed,
+                        "only admins may change moderators",
+                        out,
+                    );
                 }
                 if role < Role::Participant && target_aff >= Affiliation::Admin {
                     return error(
                         iq,
-                        "not-allowed",
+                        DefinedCondition::NotAllowed,
                         "admins and owners cannot be kicked or muted",
                         out,
                     );
@@ -330,10 +361,10 @@ impl Room {
                 changes.push(Change::Role(nick.to_string(), role));
             } else if let (Some(jid), Some(a)) = (item.attr("jid"), item.attr("affiliation")) {
                 let Some(aff) = Affiliation::parse(a) else {
-                    return error(iq, "bad-request", "unknown affiliation", out);
+                    return error(iq, DefinedCondition::BadRequest, "unknown affiliation", out);
                 };
                 if jid::Jid::new(jid).is_err() {
-                    return error(iq, "jid-malformed", "invalid jid", out);
+                    return error(iq, DefinedCondition::JidMalformed, "invalid jid", out);
                 }
                 let target = bare(jid);
                 let current = self.affiliation(&target);
@@ -342,7 +373,7 @@ impl Room {
                 {
                     return error(
                         iq,
-                        "forbidden",
+                        DefinedCondition::Forbidden,
                         "not allowed to change this affiliation",
                         out,
                     );
@@ -351,7 +382,7 @@ impl Room {
             } else {
                 return error(
                     iq,
-                    "bad-request",
+                    DefinedCondition::BadRequest,
                     "an item needs nick+role or jid+affiliation",
                     out,
                 );
@@ -365,7 +396,12 @@ impl Room {
             }
         }
         if !after.values().any(|a| *a == Affiliation::Owner) {
-            return error(iq, "conflict", "the room would have no owner", out);
+            return error(
+                iq,
+                DefinedCondition::Conflict,
+                "the room would have no owner",
+                out,
+            );
         }
         for c in changes {
             match c {

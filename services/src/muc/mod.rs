@@ -29,6 +29,7 @@ use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::muc::Muc as MucJoin;
 use xmpp_parsers::muc::user::Status;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
@@ -120,7 +121,7 @@ impl RoomLoad {
     }
 }
 
-fn reply_error(st: &Element, condition: &str, text: &str, out: &mut Vec<Action>) {
+fn reply_error(st: &Element, condition: DefinedCondition, text: &str, out: &mut Vec<Action>) {
     out.extend(error_reply(st, condition, Some(text)).map(Action::Send));
 }
 
@@ -363,7 +364,12 @@ impl Muc {
     pub fn handle_service(&self, st: &Element, listed: &[(String, String)], out: &mut Vec<Action>) {
         if let Some(q) = disco_query(st, NS_DISCO_INFO) {
             if q.attr("node").is_some() {
-                return reply_error(st, "item-not-found", "no such disco node", out);
+                return reply_error(
+                    st,
+                    DefinedCondition::ItemNotFound,
+                    "no such disco node",
+                    out,
+                );
             }
             let info = stanza::disco_info(
                 None,
@@ -392,7 +398,7 @@ impl Muc {
             return out.push(Action::Send(iq_result(st, Some(items.into()))));
         }
         if st.name() != "presence" {
-            reply_error(st, "service-unavailable", "not a room", out);
+            reply_error(st, DefinedCondition::ServiceUnavailable, "not a room", out);
         }
     }
 
@@ -461,7 +467,7 @@ impl Muc {
             }
             return reply_error(
                 st,
-                "resource-constraint",
+                DefinedCondition::ResourceConstraint,
                 "the room's state would exceed its storage limit (record_max_bytes)",
                 out,
             );
@@ -492,14 +498,19 @@ impl Muc {
     fn request_create(&mut self, room: &str, st: &Element, now_unix: u64, out: &mut Vec<Action>) {
         if let Some(p) = self.pending.get_mut(room) {
             if p.presences.len() >= MAX_WAITING_PRESENCES {
-                return reply_error(st, "resource-constraint", "too many joins waiting", out);
+                return reply_error(
+                    st,
+                    DefinedCondition::ResourceConstraint,
+                    "too many joins waiting",
+                    out,
+                );
             }
             return p.presences.push(st.clone());
         }
         if self.pending.len() >= MAX_PENDING_CREATES {
             return reply_error(
                 st,
-                "resource-constraint",
+                DefinedCondition::ResourceConstraint,
                 "too many rooms being created",
                 out,
             );
@@ -535,7 +546,7 @@ impl Muc {
             for st in &p.presences {
                 reply_error(
                     st,
-                    "not-allowed",
+                    DefinedCondition::NotAllowed,
                     &format!("cannot create the room: {why}"),
                     out,
                 );
@@ -582,7 +593,12 @@ impl Muc {
         if let Err(e) = r.enter(from, &nick, st, true, history, out) {
             let service = room.split_once('@').map_or("", |(_, s)| s);
             out.push(Action::Send(super::directory::release(service, room)));
-            return reply_error(st, "resource-constraint", &e.to_string(), out);
+            return reply_error(
+                st,
+                DefinedCondition::ResourceConstraint,
+                &e.to_string(),
+                out,
+            );
         }
         self.rooms.insert(room.to_string(), r);
         self.mark(room);
@@ -607,7 +623,7 @@ impl Muc {
                 for st in &p.presences {
                     reply_error(
                         st,
-                        "remote-server-timeout",
+                        DefinedCondition::RemoteServerTimeout,
                         "the service's registry did not answer",
                         out,
                     );
@@ -646,14 +662,19 @@ impl Muc {
             Some(_) => return false,
         }
         let Some(nick) = nick.filter(|n| !n.is_empty() && n.len() <= room::MAX_NICK_BYTES) else {
-            reply_error(st, "jid-malformed", "a room nickname is required", out);
+            reply_error(
+                st,
+                DefinedCondition::JidMalformed,
+                "a room nickname is required",
+                out,
+            );
             return false;
         };
         let kept: usize = room::presence_children(st).iter().map(String::len).sum();
         if kept > room::MAX_PRESENCE_BYTES {
             reply_error(
                 st,
-                "not-acceptable",
+                DefinedCondition::NotAcceptable,
                 &format!(
                     "a presence in a room carries at most {} bytes",
                     room::MAX_PRESENCE_BYTES
@@ -675,7 +696,12 @@ impl Muc {
         };
         if let Some(old) = r.by_jid(from).cloned() {
             if old.nick != nick && r.by_nick(nick).is_some() {
-                reply_error(st, "conflict", "that nickname is taken", out);
+                reply_error(
+                    st,
+                    DefinedCondition::Conflict,
+                    "that nickname is taken",
+                    out,
+                );
                 return false;
             }
             let presence = room::presence_children(st);
@@ -686,7 +712,7 @@ impl Muc {
             }) else {
                 reply_error(
                     st,
-                    "resource-constraint",
+                    DefinedCondition::ResourceConstraint,
                     "the room has reached its storage limit (record_max_bytes)",
                     out,
                 );
@@ -704,21 +730,24 @@ impl Muc {
         let aff = r.affiliation(from);
         let refusal = if r.state.locked && aff != Affiliation::Owner {
             Some((
-                "item-not-found",
+                DefinedCondition::ItemNotFound,
                 "the room is locked until its owner configures it",
             ))
         } else if aff == Affiliation::Outcast {
-            Some(("forbidden", "you are banned from this room"))
+            Some((DefinedCondition::Forbidden, "you are banned from this room"))
         } else if r.state.config.members_only && aff < Affiliation::Member {
-            Some(("registration-required", "this room is for members only"))
+            Some((
+                DefinedCondition::RegistrationRequired,
+                "this room is for members only",
+            ))
         } else if r.by_nick(nick).is_some() {
-            Some(("conflict", "that nickname is taken"))
+            Some((DefinedCondition::Conflict, "that nickname is taken"))
         } else if r.state.config.password.is_some()
             && join.as_ref().and_then(|j| j.password.as_ref()) != r.state.config.password.as_ref()
         {
-            Some(("not-authorized", "a password is required"))
+            Some((DefinedCondition::NotAuthorized, "a password is required"))
         } else if r.occupants.len() >= r.state.config.max_users && aff < Affiliation::Admin {
-            Some(("service-unavailable", "the room is full"))
+            Some((DefinedCondition::ServiceUnavailable, "the room is full"))
         } else {
             None
         };
@@ -729,7 +758,7 @@ impl Muc {
         if r.enter(from, nick, st, false, history, out).is_err() {
             reply_error(
                 st,
-                "service-unavailable",
+                DefinedCondition::ServiceUnavailable,
                 "the room has reached its storage limit (record_max_bytes)",
                 out,
             );
@@ -748,7 +777,7 @@ impl Muc {
         out: &mut Vec<Action>,
     ) -> bool {
         let Some(r) = self.rooms.get_mut(room_jid) else {
-            reply_error(st, "item-not-found", "no such room", out);
+            reply_error(st, DefinedCondition::ItemNotFound, "no such room", out);
             return false;
         };
         let occupant = r.by_jid(from).map(|o| o.jid.clone());
@@ -770,7 +799,7 @@ impl Muc {
         let Some(sender) = occupant else {
             reply_error(
                 st,
-                "not-acceptable",
+                DefinedCondition::NotAcceptable,
                 "only occupants may send messages to the room",
                 out,
             );
@@ -792,7 +821,7 @@ impl Muc {
             None => {
                 reply_error(
                     st,
-                    "bad-request",
+                    DefinedCondition::BadRequest,
                     "messages to the room must be of type groupchat",
                     out,
                 );
@@ -812,7 +841,7 @@ impl Muc {
             if let Some(r) = self.rooms.get(room_jid) {
                 r.relay_iq(n, st, out);
             } else {
-                reply_error(st, "item-not-found", "no such room", out);
+                reply_error(st, DefinedCondition::ItemNotFound, "no such room", out);
             }
             return false;
         }
@@ -825,7 +854,7 @@ impl Muc {
             .get_mut(room_jid)
             .filter(|r| !r.state.locked || r.affiliation(from) == Affiliation::Owner)
         else {
-            reply_error(st, "item-not-found", "no such room", out);
+            reply_error(st, DefinedCondition::ItemNotFound, "no such room", out);
             return false;
         };
         if disco_query(st, NS_DISCO_INFO).is_some() {
@@ -843,7 +872,7 @@ impl Muc {
             return false;
         }
         let Some(query) = st.children().next() else {
-            reply_error(st, "bad-request", "empty IQ", out);
+            reply_error(st, DefinedCondition::BadRequest, "empty IQ", out);
             return false;
         };
         if query.is("query", admin::NS_MUC_OWNER) {
@@ -854,7 +883,12 @@ impl Muc {
             let q = query.clone();
             return r.admin_iq(st, &q, out);
         }
-        reply_error(st, "service-unavailable", "not supported by rooms", out);
+        reply_error(
+            st,
+            DefinedCondition::ServiceUnavailable,
+            "not supported by rooms",
+            out,
+        );
         false
     }
 }

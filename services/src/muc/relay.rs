@@ -6,6 +6,7 @@ use super::room::{Affiliation, NS_MUC_USER, Room, el};
 use crate::Action;
 use crate::stanza::{self, bare, error_reply};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 impl Room {
     /// A private message from the occupant `sender` (real JID) to the
@@ -13,11 +14,17 @@ impl Room {
     pub fn private_message(&self, sender: &str, nick: &str, msg: &Element, out: &mut Vec<Action>) {
         if msg.attr("type") == Some("groupchat") {
             return out.extend(
-                error_reply(msg, "bad-request", Some("groupchat to an occupant")).map(Action::Send),
+                error_reply(
+                    msg,
+                    DefinedCondition::BadRequest,
+                    Some("groupchat to an occupant"),
+                )
+                .map(Action::Send),
             );
         }
         let (Some(s), Some(t)) = (self.by_jid(sender), self.by_nick(nick)) else {
-            return out.extend(error_reply(msg, "item-not-found", None).map(Action::Send));
+            return out
+                .extend(error_reply(msg, DefinedCondition::ItemNotFound, None).map(Action::Send));
         };
         let mut m = msg.clone();
         stanza::set(&mut m, "from", &self.occupant_jid(&s.nick));
@@ -46,7 +53,7 @@ impl Room {
             out.extend(
                 error_reply(
                     msg,
-                    "forbidden",
+                    DefinedCondition::Forbidden,
                     Some("only admins and owners invite to this room"),
                 )
                 .map(Action::Send),
@@ -61,7 +68,7 @@ impl Room {
             out.extend(
                 error_reply(
                     msg,
-                    "policy-violation",
+                    DefinedCondition::PolicyViolation,
                     Some(&format!(
                         "at most {} invitations per message",
                         super::room::MAX_INVITES
@@ -82,7 +89,7 @@ impl Room {
                     out.extend(
                         error_reply(
                             msg,
-                            "jid-malformed",
+                            DefinedCondition::JidMalformed,
                             Some("an invitation needs a valid 'to'"),
                         )
                         .map(Action::Send),
@@ -151,9 +158,9 @@ impl Room {
         let (Some(sender), Some(target)) = (self.by_jid(from), self.by_nick(nick)) else {
             if !answer {
                 let condition = if self.by_jid(from).is_none() {
-                    "not-acceptable"
+                    DefinedCondition::NotAcceptable
                 } else {
-                    "item-not-found"
+                    DefinedCondition::ItemNotFound
                 };
                 out.extend(error_reply(iq, condition, None).map(Action::Send));
             }

@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Role as XRole, Status};
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
@@ -486,7 +487,12 @@ impl Room {
         };
         if occ.role < Role::Participant {
             return out.extend(
-                error_reply(msg, "forbidden", Some("visitors may not speak")).map(Action::Send),
+                error_reply(
+                    msg,
+                    DefinedCondition::Forbidden,
+                    Some("visitors may not speak"),
+                )
+                .map(Action::Send),
             );
         }
         let subject = msg.get_child("subject", NS_CLIENT);
@@ -496,7 +502,7 @@ impl Room {
                 return out.extend(
                     error_reply(
                         msg,
-                        "not-acceptable",
+                        DefinedCondition::NotAcceptable,
                         Some(&format!("a subject has at most {MAX_SUBJECT_BYTES} bytes")),
                     )
                     .map(Action::Send),
@@ -506,7 +512,7 @@ impl Room {
                 return out.extend(
                     error_reply(
                         msg,
-                        "forbidden",
+                        DefinedCondition::Forbidden,
                         Some("only moderators may change the subject"),
                     )
                     .map(Action::Send),

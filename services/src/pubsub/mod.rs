@@ -31,6 +31,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::pubsub::PubSub as Request;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
@@ -118,7 +119,13 @@ fn app(condition: &str) -> Element {
     Element::bare(condition, NS_PUBSUB_ERRORS)
 }
 
-fn fail(st: &Element, condition: &str, text: &str, app_cond: Option<&str>, out: &mut Vec<Action>) {
+fn fail(
+    st: &Element,
+    condition: DefinedCondition,
+    text: &str,
+    app_cond: Option<&str>,
+    out: &mut Vec<Action>,
+) {
     out.extend(error_reply_with(st, condition, Some(text), app_cond.map(app)).map(Action::Send));
 }
 
@@ -438,14 +445,20 @@ impl PubSub {
         if st.name() == "iq" {
             return fail(
                 st,
-                "bad-request",
+                DefinedCondition::BadRequest,
                 "the request names no node",
                 Some("nodeid-required"),
                 out,
             );
         }
         if st.name() == "message" {
-            fail(st, "service-unavailable", "not a user", None, out);
+            fail(
+                st,
+                DefinedCondition::ServiceUnavailable,
+                "not a user",
+                None,
+                out,
+            );
         }
     }
 
@@ -489,7 +502,7 @@ impl PubSub {
             }
             fail(
                 st,
-                "resource-constraint",
+                DefinedCondition::ResourceConstraint,
                 "the node's state would exceed its storage limit (record_max_bytes)",
                 None,
                 out,
@@ -511,7 +524,13 @@ impl PubSub {
     fn dispatch(&mut self, service: &str, name: &str, st: &Element, out: &mut Vec<Action>) {
         if st.name() != "iq" || stanza::is_error_or_result(st) {
             if st.name() == "message" && st.attr("type") != Some("error") {
-                fail(st, "service-unavailable", "not a user", None, out);
+                fail(
+                    st,
+                    DefinedCondition::ServiceUnavailable,
+                    "not a user",
+                    None,
+                    out,
+                );
             }
             return;
         }
@@ -519,14 +538,14 @@ impl PubSub {
         if name.is_empty() || name.len() > MAX_NAME_BYTES {
             return fail(
                 st,
-                "not-acceptable",
+                DefinedCondition::NotAcceptable,
                 "invalid node name",
                 Some("nodeid-required"),
                 out,
             );
         }
         let Some(payload) = st.children().next().cloned() else {
-            return fail(st, "bad-request", "empty IQ", None, out);
+            return fail(st, DefinedCondition::BadRequest, "empty IQ", None, out);
         };
         let from = st.attr("from").unwrap_or_default().to_string();
         if payload.is("query", NS_DISCO_INFO) || payload.is("query", NS_DISCO_ITEMS) {
@@ -536,7 +555,13 @@ impl PubSub {
             return self.owner(&meta_name, st, &payload, &from, out);
         }
         if !payload.is("pubsub", NS_PUBSUB) {
-            return fail(st, "service-unavailable", "not a PubSub request", None, out);
+            return fail(
+                st,
+                DefinedCondition::ServiceUnavailable,
+                "not a PubSub request",
+                None,
+                out,
+            );
         }
         let set = st.attr("type") == Some("set");
         if let Some(u) = payload.get_child("unsubscribe", NS_PUBSUB).filter(|_| set) {
@@ -550,7 +575,7 @@ impl PubSub {
             Err(e) => {
                 return fail(
                     st,
-                    "bad-request",
+                    DefinedCondition::BadRequest,
                     &format!("malformed request: {e}"),
                     None,
                     out,

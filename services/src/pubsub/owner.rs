@@ -6,6 +6,7 @@ use super::{NS_PUBSUB_EVENT, NS_PUBSUB_OWNER, PubSub, fail, notify, pubsub_el, w
 use crate::Action;
 use crate::stanza::{bare, iq_result};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 impl PubSub {
     /// `pubsub#owner` requests: configure, default, delete, purge,
@@ -19,15 +20,33 @@ impl PubSub {
         out: &mut Vec<Action>,
     ) {
         let Some(op) = payload.children().next() else {
-            return fail(st, "bad-request", "empty owner request", None, out);
+            return fail(
+                st,
+                DefinedCondition::BadRequest,
+                "empty owner request",
+                None,
+                out,
+            );
         };
         let set = st.attr("type") == Some("set");
         let max_items = self.limits.max_items;
         let Some(n) = self.nodes.get_mut(meta_name) else {
-            return fail(st, "item-not-found", "no such node", None, out);
+            return fail(
+                st,
+                DefinedCondition::ItemNotFound,
+                "no such node",
+                None,
+                out,
+            );
         };
         if n.affiliation(from) != Affiliation::Owner {
-            return fail(st, "forbidden", "only owners may do this", None, out);
+            return fail(
+                st,
+                DefinedCondition::Forbidden,
+                "only owners may do this",
+                None,
+                out,
+            );
         }
         let name = n.name.clone();
         match (op.name(), set) {
@@ -43,8 +62,10 @@ impl PubSub {
                 let submitted = match crate::forms::submitted(op) {
                     Ok(Some(s)) if !s.cancel => s,
                     Ok(Some(_)) => return out.push(Action::Send(iq_result(st, None))),
-                    Ok(None) => return fail(st, "bad-request", "no form", None, out),
-                    Err(e) => return fail(st, "bad-request", &e, None, out),
+                    Ok(None) => {
+                        return fail(st, DefinedCondition::BadRequest, "no form", None, out);
+                    }
+                    Err(e) => return fail(st, DefinedCondition::BadRequest, &e, None, out),
                 };
                 match node::apply_form(&n.meta.config, &submitted.values, max_items) {
                     Ok(c) => {
@@ -58,7 +79,7 @@ impl PubSub {
                     }
                     Err(e) => fail(
                         st,
-                        "not-acceptable",
+                        DefinedCondition::NotAcceptable,
                         &e,
                         Some("unsupported-access-model"),
                         out,
@@ -112,7 +133,7 @@ impl PubSub {
                     let (Some(jid), Some(state)) = (s.attr("jid"), s.attr("subscription")) else {
                         return fail(
                             st,
-                            "bad-request",
+                            DefinedCondition::BadRequest,
                             "subscription needs jid and subscription",
                             None,
                             out,
@@ -121,7 +142,7 @@ impl PubSub {
                     if jid::Jid::new(jid).is_err() || !matches!(state, "subscribed" | "none") {
                         return fail(
                             st,
-                            "bad-request",
+                            DefinedCondition::BadRequest,
                             "invalid subscription",
                             Some("invalid-jid"),
                             out,
@@ -146,7 +167,13 @@ impl PubSub {
                     );
                     if let Err(e) = n.subscriptions.insert(jid, subid) {
                         n.subscriptions = before;
-                        return fail(st, "resource-constraint", &e.to_string(), None, out);
+                        return fail(
+                            st,
+                            DefinedCondition::ResourceConstraint,
+                            &e.to_string(),
+                            None,
+                            out,
+                        );
                     }
                 }
                 out.push(Action::Send(iq_result(st, None)));
@@ -174,14 +201,20 @@ impl PubSub {
                     ) else {
                         return fail(
                             st,
-                            "bad-request",
+                            DefinedCondition::BadRequest,
                             "affiliation needs jid and a known affiliation",
                             None,
                             out,
                         );
                     };
                     if jid::Jid::new(jid).is_err() {
-                        return fail(st, "bad-request", "invalid jid", Some("invalid-jid"), out);
+                        return fail(
+                            st,
+                            DefinedCondition::BadRequest,
+                            "invalid jid",
+                            Some("invalid-jid"),
+                            out,
+                        );
                     }
                     if aff == Affiliation::None {
                         after.remove(&bare(jid));
@@ -192,7 +225,7 @@ impl PubSub {
                 if !after.values().any(|a| *a == Affiliation::Owner) {
                     return fail(
                         st,
-                        "not-acceptable",
+                        DefinedCondition::NotAcceptable,
                         "the node would have no owner",
                         None,
                         out,
@@ -207,7 +240,7 @@ impl PubSub {
                 {
                     return fail(
                         st,
-                        "resource-constraint",
+                        DefinedCondition::ResourceConstraint,
                         "the node's state would exceed its storage limit (record_max_bytes)",
                         None,
                         out,
@@ -229,7 +262,7 @@ impl PubSub {
             }
             _ => fail(
                 st,
-                "feature-not-implemented",
+                DefinedCondition::FeatureNotImplemented,
                 "unsupported owner request",
                 None,
                 out,

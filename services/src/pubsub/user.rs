@@ -6,6 +6,7 @@ use super::node::{self, Affiliation, Node, NodeConfig, NodeMeta, StoredItem};
 use super::*;
 use crate::stanza::{bare, iq_result};
 use std::collections::VecDeque;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// Nodes waiting for the registry's answer at once.
 const MAX_PENDING_CREATES: usize = 1024;
@@ -31,12 +32,18 @@ impl PubSub {
         out: &mut Vec<Action>,
     ) {
         if self.pending.contains_key(meta_name) {
-            return fail(st, "conflict", "the node is being created", None, out);
+            return fail(
+                st,
+                DefinedCondition::Conflict,
+                "the node is being created",
+                None,
+                out,
+            );
         }
         if self.pending.len() >= MAX_PENDING_CREATES {
             return fail(
                 st,
-                "resource-constraint",
+                DefinedCondition::ResourceConstraint,
                 "too many nodes being created",
                 None,
                 out,
@@ -73,14 +80,14 @@ impl PubSub {
         if let Err(why) = answer {
             return fail(
                 st,
-                "policy-violation",
+                DefinedCondition::PolicyViolation,
                 &format!("cannot create the node: {why}"),
                 None,
                 out,
             );
         }
         if self.nodes.contains_key(&meta_name) {
-            return fail(st, "conflict", "the node exists", None, out);
+            return fail(st, DefinedCondition::Conflict, "the node exists", None, out);
         }
         let from = st.attr("from").unwrap_or_default();
         let mut affiliations = std::collections::BTreeMap::new();
@@ -123,7 +130,7 @@ impl PubSub {
             if let Some(p) = self.pending.remove(&n) {
                 fail(
                     &p.request,
-                    "remote-server-timeout",
+                    DefinedCondition::RemoteServerTimeout,
                     "the service's registry did not answer",
                     None,
                     out,
@@ -150,7 +157,7 @@ impl PubSub {
         match request {
             Request::Create { configure, .. } if set => {
                 if self.nodes.contains_key(&meta_name) {
-                    return fail(st, "conflict", "the node exists", None, out);
+                    return fail(st, DefinedCondition::Conflict, "the node exists", None, out);
                 }
                 let mut config = NodeConfig::new(self.limits.max_items);
                 if let Some(form) = configure.and_then(|c| c.form) {
@@ -164,7 +171,7 @@ impl PubSub {
                         Err(e) => {
                             return fail(
                                 st,
-                                "not-acceptable",
+                                DefinedCondition::NotAcceptable,
                                 &e,
                                 Some("unsupported-access-model"),
                                 out,
@@ -180,10 +187,22 @@ impl PubSub {
             }
             Request::Retract(retract) if set => {
                 let Some(n) = self.nodes.get_mut(&meta_name) else {
-                    return fail(st, "item-not-found", "no such node", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::ItemNotFound,
+                        "no such node",
+                        None,
+                        out,
+                    );
                 };
                 if !n.may_publish(&from) {
-                    return fail(st, "forbidden", "not a publisher", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::Forbidden,
+                        "not a publisher",
+                        None,
+                        out,
+                    );
                 }
                 let ids: Vec<String> = retract
                     .items
@@ -191,10 +210,22 @@ impl PubSub {
                     .filter_map(|i| i.id.as_ref().map(|id| id.0.clone()))
                     .collect();
                 if ids.is_empty() {
-                    return fail(st, "bad-request", "no item id", Some("item-required"), out);
+                    return fail(
+                        st,
+                        DefinedCondition::BadRequest,
+                        "no item id",
+                        Some("item-required"),
+                        out,
+                    );
                 }
                 if ids.iter().any(|id| !n.items.iter().any(|i| i.id == *id)) {
-                    return fail(st, "item-not-found", "no such item", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::ItemNotFound,
+                        "no such item",
+                        None,
+                        out,
+                    );
                 }
                 n.items.retain(|i| !ids.contains(&i.id));
                 self.dirty.items.insert(meta_name.clone());
@@ -209,28 +240,46 @@ impl PubSub {
             }
             Request::Subscribe { subscribe, .. } if set => {
                 let Some(sub) = subscribe else {
-                    return fail(st, "bad-request", "no subscribe element", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::BadRequest,
+                        "no subscribe element",
+                        None,
+                        out,
+                    );
                 };
                 let jid = sub.jid.to_string();
                 let Some(n) = self.nodes.get(&meta_name) else {
-                    return fail(st, "item-not-found", "no such node", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::ItemNotFound,
+                        "no such node",
+                        None,
+                        out,
+                    );
                 };
                 if bare(&jid) != bare(&from) {
                     return fail(
                         st,
-                        "bad-request",
+                        DefinedCondition::BadRequest,
                         "you may only subscribe yourself",
                         Some("invalid-jid"),
                         out,
                     );
                 }
                 if n.affiliation(&from) == Affiliation::Outcast {
-                    return fail(st, "forbidden", "you are banned from this node", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::Forbidden,
+                        "you are banned from this node",
+                        None,
+                        out,
+                    );
                 }
                 if !n.may_read(&from) {
                     return fail(
                         st,
-                        "not-allowed",
+                        DefinedCondition::NotAllowed,
                         "the node is whitelisted",
                         Some("closed-node"),
                         out,
@@ -243,7 +292,13 @@ impl PubSub {
                         if let Some(n) = self.nodes.get_mut(&meta_name)
                             && let Err(e) = n.subscriptions.insert(jid.clone(), s.clone())
                         {
-                            return fail(st, "resource-constraint", &e.to_string(), None, out);
+                            return fail(
+                                st,
+                                DefinedCondition::ResourceConstraint,
+                                &e.to_string(),
+                                None,
+                                out,
+                            );
                         }
                         s
                     }
@@ -262,12 +317,18 @@ impl PubSub {
             }
             Request::Items(req) if !set => {
                 let Some(n) = self.nodes.get(&meta_name) else {
-                    return fail(st, "item-not-found", "no such node", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::ItemNotFound,
+                        "no such node",
+                        None,
+                        out,
+                    );
                 };
                 if !n.may_read(&from) {
                     return fail(
                         st,
-                        "not-authorized",
+                        DefinedCondition::NotAuthorized,
                         "the node is whitelisted",
                         Some("not-in-roster-group"),
                         out,
@@ -299,7 +360,13 @@ impl PubSub {
             Request::Subscriptions(_) | Request::Affiliations(_) if !set => {
                 // The requester's own entries for this node.
                 let Some(n) = self.nodes.get(&meta_name) else {
-                    return fail(st, "item-not-found", "no such node", None, out);
+                    return fail(
+                        st,
+                        DefinedCondition::ItemNotFound,
+                        "no such node",
+                        None,
+                        out,
+                    );
                 };
                 let list = if matches!(request, Request::Subscriptions(_)) {
                     let mut l = Element::bare("subscriptions", NS_PUBSUB);
@@ -339,7 +406,7 @@ impl PubSub {
             }
             _ => fail(
                 st,
-                "feature-not-implemented",
+                DefinedCondition::FeatureNotImplemented,
                 "unsupported request",
                 None,
                 out,
@@ -356,14 +423,20 @@ impl PubSub {
         out: &mut Vec<Action>,
     ) {
         let Some(n) = self.nodes.get_mut(meta_name) else {
-            return fail(st, "item-not-found", "no such node", None, out);
+            return fail(
+                st,
+                DefinedCondition::ItemNotFound,
+                "no such node",
+                None,
+                out,
+            );
         };
         if jid::Jid::new(jid).is_err()
             || (bare(jid) != bare(from) && n.affiliation(from) != Affiliation::Owner)
         {
             return fail(
                 st,
-                "bad-request",
+                DefinedCondition::BadRequest,
                 "you may only unsubscribe yourself",
                 Some("invalid-jid"),
                 out,
@@ -372,7 +445,7 @@ impl PubSub {
         if n.subscriptions.remove(jid).is_none() {
             return fail(
                 st,
-                "unexpected-request",
+                DefinedCondition::UnexpectedRequest,
                 "not subscribed",
                 Some("not-subscribed"),
                 out,
@@ -392,16 +465,28 @@ impl PubSub {
         let limits = self.limits;
         let generated = self.fresh_id();
         let Some(n) = self.nodes.get_mut(meta_name) else {
-            return fail(st, "item-not-found", "no such node", None, out);
+            return fail(
+                st,
+                DefinedCondition::ItemNotFound,
+                "no such node",
+                None,
+                out,
+            );
         };
         if !n.may_publish(from) {
-            return fail(st, "forbidden", "not a publisher of this node", None, out);
+            return fail(
+                st,
+                DefinedCondition::Forbidden,
+                "not a publisher of this node",
+                None,
+                out,
+            );
         }
         let mut items = publish.items.into_iter();
         let (Some(item), None) = (items.next(), items.next()) else {
             return fail(
                 st,
-                "bad-request",
+                DefinedCondition::BadRequest,
                 "publish exactly one item",
                 Some("item-required"),
                 out,
@@ -410,7 +495,7 @@ impl PubSub {
         let Some(payload) = item.payload else {
             return fail(
                 st,
-                "bad-request",
+                DefinedCondition::BadRequest,
                 "the item has no payload",
                 Some("payload-required"),
                 out,
@@ -420,7 +505,7 @@ impl PubSub {
         if payload.len() > limits.max_item_bytes {
             return fail(
                 st,
-                "not-acceptable",
+                DefinedCondition::NotAcceptable,
                 &format!(
                     "the item is {} bytes; the limit is {}",
                     payload.len(),
@@ -432,7 +517,13 @@ impl PubSub {
         }
         let id = item.id.map(|i| i.0).unwrap_or(generated);
         if id.len() > MAX_NAME_BYTES {
-            return fail(st, "bad-request", "item id too long", None, out);
+            return fail(
+                st,
+                DefinedCondition::BadRequest,
+                "item id too long",
+                None,
+                out,
+            );
         }
         let stored = StoredItem {
             id: id.clone(),
@@ -468,10 +559,22 @@ impl PubSub {
 
     pub(super) fn disco(&self, meta_name: &str, st: &Element, q: &Element, out: &mut Vec<Action>) {
         let Some(n) = self.nodes.get(meta_name) else {
-            return fail(st, "item-not-found", "no such node", None, out);
+            return fail(
+                st,
+                DefinedCondition::ItemNotFound,
+                "no such node",
+                None,
+                out,
+            );
         };
         if st.attr("type") != Some("get") {
-            return fail(st, "bad-request", "disco is a get", None, out);
+            return fail(
+                st,
+                DefinedCondition::BadRequest,
+                "disco is a get",
+                None,
+                out,
+            );
         }
         let reply: Element = if q.is("query", NS_DISCO_INFO) {
             stanza::disco_info(

@@ -25,6 +25,7 @@ use std::collections::HashMap;
 use xmpp_addr::Served;
 use xmpp_parsers::disco::DiscoItemsResult;
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 const NS_PING: &str = "urn:xmpp:ping";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
@@ -241,7 +242,9 @@ impl Services {
         let t = match target(&st, &self.served) {
             Ok(t) => t,
             Err(e) => {
-                out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send));
+                out.extend(
+                    error_reply(&st, DefinedCondition::JidMalformed, Some(e)).map(Action::Send),
+                );
                 return None;
             }
         };
@@ -275,7 +278,7 @@ impl Services {
             out.extend(
                 error_reply(
                     &st,
-                    "resource-constraint",
+                    DefinedCondition::ResourceConstraint,
                     Some("too many requests waiting"),
                 )
                 .map(Action::Send),
@@ -372,7 +375,7 @@ impl Services {
                 out.extend(
                     error_reply(
                         &st,
-                        "internal-server-error",
+                        DefinedCondition::InternalServerError,
                         Some("stored state is unreadable"),
                     )
                     .map(Action::Send),
@@ -391,7 +394,9 @@ impl Services {
             Ok(t) => {
                 self.dispatch(now_unix, t, &st, out);
             }
-            Err(e) => out.extend(error_reply(&st, "jid-malformed", Some(e)).map(Action::Send)),
+            Err(e) => out.extend(
+                error_reply(&st, DefinedCondition::JidMalformed, Some(e)).map(Action::Send),
+            ),
         }
     }
 
@@ -636,7 +641,7 @@ fn unknown_user(stanza: &Element, out: &mut Vec<Action>) {
         // without a service are ignored, as servers do for unknown users.
         return;
     }
-    out.extend(error_reply(stanza, "service-unavailable", None).map(Action::Send));
+    out.extend(error_reply(stanza, DefinedCondition::ServiceUnavailable, None).map(Action::Send));
 }
 
 #[cfg(test)]

@@ -42,6 +42,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// SASL attempts allowed per stream before it is closed.
 const MAX_SASL_FAILURES: u32 = 3;
@@ -98,14 +99,14 @@ pub struct VerifyRequest {
 }
 
 /// The outcome of a dialback verification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     /// The authoritative server confirmed the key.
     Valid,
     /// It denied it.
     Invalid,
     /// No answer could be had; the stanza error condition to report.
-    Error(&'static str),
+    Error(DefinedCondition),
 }
 
 /// What the driver is asked to do, in order.
@@ -424,7 +425,7 @@ impl InboundStream {
             Verdict::Invalid => {
                 dialback::result_answer(receiving.as_str(), originating.as_str(), false)
             }
-            Verdict::Error(cond) => {
+            Verdict::Error(ref cond) => {
                 dialback::result_error(receiving.as_str(), originating.as_str(), cond)
             }
         };
@@ -533,7 +534,7 @@ impl InboundStream {
                     .push_back(InboundOutput::Write(dialback::result_error(
                         &d.to,
                         &d.from,
-                        "jid-malformed",
+                        &DefinedCondition::JidMalformed,
                     )));
                 return;
             }
@@ -545,7 +546,7 @@ impl InboundStream {
                 .push_back(InboundOutput::Write(dialback::result_error(
                     receiving.as_str(),
                     originating.as_str(),
-                    "item-not-found",
+                    &DefinedCondition::ItemNotFound,
                 )));
             return;
         }
@@ -583,7 +584,7 @@ impl InboundStream {
                 .push_back(InboundOutput::Write(dialback::result_error(
                     receiving.as_str(),
                     originating.as_str(),
-                    "resource-constraint",
+                    &DefinedCondition::ResourceConstraint,
                 )));
             return;
         }

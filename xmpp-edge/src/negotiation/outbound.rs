@@ -29,6 +29,7 @@ use rustls::pki_types::CertificateDer;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// What every outbound stream of an edge shares.
 #[derive(Clone, Debug)]
@@ -67,10 +68,10 @@ impl std::fmt::Display for Failure {
 
 impl Failure {
     /// The stanza error condition for stanzas that cannot be delivered.
-    pub fn condition(&self) -> &'static str {
+    pub fn condition(&self) -> DefinedCondition {
         match self {
-            Failure::NotFound(_) => "remote-server-not-found",
-            Failure::Refused(_) => "remote-server-timeout",
+            Failure::NotFound(_) => DefinedCondition::RemoteServerNotFound,
+            Failure::Refused(_) => DefinedCondition::RemoteServerTimeout,
         }
     }
 }

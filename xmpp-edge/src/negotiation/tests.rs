@@ -17,6 +17,7 @@ use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 const SECRET: &[u8] = b"the ring's dialback secret";
 
@@ -619,7 +620,7 @@ fn verification_errors_are_reported_to_the_peer() {
     m.handle_verified(
         &d("a.test"),
         &d("ring.test"),
-        Verdict::Error("remote-server-not-found"),
+        Verdict::Error(DefinedCondition::RemoteServerNotFound),
     );
     let outs = drain_in(&mut m);
     let w = written_in(&outs);

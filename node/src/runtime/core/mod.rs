@@ -21,7 +21,7 @@ use crate::metrics;
 use bytes::Bytes;
 use dht::node::Event;
 use dht::wire::{Frame, Message};
-use dht::{Contact, Key, NodeId, RingNode};
+use dht::{Contact, EnvelopeKind, Key, NodeId, RingNode};
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -91,6 +91,8 @@ pub(crate) struct Core {
     /// every clone is gone.
     writers_running: Option<mpsc::Sender<()>>,
     writers_done: mpsc::Receiver<()>,
+    /// Where stanzas go.
+    path: crate::xmpp::path::StanzaPath,
     /// The rooms and PubSub nodes this node hosts.
     host: crate::xmpp::host::ServiceHost,
     fanout: services::FanoutCounters,
@@ -118,6 +120,7 @@ impl Core {
         let base = records.store().counter_base();
         let host = services::new_host(&settings, me.id.to_hex(), seed, base, now);
         let (writers_running, writers_done) = mpsc::channel(1);
+        let path = stanzas::new_path(&settings, me.id, edge.is_some());
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
             node,
@@ -145,6 +148,7 @@ impl Core {
             record_clients: Default::default(),
             writers_running: Some(writers_running),
             writers_done,
+            path,
             host,
             fanout: Default::default(),
         };
@@ -308,7 +312,7 @@ impl Core {
                 tracing::debug!(%peer, "writer down");
             }
             Input::Net(ev) => self.on_net(now, ev),
-            Input::Edge(ev) => self.on_edge_event(now, ev),
+            Input::Edge(ev) => self.on_edge_event(ev),
         }
     }
 
@@ -394,7 +398,7 @@ impl Core {
                         reply.send(Err("from must be a JID of one of the ring's domains".into()));
                     return;
                 }
-                self.send_stanza(now, stanza);
+                self.send_stanza(stanza);
                 let _ = reply.send(Ok(()));
             }
         }
@@ -407,6 +411,7 @@ impl Core {
                 self.on_event(now, ev);
             }
             let records_asked = self.drain_records(now);
+            let path_moved = self.drain_path(now);
             // The services' outputs of the turn, after their state is
             // stored (see `end_service_turn`).
             let services_sent = self.end_service_turn(now);
@@ -432,7 +437,7 @@ impl Core {
                 }
             }
             // Events may have produced transmits and transmits events.
-            if !any && !services_sent && !records_asked {
+            if !any && !services_sent && !records_asked && !path_moved {
                 break;
             }
         }
@@ -488,7 +493,10 @@ impl Core {
 
     fn on_event(&mut self, now: Instant, ev: Event<PeerAddr>) {
         match ev {
-            Event::Delivered(env) => self.on_delivered(now, env),
+            Event::Delivered(env) if env.kind == EnvelopeKind::Record => {
+                self.on_record_envelope(now, &env)
+            }
+            Event::Delivered(env) => self.on_delivered_stanza(&env),
             Event::Receipt { id } => {
                 if let Some(l) = self.load.as_mut() {
                     l.on_delivered(id, None);
@@ -517,8 +525,13 @@ impl Core {
                     .load
                     .as_mut()
                     .is_some_and(|l| l.on_bounced(envelope.id, reason));
-                if !from_load {
-                    self.on_bounced(now, reason, envelope);
+                if from_load {
+                    return;
+                }
+                if envelope.kind == EnvelopeKind::Record {
+                    self.on_record_bounced(reason, &envelope);
+                } else {
+                    self.on_bounced_stanza(reason, &envelope);
                 }
             }
             Event::Joined { contacts } => {
@@ -568,7 +581,7 @@ impl Core {
                 .edge
                 .as_ref()
                 .map(|e| edge_report(e.local_addr(), e.stats())),
-            edges_known: self.known_edges(None).len(),
+            edges_known: self.known_edges().len(),
             records: self.records_report(),
             services: self.services_report(),
         }

@@ -6,12 +6,9 @@
 
 use super::Core;
 use crate::api::ServicesReport;
-use crate::xmpp::fanout::{self, FanoutMsg, MAX_RECIPIENTS_PER_ENVELOPE};
+use crate::xmpp::Action;
 use crate::xmpp::host::ServiceHost;
 use crate::xmpp::services::Services;
-use crate::xmpp::{Action, SERVICE_EDGE_FANOUT, SERVICE_EDGE_OUT_RETRY, edges, stanza};
-use bytes::Bytes;
-use dht::{Envelope, EnvelopeKind};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use xmpp_parsers::minidom::Element;
 
@@ -24,8 +21,8 @@ fn unix_now() -> u64 {
 /// The fan-out counters (the host counts the rest).
 #[derive(Default)]
 pub(crate) struct FanoutCounters {
-    envelopes: u64,
-    stanzas: u64,
+    pub(super) envelopes: u64,
+    pub(super) stanzas: u64,
 }
 
 pub(crate) fn new_host(
@@ -93,77 +90,12 @@ impl Core {
         while let Some(a) = self.host.poll_action() {
             any = true;
             match a {
-                Action::Send(st) => self.send_stanza(now, st),
-                Action::Reroute(st) => self.route_stanza(now, st),
-                Action::Broadcast { stanza, to } => self.broadcast(now, stanza, to),
+                Action::Send(st) => self.send_stanza(st),
+                Action::Reroute(st) => self.route_stanza(st),
+                Action::Broadcast { stanza, to } => self.broadcast(stanza, to),
             }
         }
         any
-    }
-
-    /// One stanza to many JIDs: per remote domain one fan-out envelope
-    /// (per batch) to that domain's edge; ring JIDs one by one.
-    fn broadcast(&mut self, now: Instant, template: Element, to: Vec<String>) {
-        let text = crate::xmpp::stanza::to_string(&template);
-        for (domain, jids) in fanout::by_domain(to) {
-            if self.settings.served.contains(&domain) {
-                for j in jids {
-                    let mut st = template.clone();
-                    stanza::set(&mut st, "to", &j);
-                    self.route_stanza(now, st);
-                }
-                continue;
-            }
-            let Some(edge_id) = edges::pick(&self.known_edges(None), domain.as_str()) else {
-                tracing::warn!(%domain, n = jids.len(), "no edge to fan a broadcast out to");
-                continue;
-            };
-            if edge_id == self.node.id() && self.edge.is_some() {
-                for j in jids {
-                    let mut st = template.clone();
-                    stanza::set(&mut st, "to", &j);
-                    self.send_via_own_edge(now, st);
-                }
-                continue;
-            }
-            for chunk in jids.chunks(MAX_RECIPIENTS_PER_ENVELOPE) {
-                let msg = FanoutMsg {
-                    stanza: text.clone(),
-                    to: chunk.to_vec(),
-                };
-                match self.node.route(
-                    now,
-                    edge_id,
-                    EnvelopeKind::Service(SERVICE_EDGE_FANOUT),
-                    Bytes::from(msg.encode()),
-                    false,
-                ) {
-                    Ok(_) => {
-                        self.fanout.envelopes += 1;
-                        self.fanout.stanzas += chunk.len() as u64;
-                    }
-                    Err(e) => tracing::warn!(%domain, "cannot fan a broadcast out: {e}"),
-                }
-            }
-        }
-    }
-
-    /// A fan-out envelope delivered here: written out by this edge, or, if
-    /// the edge it was for has left, sent on one by one through another.
-    pub(super) fn on_fanout(&mut self, now: Instant, env: &Envelope) {
-        let Some(stanzas) = FanoutMsg::decode(&env.payload).and_then(|m| m.expand()) else {
-            tracing::warn!("undecodable fan-out envelope");
-            return;
-        };
-        if env.key == self.node.id() && self.edge.is_some() {
-            for st in stanzas {
-                self.send_via_own_edge(now, st);
-            }
-            return;
-        }
-        for st in stanzas {
-            self.forward_out(now, st, SERVICE_EDGE_OUT_RETRY, Some(env.key));
-        }
     }
 
     pub(super) fn services_report(&self) -> ServicesReport {

@@ -15,6 +15,48 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a node process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster's files (temporary directory, logs).
+    #[error("{what}: {why}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The system's complaint.
+        why: std::io::Error,
+    },
+    /// The ring key.
+    #[error(transparent)]
+    Key(#[from] node::error::NodeError),
+    /// `start` of a node that runs.
+    #[error("node {0} is running")]
+    Running(usize),
+    /// The process exited before it was ready.
+    #[error("node in {dir} exited with {status}:\n{log}")]
+    Exited {
+        /// Its data directory.
+        dir: PathBuf,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// Its log.
+        log: String,
+    },
+    /// It did not say it was ready in time.
+    #[error("node in {dir} not ready after {timeout:?}")]
+    NotReady {
+        /// Its data directory.
+        dir: PathBuf,
+        /// How long it was given.
+        timeout: Duration,
+    },
+}
+
+fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ClusterError {
+    let what = what.to_string();
+    move |why| ClusterError::Io { what, why }
+}
+
 /// One node process.
 pub struct NodeProcess {
     /// The process (None once stopped).
@@ -40,11 +82,11 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Cluster {
     /// A new cluster of `exe node` processes with a fresh ring key.
-    pub fn new(exe: &Path) -> Result<Cluster, String> {
+    pub fn new(exe: &Path) -> Result<Cluster, ClusterError> {
         let dir = tempfile::Builder::new()
             .prefix("xmpp-ring-")
             .tempdir()
-            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+            .map_err(io("cannot create a temporary directory"))?;
         node::psk::generate_file(&dir.path().join("ring.psk"))?;
         Ok(Cluster {
             dir,
@@ -81,7 +123,7 @@ impl Cluster {
     /// Starts a node with its own data directory and `args` (anything but
     /// the ring key, data directory, listen and admin addresses, which are
     /// filled in) and waits until it is ready. Returns its index.
-    pub fn spawn(&mut self, args: &[String]) -> Result<usize, String> {
+    pub fn spawn(&mut self, args: &[String]) -> Result<usize, ClusterError> {
         let i = self.add(args)?;
         self.start(i)?;
         Ok(i)
@@ -89,10 +131,10 @@ impl Cluster {
 
     /// Prepares node `i`'s data directory without starting it (so a caller
     /// can put a chosen identity there first); start it with [`Self::start`].
-    pub fn add(&mut self, args: &[String]) -> Result<usize, String> {
+    pub fn add(&mut self, args: &[String]) -> Result<usize, ClusterError> {
         let i = self.nodes.len();
         let dir = self.dir.path().join(format!("node{i}"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
         self.nodes.push(NodeProcess {
             child: None,
             dir,
@@ -103,19 +145,19 @@ impl Cluster {
     }
 
     /// Starts node `i` again from its data directory (same identity).
-    pub fn start(&mut self, i: usize) -> Result<(), String> {
+    pub fn start(&mut self, i: usize) -> Result<(), ClusterError> {
         let psk = self.psk();
         let n = &mut self.nodes[i];
         if n.child.is_some() {
-            return Err(format!("node {i} is running"));
+            return Err(ClusterError::Running(i));
         }
         let _ = std::fs::remove_file(n.dir.join(READY_FILE));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(n.dir.join("node.log"))
-            .map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+            .map_err(io("cannot open the node's log"))?;
+        let log2 = log.try_clone().map_err(io("cannot open the node's log"))?;
         let mut cmd = Command::new(&self.exe);
         cmd.arg("node")
             .arg("--psk-file")
@@ -129,7 +171,7 @@ impl Cluster {
             .stderr(Stdio::from(log2));
         let mut child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+            .map_err(io(format!("cannot start {}", self.exe.display())))?;
         match wait_ready(&n.dir, &mut child, START_TIMEOUT) {
             Ok(r) => {
                 n.ready = r;
@@ -217,7 +259,7 @@ fn placeholder() -> Ready {
 }
 
 /// Waits for `dir/ready.json` written by `child`.
-pub fn wait_ready(dir: &Path, child: &mut Child, timeout: Duration) -> Result<Ready, String> {
+pub fn wait_ready(dir: &Path, child: &mut Child, timeout: Duration) -> Result<Ready, ClusterError> {
     let end = Instant::now() + timeout;
     let path = dir.join(READY_FILE);
     loop {
@@ -229,17 +271,17 @@ pub fn wait_ready(dir: &Path, child: &mut Child, timeout: Duration) -> Result<Re
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
-            return Err(format!(
-                "node in {} exited with {status}:\n{}",
-                dir.display(),
-                log.trim_end()
-            ));
+            return Err(ClusterError::Exited {
+                dir: dir.to_path_buf(),
+                status,
+                log: log.trim_end().to_string(),
+            });
         }
         if Instant::now() > end {
-            return Err(format!(
-                "node in {} not ready after {timeout:?}",
-                dir.display()
-            ));
+            return Err(ClusterError::NotReady {
+                dir: dir.to_path_buf(),
+                timeout,
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }

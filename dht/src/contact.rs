@@ -43,16 +43,19 @@ impl fmt::Display for Role {
     }
 }
 
+/// A role name that is none of the three.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown role {0:?} (expected application, router or edge)")]
+pub struct UnknownRole(pub String);
+
 impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownRole;
+    fn from_str(s: &str) -> Result<Self, UnknownRole> {
         match s {
             "application" => Ok(Role::Application),
             "router" => Ok(Role::Router),
             "edge" => Ok(Role::Edge),
-            other => Err(format!(
-                "unknown role {other:?} (expected application, router or edge)"
-            )),
+            other => Err(UnknownRole(other.to_string())),
         }
     }
 }

@@ -27,7 +27,7 @@ pub mod route;
 pub mod table;
 pub mod wire;
 
-pub use contact::{Contact, Role};
+pub use contact::{Contact, Role, UnknownRole};
 pub use envelope::{BounceReason, Envelope, EnvelopeKind, TraceHop};
 pub use id::{Distance, Key, NodeId};
 pub use node::{Event, NodeConfig, RingNode, RouteError, Stats, Transmit};

@@ -110,7 +110,7 @@ async fn trace(State(s): State<AppState>, Query(q): Query<TraceQuery>) -> Respon
 /// `POST /load?count=N&...`: a load run (tests and benchmarks).
 async fn load(State(s): State<AppState>, Query(spec): Query<LoadSpec>) -> Response {
     if let Err(e) = spec.validate() {
-        return error(StatusCode::BAD_REQUEST, e);
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     match ask::<Result<LoadReport, String>>(&s.inbox, |reply| Command::Load { spec, reply }).await {
         Ok(Ok(r)) => Json(r).into_response(),

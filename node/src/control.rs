@@ -40,6 +40,16 @@ pub const MAX_WINDOW: usize = 65_536;
 /// Largest payload.
 pub const MAX_SIZE: usize = 256 * 1024;
 
+/// A load request with a field out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} must be {expected}")]
+pub struct BadLoadSpec {
+    /// The field.
+    pub field: &'static str,
+    /// Its range.
+    pub expected: String,
+}
+
 /// What to send.
 #[derive(Clone, Debug, Deserialize)]
 pub struct LoadSpec {
@@ -76,27 +86,28 @@ fn default_flows() -> usize {
 }
 
 impl LoadSpec {
-    /// Checks the request.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the request: the first field out of its range.
+    pub fn validate(&self) -> Result<(), BadLoadSpec> {
+        let bad = |field, expected: String| Err(BadLoadSpec { field, expected });
         if self.count == 0 || self.count > MAX_COUNT {
-            return Err(format!("count must be 1..={MAX_COUNT}"));
+            return bad("count", format!("1..={MAX_COUNT}"));
         }
         if self.window == 0 || self.window > MAX_WINDOW {
-            return Err(format!("window must be 1..={MAX_WINDOW}"));
+            return bad("window", format!("1..={MAX_WINDOW}"));
         }
         if self.size > MAX_SIZE {
-            return Err(format!("size must be at most {MAX_SIZE}"));
+            return bad("size", format!("at most {MAX_SIZE}"));
         }
         if !matches!(self.kind.as_str(), "stanza" | "probe") {
-            return Err("kind must be stanza or probe".into());
+            return bad("kind", "stanza or probe".into());
         }
         if self.flows == 0 || self.flows > 10_000 {
-            return Err("flows must be 1..=10000".into());
+            return bad("flows", "1..=10000".into());
         }
         if let Some(k) = &self.key
             && Key::from_hex(k).is_none()
         {
-            return Err("key must be 64 hex digits".into());
+            return bad("key", "64 hex digits".into());
         }
         Ok(())
     }

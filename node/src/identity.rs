@@ -2,6 +2,7 @@
 //! survives restarts (its place in the ring, and so the keys it is
 //! responsible for, depend on it).
 
+use crate::error::NodeError;
 use libp2p::identity::Keypair;
 use std::io::Write;
 use std::path::Path;
@@ -11,32 +12,31 @@ pub const KEY_FILE: &str = "node.key";
 
 /// Loads the key from `data_dir`, creating the directory and a new key on
 /// first start. The key file is written with mode 0600.
-pub fn load_or_create(data_dir: &Path) -> Result<Keypair, String> {
+pub fn load_or_create(data_dir: &Path) -> Result<Keypair, NodeError> {
     let path = data_dir.join(KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| format!("{} is not a valid node key: {e}", path.display())),
+            .map_err(|e| NodeError::invalid(&path, format!("not a valid node key: {e}"))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+            std::fs::create_dir_all(data_dir).map_err(|e| NodeError::write(data_dir, e))?;
             let kp = Keypair::generate_ed25519();
             write_key(&path, &kp)?;
             Ok(kp)
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        Err(e) => Err(NodeError::read(&path, e)),
     }
 }
 
 /// Writes `kp` to `path` (mode 0600, created exclusively).
-pub fn write_key(path: &Path, kp: &Keypair) -> Result<(), String> {
+pub fn write_key(path: &Path, kp: &Keypair) -> Result<(), NodeError> {
     let bytes = kp
         .to_protobuf_encoding()
-        .map_err(|e| format!("cannot encode node key: {e}"))?;
+        .map_err(|e| NodeError::invalid(path, format!("cannot encode the node key: {e}")))?;
     write_private(path, &bytes)
 }
 
 /// Writes a secret file readable by its owner only.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -44,25 +44,22 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut f = opts.open(path).map_err(|e| NodeError::write(path, e))?;
     f.write_all(bytes)
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| NodeError::write(path, e))
 }
 
 /// The admin bearer token kept at `path`, created (32 random bytes, hex,
 /// mode 0600) on first use.
-pub fn load_or_create_token(path: &Path) -> Result<String, String> {
+pub fn load_or_create_token(path: &Path) -> Result<String, NodeError> {
     if path.is_file() {
-        let t = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let t = std::fs::read_to_string(path).map_err(|e| NodeError::read(path, e))?;
         let t = t.trim().to_string();
         if t.len() < 32 {
-            return Err(format!(
-                "{}: an admin token needs at least 32 characters",
-                path.display()
+            return Err(NodeError::invalid(
+                path,
+                "an admin token needs at least 32 characters",
             ));
         }
         return Ok(t);
@@ -117,6 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(KEY_FILE), b"not a key").unwrap();
         let e = load_or_create(dir.path()).unwrap_err();
-        assert!(e.contains("not a valid node key"), "{e}");
+        assert!(matches!(e, NodeError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("not a valid node key"), "{e}");
     }
 }

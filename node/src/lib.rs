@@ -14,6 +14,7 @@ mod admin;
 pub mod api;
 pub mod config;
 mod control;
+pub mod error;
 pub mod identity;
 pub mod metrics;
 pub mod psk;

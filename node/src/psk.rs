@@ -5,18 +5,18 @@
 //! Files use the libp2p/IPFS swarm key format:
 //! `/key/swarm/psk/1.0.0/`, `/base16/`, then 64 hex digits.
 
+use crate::error::NodeError;
 use libp2p::pnet::PreSharedKey;
 use rand::RngExt;
 use std::path::Path;
 
 /// Reads and parses a key file.
-pub fn read(path: &Path) -> Result<PreSharedKey, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+pub fn read(path: &Path) -> Result<PreSharedKey, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| NodeError::read(path, e))?;
     text.parse::<PreSharedKey>().map_err(|e| {
-        format!(
-            "{} is not a swarm key file ({e}); create one with `xmpp-ring psk generate`",
-            path.display()
+        NodeError::invalid(
+            path,
+            format!("not a swarm key file ({e}); create one with `xmpp-ring psk generate`"),
         )
     })
 }
@@ -29,7 +29,7 @@ pub fn generate() -> PreSharedKey {
 }
 
 /// Writes a fresh key to `path` (mode 0600; refuses to overwrite).
-pub fn generate_file(path: &Path) -> Result<PreSharedKey, String> {
+pub fn generate_file(path: &Path) -> Result<PreSharedKey, NodeError> {
     let key = generate();
     crate::identity::write_private(path, key.to_key_file().as_bytes())?;
     Ok(key)
@@ -57,11 +57,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.psk");
         std::fs::write(&p, "/key/swarm/psk/1.0.0/\n/base16/\nxyz\n").unwrap();
-        assert!(read(&p).unwrap_err().contains("not a swarm key file"));
-        assert!(
-            read(&dir.path().join("missing"))
-                .unwrap_err()
-                .contains("cannot read")
-        );
+        let e = read(&p).unwrap_err();
+        assert!(matches!(e, NodeError::Invalid { .. }), "{e}");
+        assert!(e.to_string().contains("not a swarm key file"), "{e}");
+        let e = read(&dir.path().join("missing")).unwrap_err();
+        assert!(matches!(e, NodeError::Read { .. }), "{e}");
     }
 }

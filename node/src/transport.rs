@@ -70,7 +70,7 @@ pub fn build_swarm(
     keypair: Keypair,
     psk: PreSharedKey,
     agent: String,
-) -> Result<Swarm<Behaviour>, String> {
+) -> Result<Swarm<Behaviour>, crate::error::NodeError> {
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_other_transport(
@@ -88,7 +88,7 @@ pub fn build_swarm(
                 )
             },
         )
-        .map_err(|e| format!("cannot build the transport: {e}"))?
+        .map_err(|e| crate::error::NodeError::Transport(e.to_string()))?
         .with_behaviour(|key| {
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
@@ -106,7 +106,7 @@ pub fn build_swarm(
                 ),
             }
         })
-        .map_err(|e| format!("cannot build the behaviour: {e}"))?
+        .map_err(|e| crate::error::NodeError::Transport(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     Ok(swarm)

@@ -26,7 +26,7 @@ mod replicator;
 mod ring;
 mod store;
 
-pub use replicator::{Answer, Config, Counters, LocalWrite, Output, Replicator};
+pub use replicator::{Answer, Config, Counters, LocalWrite, Output, Replicator, RequestError};
 pub use ring::Ring;
 pub use store::{Backend, MemBackend, Store, StoreError, StoreLimits};
 

@@ -72,13 +72,34 @@ impl Default for Config {
     }
 }
 
+/// Why a client's request has no outcome from a coordinator.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Clients may read service records, not write them.
+    #[error("records of rooms and PubSub nodes are written by their service only")]
+    ServiceRecord,
+    /// The request breaks this node's store limits (checked before
+    /// sending).
+    #[error(transparent)]
+    Limits(#[from] StoreError),
+    /// [`Config::max_pending`] requests are in flight.
+    #[error("too many record requests in flight")]
+    Busy,
+    /// The ring could not deliver it (the dht's RFC 6120 condition).
+    #[error("the request could not be delivered ({0})")]
+    Undelivered(String),
+    /// No coordinator answered in time, after every retry.
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+}
+
 /// The end of a client's request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
     /// What was asked.
     pub op: RecordOp,
     /// The coordinator's outcome, or why there is none.
-    pub outcome: Result<RecordOutcome, String>,
+    pub outcome: Result<RecordOutcome, RequestError>,
     /// Hops the request took to the coordinator.
     pub hops: Option<u8>,
     /// Requests sent (retries included).
@@ -344,20 +365,20 @@ impl<B: Backend> Replicator<B> {
     /// (`Err`) when it breaks a per-record limit or too much is in flight.
     pub fn request(&mut self, now: Instant, op: RecordOp, client: u64) -> Result<(), Answer> {
         self.counters.requests += 1;
-        let refuse = |op: RecordOp, why: String| Answer {
+        let refuse = |op: RecordOp, why: RequestError| Answer {
             op,
             outcome: Err(why),
             hops: None,
             attempts: 0,
         };
-        if let Some(why) = client_may_not(&op) {
-            return Err(refuse(op, why.into()));
+        if client_may_not(&op).is_some() {
+            return Err(refuse(op, RequestError::ServiceRecord));
         }
         if let Err(e) = check_limits(&self.store, &op) {
-            return Err(refuse(op, e.to_string()));
+            return Err(refuse(op, e.into()));
         }
         if self.pending.len() >= self.cfg.max_pending {
-            return Err(refuse(op, "too many record requests in flight".into()));
+            return Err(refuse(op, RequestError::Busy));
         }
         let req = self.next_req;
         self.next_req += 1;
@@ -512,7 +533,7 @@ impl<B: Backend> Replicator<B> {
                 client: p.client,
                 answer: Answer {
                     op: p.op,
-                    outcome: Err(format!("the request could not be delivered ({why})")),
+                    outcome: Err(RequestError::Undelivered(why.to_string())),
                     hops: None,
                     attempts: p.attempts,
                 },
@@ -563,10 +584,7 @@ impl<B: Backend> Replicator<B> {
                     client: p.client,
                     answer: Answer {
                         op: p.op,
-                        outcome: Err(format!(
-                            "no answer within {} s",
-                            self.cfg.request_timeout.as_secs()
-                        )),
+                        outcome: Err(RequestError::Timeout(self.cfg.request_timeout.as_secs())),
                         hops: None,
                         attempts: p.attempts,
                     },

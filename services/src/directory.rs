@@ -27,6 +27,7 @@
 //! the next node in line holds them when that node dies.
 
 use super::stanza;
+use crate::error::{Refused, StateError};
 use crate::stanza::NS_CLIENT;
 use ring_records::DIRECTORY_PREFIX;
 use serde::{Deserialize, Serialize};
@@ -102,12 +103,16 @@ pub fn release(service: &str, item: &str) -> Element {
 
 /// The registry's answer to a reservation, addressed to `to` (the room's
 /// JID, or the service for a PubSub node: `item` then routes it).
-pub fn reserved(service: &str, to: &str, item: &str, answer: &Result<(), String>) -> Element {
+pub fn reserved(service: &str, to: &str, item: &str, answer: &Result<(), Refused>) -> Element {
     let r = match answer {
         Ok(()) => el("reserved", &[("item", item), ("granted", "true")]),
         Err(why) => el(
             "reserved",
-            &[("item", item), ("granted", "false"), ("reason", why)],
+            &[
+                ("item", item),
+                ("granted", "false"),
+                ("reason", &why.to_string()),
+            ],
         ),
     };
     internal(service, to, r)
@@ -162,7 +167,7 @@ pub fn parse(st: &Element) -> Option<DirMsg> {
 
 /// The registry's answer in `st` for an item of `service`: (item, granted
 /// or the reason of the refusal). Only from the service JID itself.
-pub fn parse_reserved(st: &Element, service: &str) -> Option<(String, Result<(), String>)> {
+pub fn parse_reserved(st: &Element, service: &str) -> Option<(String, Result<(), Refused>)> {
     if st.name() != "message" || st.attr("from") != Some(service) {
         return None;
     }
@@ -171,7 +176,9 @@ pub fn parse_reserved(st: &Element, service: &str) -> Option<(String, Result<(),
     let answer = if r.attr("granted") == Some("true") {
         Ok(())
     } else {
-        Err(r.attr("reason").unwrap_or("refused").to_string())
+        Err(Refused::Remote(
+            r.attr("reason").unwrap_or("refused").to_string(),
+        ))
     };
     Some((item, answer))
 }
@@ -190,7 +197,7 @@ pub fn refuse_reserved(m: &Element, why: &str) -> Option<Element> {
         m.attr("from")?,
         m.attr("to")?,
         item,
-        &Err(why.to_string()),
+        &Err(Refused::Remote(why.to_string())),
     ))
 }
 
@@ -289,7 +296,7 @@ impl Directories {
 
     /// Puts a stored registry in memory: `values` holds each shard's record
     /// (`None`: empty), in shard order.
-    pub fn install(&mut self, service: &str, values: &[Option<&[u8]>]) -> Result<(), String> {
+    pub fn install(&mut self, service: &str, values: &[Option<&[u8]>]) -> Result<(), StateError> {
         if self.registries.contains_key(service) {
             return Ok(());
         }
@@ -297,7 +304,7 @@ impl Directories {
         for n in 0..SHARDS {
             let shard = match values.get(n).copied().flatten() {
                 Some(v) => serde_json::from_slice(v).map_err(|e| {
-                    format!("stored registry of {service} (shard {n}) is unreadable: {e}")
+                    StateError::unreadable(&format!("the registry of {service} (shard {n})"), e)
                 })?,
                 None => BTreeMap::new(),
             };
@@ -335,11 +342,11 @@ impl Directories {
         kind: Kind,
         item: &str,
         owner: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
         let q = self.quotas(kind);
         let n = shard_of(item);
         let Some(r) = self.registries.get(service) else {
-            return Err("the registry is not available".into());
+            return Err(Refused::Unavailable);
         };
         if r.shards[n].contains_key(item) {
             // Known already (a room emptied and created again, or a retry).
@@ -347,20 +354,25 @@ impl Directories {
         }
         let owned = r.per_owner.get(owner).copied().unwrap_or(0);
         if owned >= q.per_owner {
-            return Err(format!(
-                "{owner} owns {owned} of the {} allowed on {service}",
-                q.per_owner
-            ));
+            return Err(Refused::OwnerQuota {
+                owner: owner.to_string(),
+                owned,
+                allowed: q.per_owner,
+                service: service.to_string(),
+            });
         }
         if r.total >= q.total {
-            return Err(format!("{service} holds its maximum of {}", q.total));
+            return Err(Refused::ServiceFull {
+                service: service.to_string(),
+                total: q.total,
+            });
         }
         let entry = Entry {
             owner: owner.to_string(),
             listed: None,
         };
         if !self.fits(service, n, item, Some(&entry)) {
-            return Err(format!("{service}'s registry is full (record_max_bytes)"));
+            return Err(Refused::RecordFull(service.to_string()));
         }
         if let Some(r) = self.registries.get_mut(service) {
             r.shards[n].insert(item.to_string(), entry);
@@ -545,10 +557,10 @@ mod tests {
             parse_reserved(&ok, s),
             Some(("r@conference.ring.test".into(), Ok(())))
         );
-        let no = reserved(s, "r@x", "r@x", &Err("quota".into()));
+        let no = reserved(s, "r@x", "r@x", &Err(Refused::Remote("quota".into())));
         assert_eq!(
             parse_reserved(&no, s),
-            Some(("r@x".into(), Err("quota".into())))
+            Some(("r@x".into(), Err(Refused::Remote("quota".into()))))
         );
         assert_eq!(
             parse_reserved(&no, "pubsub.ring.test"),
@@ -565,12 +577,19 @@ mod tests {
         assert!(d.reserve(s, Kind::Room, "a@x", "alice@a.test").is_ok());
         assert!(d.reserve(s, Kind::Room, "b@x", "alice@a.test").is_ok());
         let e = d.reserve(s, Kind::Room, "c@x", "alice@a.test").unwrap_err();
-        assert!(e.contains("alice@a.test owns 2"), "{e}");
+        assert!(matches!(e, Refused::OwnerQuota { owned: 2, .. }), "{e}");
+        assert!(e.to_string().contains("alice@a.test owns 2"), "{e}");
         // A retry of a known item is granted again.
         assert!(d.reserve(s, Kind::Room, "a@x", "alice@a.test").is_ok());
         assert!(d.reserve(s, Kind::Room, "c@x", "bob@b.test").is_ok());
         let e = d.reserve(s, Kind::Room, "d@x", "carol@c.test").unwrap_err();
-        assert!(e.contains("maximum of 3"), "{e}");
+        assert_eq!(
+            e,
+            Refused::ServiceFull {
+                service: s.into(),
+                total: 3
+            }
+        );
         d.release(s, "a@x");
         assert!(d.reserve(s, Kind::Room, "c2@x", "alice@a.test").is_ok());
         assert_eq!(d.registered(s), 3);

@@ -6,6 +6,7 @@
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
+use crate::error::FormError;
 use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType};
 use xmpp_parsers::minidom::Element;
 
@@ -55,11 +56,11 @@ pub struct Submitted {
 }
 
 /// Reads the `jabber:x:data` form in `parent` (a submit or a cancel).
-pub fn submitted(parent: &Element) -> Result<Option<Submitted>, String> {
+pub fn submitted(parent: &Element) -> Result<Option<Submitted>, FormError> {
     let Some(x) = parent.get_child("x", "jabber:x:data") else {
         return Ok(None);
     };
-    let form = DataForm::try_from(x.clone()).map_err(|e| format!("invalid data form: {e}"))?;
+    let form = DataForm::try_from(x.clone()).map_err(|e| FormError::Invalid(e.to_string()))?;
     match form.type_ {
         DataFormType::Cancel => Ok(Some(Submitted {
             cancel: true,
@@ -74,25 +75,32 @@ pub fn submitted(parent: &Element) -> Result<Option<Submitted>, String> {
                 .filter(|(v, _)| v != "FORM_TYPE")
                 .collect(),
         })),
-        _ => Err("the form must be of type submit or cancel".into()),
+        _ => Err(FormError::WrongType),
     }
 }
 
 /// A boolean field's value (XEP-0004: `1`/`true`, `0`/`false`).
-pub fn parse_bool(var: &str, values: &[String]) -> Result<bool, String> {
+pub fn parse_bool(var: &str, values: &[String]) -> Result<bool, FormError> {
     match values.first().map(String::as_str) {
         Some("1") | Some("true") => Ok(true),
         Some("0") | Some("false") | None => Ok(false),
-        Some(v) => Err(format!("{var}: '{v}' is not a boolean")),
+        Some(v) => Err(FormError::NotBoolean {
+            var: var.to_string(),
+            value: v.to_string(),
+        }),
     }
 }
 
 /// A numeric field's value.
-pub fn parse_number(var: &str, values: &[String], max: usize) -> Result<usize, String> {
+pub fn parse_number(var: &str, values: &[String], max: usize) -> Result<usize, FormError> {
     let v = values.first().map(String::as_str).unwrap_or("");
     match v.trim().parse::<usize>() {
         Ok(n) if n <= max => Ok(n),
-        _ => Err(format!("{var}: '{v}' is not a number up to {max}")),
+        _ => Err(FormError::NotNumber {
+            var: var.to_string(),
+            value: v.to_string(),
+            max,
+        }),
     }
 }
 

@@ -14,6 +14,7 @@
 
 pub mod directory;
 pub mod edges;
+pub mod error;
 pub mod fanout;
 pub mod forms;
 pub mod host;

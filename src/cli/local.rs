@@ -104,7 +104,7 @@ fn start_node(
     if let Some(b) = args.bits {
         a.extend(["--bits".into(), b.to_string()]);
     }
-    let i = cluster.spawn(&a).map_err(CliError::Failed)?;
+    let i = cluster.spawn(&a)?;
     interrupted()?;
     Ok(cluster.nodes[i].ready.clone())
 }
@@ -236,7 +236,7 @@ pub fn run(args: &LocalArgs) -> Result<String, CliError> {
     watch_signals();
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Failed(format!("cannot find my own executable: {e}")))?;
-    let mut cluster = Cluster::new(&exe).map_err(CliError::Failed)?;
+    let mut cluster = Cluster::new(&exe)?;
     eprintln!(
         "starting {} nodes in {}",
         args.nodes,

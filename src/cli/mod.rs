@@ -37,6 +37,12 @@ impl CliError {
     }
 }
 
+impl From<crate::cluster::ClusterError> for CliError {
+    fn from(e: crate::cluster::ClusterError) -> CliError {
+        CliError::Failed(e.to_string())
+    }
+}
+
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

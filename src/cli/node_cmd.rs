@@ -72,6 +72,6 @@ pub fn run(args: &NodeArgs) -> Result<String, CliError> {
             ready.admin
         );
     }))
-    .map_err(CliError::Failed)?;
+    .map_err(|e| CliError::Failed(e.to_string()))?;
     Ok(String::new())
 }

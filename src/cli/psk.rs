@@ -18,7 +18,7 @@ pub enum PskCommand {
 pub fn run(cmd: &PskCommand) -> Result<String, CliError> {
     match cmd {
         PskCommand::Generate { file } => {
-            let key = node::psk::generate_file(file).map_err(CliError::Usage)?;
+            let key = node::psk::generate_file(file).map_err(|e| CliError::Usage(e.to_string()))?;
             Ok(format!(
                 "wrote {} (fingerprint {})\n",
                 file.display(),

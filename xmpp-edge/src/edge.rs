@@ -19,6 +19,7 @@
 
 pub use crate::config::EdgeConfig;
 use crate::domain::Served;
+pub use crate::error::StartError;
 use crate::ip_limit::{IpLimiter, Refused, SourceLimits};
 use crate::negotiation::inbound::InboundConfig;
 use crate::negotiation::outbound::OutboundConfig;
@@ -79,14 +80,23 @@ impl EdgeHandle {
 
 /// Starts the edge: binds the listener and serves until
 /// [`EdgeHandle::shutdown`].
-pub async fn start(cfg: EdgeConfig, events: mpsc::Sender<EdgeEvent>) -> Result<EdgeHandle, String> {
-    let served = Served::new(&cfg.domains).map_err(|e| format!("the edge's domains: {e}"))?;
+pub async fn start(
+    cfg: EdgeConfig,
+    events: mpsc::Sender<EdgeEvent>,
+) -> Result<EdgeHandle, StartError> {
+    let served = Served::new(&cfg.domains)?;
     let server_tls = crate::tls::server_config(&cfg.identity)?;
     let client_tls = crate::tls::client_config(&cfg.identity)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen for s2s on {}: {e}", cfg.listen))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|why| StartError::Listen {
+            addr: cfg.listen,
+            why,
+        })?;
+    let local = listener.local_addr().map_err(|why| StartError::Listen {
+        addr: cfg.listen,
+        why,
+    })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let roots = cfg.roots.clone().map(Arc::new);
     let inbound = Arc::new(InboundConfig {

@@ -25,6 +25,7 @@ pub mod conn;
 pub mod dialback;
 pub mod domain;
 pub mod edge;
+pub mod error;
 mod escape;
 mod inbound;
 pub mod ip_limit;
@@ -40,4 +41,4 @@ pub mod writer;
 pub mod xml;
 pub mod xml_write;
 
-pub use edge::{EdgeConfig, EdgeEvent, EdgeHandle, EdgeStats, Undeliverable, start};
+pub use edge::{EdgeConfig, EdgeEvent, EdgeHandle, EdgeStats, StartError, Undeliverable, start};

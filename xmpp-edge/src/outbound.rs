@@ -80,7 +80,7 @@ async fn connect_tcp(shared: &Shared, remote: &Domain) -> Result<TcpStream, Fail
     )
     .await
     .map_err(|_| Failure::NotFound(format!("resolving {remote} timed out")))?
-    .map_err(Failure::NotFound)?;
+    .map_err(|e| Failure::NotFound(e.to_string()))?;
     let mut last = String::from("no address");
     for a in addrs {
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(a)).await {

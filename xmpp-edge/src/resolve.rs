@@ -2,6 +2,7 @@
 //! first, then `_xmpp-server._tcp` SRV records (by priority, then weight),
 //! then the domain's own A/AAAA records on port 5269.
 
+pub use crate::error::ResolveError;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -32,7 +33,7 @@ impl Resolver {
     pub fn new(
         nameserver: Option<SocketAddr>,
         overrides: HashMap<String, (String, u16)>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ResolveError> {
         let dns = match nameserver {
             Some(ns) => {
                 let mut cfg = NameServerConfig::udp_and_tcp(ns.ip());
@@ -47,10 +48,10 @@ impl Resolver {
                 // fail fast rather than after the default 5 s × 2 attempts.
                 b.options_mut().timeout = std::time::Duration::from_secs(2);
                 b.options_mut().attempts = 2;
-                Some(
-                    b.build()
-                        .map_err(|e| format!("cannot set up DNS via {ns}: {e}"))?,
-                )
+                Some(b.build().map_err(|e| ResolveError::Setup {
+                    nameserver: ns,
+                    why: e.to_string(),
+                })?)
             }
             None => TokioResolver::builder_tokio()
                 .ok()
@@ -60,12 +61,12 @@ impl Resolver {
     }
 
     /// Candidate addresses for `domain`'s s2s service, best first.
-    pub async fn resolve(&self, domain: &str) -> Result<Vec<SocketAddr>, String> {
+    pub async fn resolve(&self, domain: &str) -> Result<Vec<SocketAddr>, ResolveError> {
         if let Some((host, port)) = self.overrides.get(domain) {
             return self.host_addrs(host, *port).await;
         }
         let Some(dns) = &self.dns else {
-            return Err("no DNS resolver configured".into());
+            return Err(ResolveError::NoResolver);
         };
         let srv_name = format!("_xmpp-server._tcp.{domain}.");
         let mut targets: Vec<(u16, u16, String, u16)> = Vec::new();
@@ -76,7 +77,7 @@ impl Resolver {
                     let target = target.trim_end_matches('.').to_string();
                     if target.is_empty() {
                         // "." means the service is decidedly not available.
-                        return Err(format!("{domain} does not offer s2s (SRV target '.')"));
+                        return Err(ResolveError::NoService(domain.to_string()));
                     }
                     targets.push((srv.priority, u16::MAX - srv.weight, target, srv.port));
                 }
@@ -93,37 +94,42 @@ impl Resolver {
             out = self.host_addrs(domain, DEFAULT_PORT).await?;
         }
         if out.is_empty() {
-            return Err(format!("no address for {domain}"));
+            return Err(ResolveError::NoAddress(domain.to_string()));
         }
         Ok(out)
     }
 
-    async fn host_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    async fn host_addrs(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
         if let Ok(ip) = host.parse::<std::net::IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
         let Some(dns) = &self.dns else {
-            return Err(format!("cannot resolve {host}: no DNS resolver"));
+            return Err(ResolveError::NoResolver);
         };
         let ips = dns
             .lookup_ip(format!("{host}.").as_str())
             .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+            .map_err(|e| ResolveError::Lookup {
+                host: host.to_string(),
+                why: e.to_string(),
+            })?;
         Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect())
     }
 }
 
 /// Parses `DOMAIN=HOST:PORT` (the `--s2s-host` flag).
-pub fn parse_override(s: &str) -> Result<(String, (String, u16)), String> {
+pub fn parse_override(s: &str) -> Result<(String, (String, u16)), ResolveError> {
     let (domain, hostport) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not DOMAIN=HOST:PORT"))?;
+        .ok_or_else(|| ResolveError::BadOverride(s.to_string()))?;
     let (host, port) = hostport
         .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} is not DOMAIN=HOST:PORT"))?;
-    let port: u16 = port.parse().map_err(|_| format!("{s:?}: bad port"))?;
+        .ok_or_else(|| ResolveError::BadOverride(s.to_string()))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| ResolveError::BadOverride(s.to_string()))?;
     if domain.is_empty() || host.is_empty() {
-        return Err(format!("{s:?} is not DOMAIN=HOST:PORT"));
+        return Err(ResolveError::BadOverride(s.to_string()));
     }
     Ok((
         domain.to_ascii_lowercase(),

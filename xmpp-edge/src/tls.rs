@@ -13,6 +13,7 @@
 //! * Both sides present certificates: the initiating server sends its
 //!   certificate as a TLS *client* certificate.
 
+pub use crate::error::TlsError;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -50,32 +51,31 @@ impl Clone for Identity {
 }
 
 /// Loads a PEM certificate chain and private key.
-pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, String> {
+pub fn load_identity(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read {}: {e}", cert.display()))?
+        .map_err(|e| TlsError::read(cert, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(|e| TlsError::read(cert, e))?;
     if chain.is_empty() {
-        return Err(format!("{} holds no certificate", cert.display()));
+        return Err(TlsError::NoCertificate(cert.to_path_buf()));
     }
     let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+        .map_err(|e| TlsError::read(key, format!("no private key: {e}")))?;
     Ok(Identity { chain, key })
 }
 
 /// Loads trusted CA roots from a PEM bundle.
-pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
+pub fn load_roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-    {
-        let c = c.map_err(|e| format!("{}: {e}", path.display()))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: bad CA certificate: {e}", path.display()))?;
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| TlsError::read(path, e))? {
+        let c = c.map_err(|e| TlsError::read(path, e))?;
+        roots.add(c).map_err(|e| TlsError::BadRoot {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
     }
     if roots.is_empty() {
-        return Err(format!("{} holds no CA certificate", path.display()));
+        return Err(TlsError::NoRoots(path.to_path_buf()));
     }
     Ok(roots)
 }
@@ -90,7 +90,10 @@ pub fn system_roots() -> RootCertStore {
 
 /// The roots an edge trusts: the web PKI's (when `system`) and those of a
 /// PEM bundle; `None` when that leaves none.
-pub fn trust_roots(system: bool, ca_file: Option<&Path>) -> Result<Option<RootCertStore>, String> {
+pub fn trust_roots(
+    system: bool,
+    ca_file: Option<&Path>,
+) -> Result<Option<RootCertStore>, TlsError> {
     let mut roots = if system {
         system_roots()
     } else {
@@ -105,13 +108,14 @@ pub fn trust_roots(system: bool, ca_file: Option<&Path>) -> Result<Option<RootCe
 /// A self-signed identity for `domains` (each with its `*.` wildcard), for
 /// edges started without a configured certificate. Returns the PEM texts
 /// too, so the caller can keep them across restarts.
-pub fn self_signed(domains: &[String]) -> Result<(Identity, String, String), String> {
+pub fn self_signed(domains: &[String]) -> Result<(Identity, String, String), TlsError> {
     let mut names = Vec::new();
     for d in domains {
         names.push(d.clone());
         names.push(format!("*.{d}"));
     }
-    let mut params = rcgen::CertificateParams::new(names).map_err(|e| e.to_string())?;
+    let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(names).map_err(generate)?;
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -123,13 +127,14 @@ pub fn self_signed(domains: &[String]) -> Result<(Identity, String, String), Str
             .cloned()
             .unwrap_or_else(|| "xmpp-ring".into()),
     );
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let key = rcgen::KeyPair::generate().map_err(generate)?;
+    let cert = params.self_signed(&key).map_err(generate)?;
     let cert_pem = cert.pem();
     let key_pem = key.serialize_pem();
     let id = Identity {
         chain: vec![cert.der().clone()],
-        key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| e.to_string())?,
+        key: PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| TlsError::Generate(e.to_string()))?,
     };
     Ok((id, cert_pem, key_pem))
 }
@@ -274,28 +279,28 @@ impl ClientCertVerifier for AnyCert {
 
 /// TLS config for streams we receive: our certificate, any client
 /// certificate welcome.
-pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
     let p = provider();
     let cfg = ServerConfig::builder_with_provider(p.clone())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .with_client_cert_verifier(Arc::new(AnyCert { provider: p }))
         .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|e| format!("bad certificate or key: {e}"))?;
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Arc::new(cfg))
 }
 
 /// TLS config for streams we initiate: any server certificate (dialback or
 /// [`cert_valid_for`] authenticates), our certificate as client certificate.
-pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
     let p = provider();
     let cfg = ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(rustls::DEFAULT_VERSIONS)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert { provider: p }))
         .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(|e| format!("bad certificate or key: {e}"))?;
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     Ok(Arc::new(cfg))
 }
 
@@ -325,10 +330,10 @@ mod tests {
     fn missing_files_are_clear_errors() {
         let e = load_identity(Path::new("/nonexistent.pem"), Path::new("/nonexistent.key"))
             .unwrap_err();
-        assert!(e.contains("/nonexistent.pem"), "{e}");
+        assert!(e.to_string().contains("/nonexistent.pem"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("empty.pem");
         std::fs::write(&p, "").unwrap();
-        assert!(load_roots(&p).unwrap_err().contains("no CA"));
+        assert!(matches!(load_roots(&p), Err(TlsError::NoRoots(_))));
     }
 }

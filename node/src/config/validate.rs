@@ -63,14 +63,14 @@ impl RawConfig {
                 "missing (create one with `xmpp-ring psk generate FILE`)",
             )
         })?;
-        let psk = crate::psk::read(&psk_file).map_err(|m| err("psk_file", m))?;
+        let psk = crate::psk::read(&psk_file).map_err(|m| err("psk_file", m.to_string()))?;
         let data_dir = self.data_dir.ok_or_else(|| err("data_dir", "missing"))?;
         let role: Role = self
             .role
             .as_deref()
             .unwrap_or("application")
             .parse()
-            .map_err(|m: String| err("role", m))?;
+            .map_err(|m: dht::UnknownRole| err("role", m.to_string()))?;
         let mut domains = Vec::new();
         for d in self.domain.unwrap_or_default() {
             let parsed = xmpp_addr::Domain::parse(&d)
@@ -173,7 +173,8 @@ impl RawConfig {
         }
         let mut s2s_hosts = std::collections::HashMap::new();
         for h in self.s2s_host.unwrap_or_default() {
-            let (d, hp) = xmpp_edge::resolve::parse_override(&h).map_err(|m| err("s2s_host", m))?;
+            let (d, hp) = xmpp_edge::resolve::parse_override(&h)
+                .map_err(|m| err("s2s_host", m.to_string()))?;
             s2s_hosts.insert(d, hp);
         }
         let dns = match self.dns {

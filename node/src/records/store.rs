@@ -24,22 +24,25 @@ pub struct RedbBackend {
 
 impl RedbBackend {
     /// Opens (or creates) the database at `path` and counts this open.
-    pub fn open(path: &Path) -> Result<RedbBackend, String> {
-        let db = Database::create(path)
-            .map_err(|e| format!("cannot open the record store {}: {e}", path.display()))?;
-        let tx = db.begin_write().map_err(|e| e.to_string())?;
-        tx.open_table(RECORDS).map_err(|e| e.to_string())?;
+    pub fn open(path: &Path) -> Result<RedbBackend, crate::error::NodeError> {
+        let fail = |e: &dyn std::fmt::Display| crate::error::NodeError::StoreOpen {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        };
+        let db = Database::create(path).map_err(|e| fail(&e))?;
+        let tx = db.begin_write().map_err(|e| fail(&e))?;
+        tx.open_table(RECORDS).map_err(|e| fail(&e))?;
         let boot;
         {
-            let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            let mut meta = tx.open_table(META).map_err(|e| fail(&e))?;
             let last = meta
                 .get("boot")
-                .map_err(|e| e.to_string())?
+                .map_err(|e| fail(&e))?
                 .map_or(0, |v| v.value());
             boot = last.saturating_add(1);
-            meta.insert("boot", boot).map_err(|e| e.to_string())?;
+            meta.insert("boot", boot).map_err(|e| fail(&e))?;
         }
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit().map_err(|e| fail(&e))?;
         Ok(RedbBackend { db, boot })
     }
 }

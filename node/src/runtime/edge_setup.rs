@@ -4,6 +4,7 @@
 
 use super::Input;
 use crate::config::NodeSettings;
+use crate::error::NodeError;
 use rand::RngExt;
 use std::path::Path;
 use tokio::sync::mpsc;
@@ -16,17 +17,17 @@ const GENERATED_CERT: &str = "s2s-cert.pem";
 const GENERATED_KEY: &str = "s2s-key.pem";
 const GENERATED_SECRET: &str = "dialback.secret";
 
-fn identity(settings: &NodeSettings) -> Result<Identity, String> {
+fn identity(settings: &NodeSettings) -> Result<Identity, NodeError> {
     let e = &settings.edge;
     if let (Some(c), Some(k)) = (&e.tls_cert, &e.tls_key) {
-        return tls::load_identity(c, k);
+        return Ok(tls::load_identity(c, k)?);
     }
     let (c, k) = (
         settings.data_dir.join(GENERATED_CERT),
         settings.data_dir.join(GENERATED_KEY),
     );
     if c.is_file() && k.is_file() {
-        return tls::load_identity(&c, &k);
+        return Ok(tls::load_identity(&c, &k)?);
     }
     tracing::warn!(
         "no tls_cert/tls_key configured: generated a self-signed certificate for {:?} in {}; \
@@ -35,19 +36,19 @@ fn identity(settings: &NodeSettings) -> Result<Identity, String> {
         settings.data_dir.display()
     );
     let (id, cert_pem, key_pem) = tls::self_signed(&settings.domains)?;
-    std::fs::write(&c, cert_pem).map_err(|err| format!("cannot write {}: {err}", c.display()))?;
+    std::fs::write(&c, cert_pem).map_err(|e| NodeError::write(&c, e))?;
     crate::identity::write_private(&k, key_pem.as_bytes())?;
     Ok(id)
 }
 
-fn secret(settings: &NodeSettings) -> Result<Secret, String> {
-    let read = |p: &Path| -> Result<Secret, String> {
-        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+fn secret(settings: &NodeSettings) -> Result<Secret, NodeError> {
+    let read = |p: &Path| -> Result<Secret, NodeError> {
+        let bytes = std::fs::read(p).map_err(|e| NodeError::read(p, e))?;
         let trimmed = String::from_utf8_lossy(&bytes).trim().to_string();
         if trimmed.len() < 16 {
-            return Err(format!(
-                "{}: a dialback secret needs at least 16 characters",
-                p.display()
+            return Err(NodeError::invalid(
+                p,
+                "a dialback secret needs at least 16 characters",
             ));
         }
         Ok(Secret::new(trimmed.as_bytes()))
@@ -74,8 +75,10 @@ fn secret(settings: &NodeSettings) -> Result<Secret, String> {
 pub(crate) async fn start(
     settings: &NodeSettings,
     inbox: mpsc::Sender<Input>,
-) -> Result<EdgeHandle, String> {
-    let listen = settings.s2s_listen.ok_or("an edge needs s2s_listen")?;
+) -> Result<EdgeHandle, NodeError> {
+    let listen = settings
+        .s2s_listen
+        .ok_or(NodeError::Config("an edge needs s2s_listen"))?;
     let resolver = Resolver::new(settings.edge.dns, settings.edge.s2s_hosts.clone())?;
     let mut cfg = EdgeConfig::new(
         settings.domains.clone(),

@@ -22,6 +22,7 @@ mod swarm_task;
 
 use crate::addr::{PeerAddr, node_id};
 use crate::config::NodeSettings;
+use crate::error::NodeError;
 use crate::transport::{self, RING_PROTOCOL};
 use dht::wire::Message;
 use dht::{Contact, NodeId};
@@ -108,7 +109,7 @@ pub async fn run(
     settings: NodeSettings,
     shutdown: impl Future<Output = ()>,
     on_ready: impl FnOnce(&Ready),
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     let settings = Arc::new(settings);
     let keypair = crate::identity::load_or_create(&settings.data_dir)?;
     let peer_id = keypair.public().to_peer_id();
@@ -123,29 +124,36 @@ pub async fn run(
 
     swarm
         .listen_on(settings.listen.clone())
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
+        .map_err(|e| NodeError::Listen {
+            addr: settings.listen.to_string(),
+            why: e.to_string(),
+        })?;
     // Our own contact needs a concrete listen address: wait for the first.
     let first_addr = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match swarm.select_next_some().await {
                 SwarmEvent::NewListenAddr { address, .. } => return Ok(address),
                 SwarmEvent::ListenerError { error, .. } => {
-                    return Err(format!("listener failed: {error}"));
+                    return Err(error.to_string());
                 }
                 SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
-                    return Err(format!("listener closed: {e}"));
+                    return Err(format!("closed: {e}"));
                 }
                 _ => {}
             }
         }
     })
     .await
-    .map_err(|_| format!("no listen address on {} after 10 s", settings.listen))??;
+    .unwrap_or_else(|_| Err("no listen address after 10 s".to_string()))
+    .map_err(|why| NodeError::Listen {
+        addr: settings.listen.to_string(),
+        why,
+    })?;
 
     let mut control = swarm.behaviour().stream.new_control();
     let incoming = control
         .accept(RING_PROTOCOL)
-        .map_err(|e| format!("cannot register the ring protocol: {e}"))?;
+        .map_err(|e| NodeError::Protocol(e.to_string()))?;
     for (peer, addr) in &settings.bootstrap {
         swarm.add_peer_address(*peer, addr.clone());
     }
@@ -176,8 +184,16 @@ pub async fn run(
     // Admin server.
     let admin_listener = tokio::net::TcpListener::bind(settings.admin)
         .await
-        .map_err(|e| format!("cannot bind admin address {}: {e}", settings.admin))?;
-    let admin_addr: SocketAddr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        .map_err(|why| NodeError::Admin {
+            addr: settings.admin,
+            why,
+        })?;
+    let admin_addr: SocketAddr = admin_listener
+        .local_addr()
+        .map_err(|why| NodeError::Admin {
+            addr: settings.admin,
+            why,
+        })?;
     let (admin_stop_tx, admin_stop_rx) = oneshot::channel::<()>();
     let token = if settings.admin_token {
         Some(crate::identity::load_or_create_token(
@@ -210,13 +226,10 @@ pub async fn run(
         pid: std::process::id(),
         role: settings.role.to_string(),
     };
-    let ready_json = serde_json::to_string_pretty(&ready).map_err(|e| e.to_string())?;
-    std::fs::write(settings.data_dir.join(READY_FILE), ready_json).map_err(|e| {
-        format!(
-            "cannot write {}: {e}",
-            settings.data_dir.join(READY_FILE).display()
-        )
-    })?;
+    // Plain strings and numbers: serialising cannot fail.
+    let ready_json = serde_json::to_string_pretty(&ready).unwrap_or_default();
+    let ready_path = settings.data_dir.join(READY_FILE);
+    std::fs::write(&ready_path, ready_json).map_err(|e| NodeError::write(&ready_path, e))?;
     on_ready(&ready);
 
     let backend = crate::records::RedbBackend::open(&settings.data_dir.join(RECORDS_FILE))?;
@@ -230,8 +243,7 @@ pub async fn run(
         backend,
         settings.records.limits,
         Instant::now(),
-    )
-    .map_err(|e| format!("cannot read the record store: {e}"))?;
+    )?;
     let core = core::Core::new(
         settings.clone(),
         me,
@@ -244,7 +256,7 @@ pub async fn run(
         Instant::now(),
     );
     drop(inbox_tx);
-    let result = core.run(inbox_rx, command_rx, shutdown).await;
+    core.run(inbox_rx, command_rx, shutdown).await;
 
     // Everything stops on its own, in order: no more inbound streams, no
     // more admin requests; the swarm task ends once the core (the last
@@ -260,7 +272,7 @@ pub async fn run(
         tracing::warn!("the swarm task did not stop within {SHUTDOWN_GRACE:?}");
     }
     let _ = std::fs::remove_file(settings.data_dir.join(READY_FILE));
-    result
+    Ok(())
 }
 
 /// Accepts inbound ring streams and starts a reader for each.

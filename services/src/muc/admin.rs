@@ -7,6 +7,7 @@
 #![allow(missing_docs)]
 
 use super::room::{Affiliation, NS_MUC_USER, Role, Room, RoomConfig};
+use crate::error::FormError;
 use crate::stanza::{self, bare, error_reply, iq_result};
 use crate::{Action, forms};
 use xmpp_parsers::minidom::Element;
@@ -82,15 +83,21 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// Longest room description and password (bytes).
 pub const MAX_DESCRIPTION_BYTES: usize = 2048;
 
-fn bounded(var: &str, v: &[String], max: usize) -> Result<String, String> {
+fn bounded(var: &str, v: &[String], max: usize) -> Result<String, FormError> {
     let s = forms::first(v);
     if s.len() > max {
-        return Err(format!("{var}: at most {max} bytes"));
+        return Err(FormError::TooLong {
+            var: var.to_string(),
+            max,
+        });
     }
     Ok(s)
 }
 
-fn apply_form(config: &RoomConfig, values: &[(String, Vec<String>)]) -> Result<RoomConfig, String> {
+fn apply_form(
+    config: &RoomConfig,
+    values: &[(String, Vec<String>)],
+) -> Result<RoomConfig, FormError> {
     let mut c = config.clone();
     let mut protect = c.password.is_some();
     let mut secret = c.password.clone().unwrap_or_default();
@@ -113,7 +120,12 @@ fn apply_form(config: &RoomConfig, values: &[(String, Vec<String>)]) -> Result<R
                 c.whois_anyone = match forms::first(v).as_str() {
                     "anyone" => true,
                     "moderators" => false,
-                    other => return Err(format!("whois: '{other}' is not an option")),
+                    other => {
+                        return Err(FormError::Unsupported {
+                            var: var.clone(),
+                            value: other.to_string(),
+                        });
+                    }
                 }
             }
             // Fields of other implementations are ignored, as XEP-0004
@@ -122,7 +134,9 @@ fn apply_form(config: &RoomConfig, values: &[(String, Vec<String>)]) -> Result<R
         }
     }
     if protect && secret.is_empty() {
-        return Err("a password-protected room needs a password".into());
+        return Err(FormError::Inconsistent(
+            "a password-protected room needs a password",
+        ));
     }
     c.password = protect.then_some(secret);
     Ok(c)
@@ -168,7 +182,7 @@ impl Room {
                 let submitted = match forms::submitted(query) {
                     Ok(Some(s)) => s,
                     Ok(None) => return error(iq, DefinedCondition::BadRequest, "no form", out),
-                    Err(e) => return error(iq, DefinedCondition::BadRequest, &e, out),
+                    Err(e) => return error(iq, DefinedCondition::BadRequest, &e.to_string(), out),
                 };
                 if submitted.cancel {
                     // Cancelling the first configuration abandons the room.
@@ -181,7 +195,9 @@ impl Room {
                 }
                 let config = match apply_form(&self.state.config, &submitted.values) {
                     Ok(c) => c,
-                    Err(e) => return error(iq, DefinedCondition::NotAcceptable, &e, out),
+                    Err(e) => {
+                        return error(iq, DefinedCondition::NotAcceptable, &e.to_string(), out);
+                    }
                 };
                 let became_members_only = config.members_only && !self.state.config.members_only;
                 self.state.config = config;

@@ -20,6 +20,7 @@ pub mod room;
 
 use super::stanza::{self, error_reply, iq_result};
 use super::{Action, Write};
+use crate::error::{Refused, StateError};
 use crate::sharded::{self, ShardHeader, ShardLoad, Sharded};
 use occupants::Occupants;
 use ring_records::{MUC_HISTORY_PREFIX, MUC_OCCUPANTS_PREFIX, MUC_PREFIX};
@@ -111,8 +112,8 @@ impl RoomLoad {
     }
 
     /// Takes the values read.
-    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), String> {
-        self.occupants.offer(values).map_err(|e| e.to_string())
+    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
+        Ok(self.occupants.offer(values)?)
     }
 
     /// Whether everything is read.
@@ -210,12 +211,12 @@ impl Muc {
         room: &str,
         meta: Option<&[u8]>,
         history: Option<&[u8]>,
-    ) -> Result<Option<RoomLoad>, String> {
+    ) -> Result<Option<RoomLoad>, StateError> {
         let Some(bytes) = meta.filter(|_| !self.rooms.contains_key(room)) else {
             return Ok(None);
         };
-        let state: RoomState = serde_json::from_slice(bytes)
-            .map_err(|e| format!("stored state of {room} is unreadable: {e}"))?;
+        let state: RoomState =
+            serde_json::from_slice(bytes).map_err(|e| StateError::unreadable(room, e))?;
         // History is a convenience: unreadable, it starts empty.
         let history = history
             .and_then(|h| serde_json::from_slice(h).ok())
@@ -534,7 +535,7 @@ impl Muc {
     fn on_reserved(
         &mut self,
         room: &str,
-        answer: Result<(), String>,
+        answer: Result<(), Refused>,
         now_unix: u64,
         out: &mut Vec<Action>,
     ) {

@@ -19,7 +19,7 @@ struct Harness {
 type Store = HashMap<String, Option<Vec<u8>>>;
 
 /// Loads ROOM from `store` into `muc`, round by round as the host does.
-fn load(muc: &mut Muc, store: &Store) -> Result<(), String> {
+fn load(muc: &mut Muc, store: &Store) -> Result<(), crate::error::StateError> {
     let get = |n: &str| store.get(n).cloned().flatten();
     let meta = get(&record_name(ROOM));
     let history = get(&history_name(ROOM));

@@ -23,6 +23,7 @@ mod user;
 
 use super::stanza::{self, bare, error_reply_with, iq_result};
 use super::{Action, Write};
+use crate::error::StateError;
 use crate::sharded::{self, ShardHeader, ShardLoad, Sharded};
 use crate::stanza::NS_CLIENT;
 use node::{Node, NodeMeta, StoredItem};
@@ -81,8 +82,8 @@ impl NodeLoad {
     }
 
     /// Takes the values read.
-    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), String> {
-        self.subscriptions.offer(values).map_err(|e| e.to_string())
+    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
+        Ok(self.subscriptions.offer(values)?)
     }
 
     /// Whether everything is read.
@@ -260,16 +261,16 @@ impl PubSub {
         name: &str,
         meta: Option<&[u8]>,
         items: Option<&[u8]>,
-    ) -> Result<Option<NodeLoad>, String> {
+    ) -> Result<Option<NodeLoad>, StateError> {
         let (meta_name, _) = record_names(service, name);
         let Some(meta) = meta.filter(|_| !self.nodes.contains_key(&meta_name)) else {
             return Ok(None);
         };
-        let meta: NodeMeta = serde_json::from_slice(meta)
-            .map_err(|e| format!("stored node {meta_name} is unreadable: {e}"))?;
+        let meta: NodeMeta =
+            serde_json::from_slice(meta).map_err(|e| StateError::unreadable(&meta_name, e))?;
         let items: VecDeque<StoredItem> = match items {
             Some(b) => serde_json::from_slice(b)
-                .map_err(|e| format!("stored items of {meta_name} are unreadable: {e}"))?,
+                .map_err(|e| StateError::unreadable(&format!("the items of {meta_name}"), e))?,
             None => VecDeque::new(),
         };
         // A record from before subscriptions were sharded: an empty set,

@@ -5,6 +5,7 @@
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
+use crate::error::FormError;
 use crate::forms;
 use crate::sharded::{ShardHeader, Sharded};
 use serde::{Deserialize, Serialize};
@@ -171,7 +172,7 @@ pub fn apply_form(
     c: &NodeConfig,
     values: &[(String, Vec<String>)],
     max_items_limit: usize,
-) -> Result<NodeConfig, String> {
+) -> Result<NodeConfig, FormError> {
     let mut c = c.clone();
     for (var, v) in values {
         match var.as_str() {
@@ -186,21 +187,31 @@ pub fn apply_form(
                 c.access_open = match forms::first(v).as_str() {
                     "open" => true,
                     "whitelist" => false,
-                    other => return Err(format!("access model '{other}' is not supported")),
+                    other => {
+                        return Err(FormError::Unsupported {
+                            var: var.clone(),
+                            value: other.to_string(),
+                        });
+                    }
                 }
             }
             "pubsub#publish_model" => {
                 c.publish_open = match forms::first(v).as_str() {
                     "open" => true,
                     "publishers" => false,
-                    other => return Err(format!("publish model '{other}' is not supported")),
+                    other => {
+                        return Err(FormError::Unsupported {
+                            var: var.clone(),
+                            value: other.to_string(),
+                        });
+                    }
                 }
             }
             "pubsub#deliver_payloads" => c.deliver_payloads = forms::parse_bool(var, v)?,
             "pubsub#notify_retract" => c.notify_retract = forms::parse_bool(var, v)?,
             "pubsub#notify_delete" => c.notify_delete = forms::parse_bool(var, v)?,
             "pubsub#persist_items" if !forms::parse_bool(var, v)? => {
-                return Err("items are always persisted".into());
+                return Err(FormError::Inconsistent("items are always persisted"));
             }
             _ => {}
         }

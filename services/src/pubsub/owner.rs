@@ -65,7 +65,9 @@ impl PubSub {
                     Ok(None) => {
                         return fail(st, DefinedCondition::BadRequest, "no form", None, out);
                     }
-                    Err(e) => return fail(st, DefinedCondition::BadRequest, &e, None, out),
+                    Err(e) => {
+                        return fail(st, DefinedCondition::BadRequest, &e.to_string(), None, out);
+                    }
                 };
                 match node::apply_form(&n.meta.config, &submitted.values, max_items) {
                     Ok(c) => {
@@ -80,7 +82,7 @@ impl PubSub {
                     Err(e) => fail(
                         st,
                         DefinedCondition::NotAcceptable,
-                        &e,
+                        &e.to_string(),
                         Some("unsupported-access-model"),
                         out,
                     ),

@@ -28,7 +28,7 @@ fn keep(store: &mut Store, writes: Vec<Write>) {
 
 /// Loads node `name` from `store` into `p`, round by round as the host
 /// does.
-fn load(p: &mut PubSub, store: &Store, name: &str) -> Result<(), String> {
+fn load(p: &mut PubSub, store: &Store, name: &str) -> Result<(), crate::error::StateError> {
     let get = |n: &str| store.get(n).cloned().flatten();
     let (meta, items) = record_names(SVC, name);
     let (meta, items) = (get(&meta), get(&items));

@@ -68,7 +68,7 @@ impl PubSub {
         &mut self,
         service: &str,
         name: &str,
-        answer: Result<(), String>,
+        answer: Result<(), crate::error::Refused>,
         out: &mut Vec<Action>,
     ) {
         let (meta_name, _) = record_names(service, name);
@@ -172,7 +172,7 @@ impl PubSub {
                             return fail(
                                 st,
                                 DefinedCondition::NotAcceptable,
-                                &e,
+                                &e.to_string(),
                                 Some("unsupported-access-model"),
                                 out,
                             );

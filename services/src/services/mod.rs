@@ -20,6 +20,7 @@ use super::muc::{self, Muc};
 use super::pubsub::{self, PubSub};
 use super::stanza::{self, error_reply, iq_result};
 use super::{Action, Write};
+use crate::error::StateError;
 use ring_records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
 use xmpp_addr::Served;
@@ -134,7 +135,7 @@ impl Partial {
         }
     }
 
-    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), String> {
+    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
         match self {
             Partial::Room(l) => l.offer(values),
             Partial::Node(l) => l.offer(values),
@@ -326,7 +327,7 @@ impl Services {
     ) -> LoadStep {
         let map: HashMap<String, Option<Vec<u8>>> = values.iter().cloned().collect();
         let get = |n: &str| map.get(n).and_then(|v| v.as_deref());
-        let progress: Result<Option<Partial>, String> = match self.partial.remove(entity) {
+        let progress: Result<Option<Partial>, StateError> = match self.partial.remove(entity) {
             Some(mut p) => p.offer(&map).map(|()| Some(p)),
             None => {
                 if let Some(room) = entity.strip_prefix(MUC_PREFIX) {
@@ -346,7 +347,7 @@ impl Services {
                         .start_install(service, node, get(&meta), get(&items))
                         .map(|l| l.map(Partial::Node))
                 } else {
-                    Err(format!("unknown service entity {entity}"))
+                    Err(StateError::UnknownEntity(entity.to_string()))
                 }
             }
         };

@@ -183,7 +183,7 @@ impl Core {
         mut inbox: mpsc::Receiver<Input>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: impl Future<Output = ()>,
-    ) -> Result<(), String> {
+    ) {
         let now = Instant::now();
         let boot = self.bootstrap_contacts();
         self.node.join(now, boot);
@@ -214,7 +214,6 @@ impl Core {
             self.flush(now);
         }
         self.graceful_shutdown(&mut inbox).await;
-        Ok(())
     }
 
     fn next_deadline(&self) -> Option<Instant> {

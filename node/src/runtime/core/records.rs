@@ -5,7 +5,7 @@
 
 use super::Core;
 use crate::api::{RecordReport, RecordsReport};
-use crate::records::{Answer, Output, RecordMsg, RecordOp, RecordOutcome};
+use crate::records::{Answer, Output, RecordMsg, RecordOp, RecordOutcome, RequestError};
 use bytes::Bytes;
 use dht::{BounceReason, Envelope, EnvelopeKind};
 use std::collections::HashMap;
@@ -21,7 +21,7 @@ pub(crate) struct RecordClients {
 }
 
 /// The admin API's report of `op`'s outcome.
-fn report(op: &RecordOp, outcome: Result<RecordOutcome, String>) -> RecordReport {
+fn report(op: &RecordOp, outcome: Result<RecordOutcome, RequestError>) -> RecordReport {
     let mut r = RecordReport {
         op: match op {
             RecordOp::Put { .. } => "put",
@@ -46,7 +46,8 @@ fn report(op: &RecordOp, outcome: Result<RecordOutcome, String>) -> RecordReport
             r.value = Some(String::from_utf8_lossy(&value).into_owned());
         }
         Ok(RecordOutcome::NotFound) => r.ok = true,
-        Ok(RecordOutcome::Refused(e)) | Err(e) => r.error = Some(e),
+        Ok(RecordOutcome::Refused(e)) => r.error = Some(e),
+        Err(e) => r.error = Some(e.to_string()),
     }
     r
 }
@@ -75,7 +76,7 @@ impl Core {
                     value: c.value,
                 }),
                 Ok(_) => Ok(RecordOutcome::NotFound),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(RequestError::Limits(e)),
             };
             let _ = reply.send(report(&op, outcome));
             return;

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod protocol;
 pub mod records_load;
 pub mod report;
+pub mod rooms_load;
 pub mod static_ring;
 pub mod sweep;
 

@@ -26,10 +26,16 @@
 //! record replicator, records are written before the measured phase, and
 //! the measured phase writes and reads them while churn goes on (see
 //! [`crate::records_load`]).
+//!
+//! With a MUC workload ([`RoomParams`]), every node also runs the real
+//! services host over its replicator; rooms are created before the
+//! measured phase and their members talk while churn goes on (see
+//! [`crate::rooms_load`] and the `services` submodule).
 
 use crate::progress::Progress;
 use crate::records_load::{RecordParams, Workload};
 use crate::report::{HopCounts, ProtocolFigures, Report};
+use crate::rooms_load::{Intent, RoomParams, Rooms};
 use dht::id::{KEY_BITS, KEY_BYTES, Key};
 use dht::node::{Event, NodeConfig, RingNode, Stats};
 use dht::table::TableConfig;
@@ -73,6 +79,8 @@ pub struct ProtocolParams {
     pub node: NodeConfig,
     /// The record workload (none when `records.records == 0`).
     pub records: RecordParams,
+    /// The MUC workload (none when `rooms.rooms == 0`).
+    pub rooms: RoomParams,
 }
 
 impl ProtocolParams {
@@ -93,6 +101,7 @@ impl ProtocolParams {
             churn_median_session: None,
             node: NodeConfig::default(),
             records: RecordParams::default(),
+            rooms: RoomParams::default(),
         }
     }
 }
@@ -130,6 +139,12 @@ enum SimEvent {
         record: u32,
     },
     Sample,
+    /// A user of the MUC workload sends something.
+    Room {
+        intent: Intent,
+    },
+    /// A random member of a random room talks.
+    RoomTalk,
 }
 
 /// A heap entry: the event itself waits in a slab, so heap operations move
@@ -160,8 +175,10 @@ impl Ord for Queued {
 
 struct SimNode {
     node: RingNode<u32>,
-    /// The record replicator (with a record workload).
+    /// The record replicator (with a record or MUC workload).
     rep: Option<Replicator<MemBackend>>,
+    /// The services host (with a MUC workload).
+    host: Option<ring_services::host::ServiceHost>,
     wake: Option<Time>,
 }
 
@@ -212,6 +229,10 @@ struct Sim {
     workload: Option<Workload>,
     /// Sweep bytes of replicators that crashed.
     dead_sweep_bytes: u64,
+    /// The MUC workload's users, when there is one.
+    rooms: Option<Rooms>,
+    /// The ring's domain, for the services.
+    served: xmpp_addr::Served,
 }
 
 /// splitmix64-style mixing of a few integers.
@@ -258,6 +279,8 @@ impl Sim {
             events: 0,
             workload: None,
             dead_sweep_bytes: 0,
+            rooms: None,
+            served: services::served(),
             p,
         }
     }
@@ -325,7 +348,8 @@ impl Sim {
             now,
             self.now,
         );
-        let rep = (self.p.records.records > 0).then(|| {
+        let host = (self.p.rooms.rooms > 0).then(|| services::host(id, seed, &self.p, now));
+        let rep = (self.p.records.records > 0 || self.p.rooms.rooms > 0).then(|| {
             Replicator::new(
                 self.p.records.config.clone(),
                 id,
@@ -338,6 +362,7 @@ impl Sim {
         self.slots.push(Some(SimNode {
             node,
             rep,
+            host,
             wake: None,
         }));
         self.live_pos.push(self.live.len());
@@ -420,10 +445,21 @@ impl Sim {
                             }
                         }
                         Output::Answer { client, answer } => answers.push((client, answer)),
-                        Output::Confirmed { .. } | Output::Loaded { .. } => {}
+                        Output::Confirmed { token } => {
+                            if let Some(h) = sn.host.as_mut() {
+                                h.handle_confirmed(token);
+                            }
+                        }
+                        Output::Loaded { token } => {
+                            if let Some(h) = sn.host.as_mut() {
+                                h.handle_loaded(instant, unix(now), token, rep, &sn.node);
+                            }
+                        }
                     }
                 }
             }
+            // The host's turn: its writes, then the stanzas it released.
+            let to_users = services::drain_host(sn, &self.served, instant, unix(now));
             if let Some(w) = self.workload.as_mut() {
                 for (client, a) in &answers {
                     w.answered(*client, a, now);
@@ -444,6 +480,7 @@ impl Sim {
             let next = [
                 sn.node.poll_timeout(),
                 sn.rep.as_ref().and_then(|r| r.poll_timeout()),
+                sn.host.as_ref().and_then(|h| h.poll_timeout()),
             ]
             .into_iter()
             .flatten()
@@ -474,7 +511,8 @@ impl Sim {
                     },
                 );
             }
-            let quiet = events.is_empty() && answers.is_empty();
+            let quiet = events.is_empty() && answers.is_empty() && to_users.is_empty();
+            self.deliver_to_users(to_users);
             for e in events {
                 self.on_node_event(slot, e);
             }
@@ -491,6 +529,12 @@ impl Sim {
     fn on_node_event(&mut self, slot: u32, e: Event<u32>) {
         let instant = self.instant();
         match e {
+            Event::Delivered(env) if env.kind == services::STANZA => {
+                self.stanza_delivered(slot, &env.payload)
+            }
+            Event::Bounced { envelope, .. } if envelope.kind == services::STANZA => {
+                self.stanza_bounced(&envelope.payload)
+            }
             Event::Delivered(env) if env.kind == EnvelopeKind::Record => {
                 if let Some(sn) = self.slots[slot as usize].as_mut()
                     && let Some(rep) = sn.rep.as_mut()
@@ -594,6 +638,11 @@ impl Sim {
                 {
                     rep.handle_timeout(now, &sn.node);
                 }
+                if let (Some(host), Some(rep)) = (sn.host.as_mut(), sn.rep.as_mut())
+                    && host.poll_timeout().is_some_and(|t| t <= now)
+                {
+                    host.handle_timeout(now, unix(now_t), rep, &sn.node);
+                }
                 self.flush(slot);
             }
             SimEvent::Arrive => {
@@ -626,6 +675,8 @@ impl Sim {
                     w.sample(&copies);
                 }
             }
+            SimEvent::Room { intent } => self.room_send(intent),
+            SimEvent::RoomTalk => self.room_talk(),
         }
     }
 
@@ -777,6 +828,11 @@ impl Sim {
     }
 }
 
+/// Unix seconds at simulated time `t` (what the services stamp).
+fn unix(t: Time) -> u64 {
+    1_700_000_000 + t / 1_000_000
+}
+
 fn msg_index(payload: &[u8]) -> Option<usize> {
     let b: [u8; 8] = payload.try_into().ok()?;
     Some(u64::from_be_bytes(b) as usize)
@@ -794,11 +850,20 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
     // With a record workload, the records are written after the settling
     // and the measured phase starts half a minute after the last write.
     let t_records = formation + us(p.settle);
-    let t0 = if records > 0 {
+    let mut t0 = if records > 0 {
         t_records + us(p.records.create_window) + us(Duration::from_secs(30))
     } else {
         t_records
     };
+    // With rooms, their creation runs beside the records' and the measured
+    // phase starts half a minute after the last member joined.
+    let rooms_ready = (p.rooms.rooms > 0).then(|| {
+        let ready = t_records
+            + p.rooms.rooms as u64 * us(Duration::from_millis(50))
+            + us(Duration::from_secs(15));
+        t0 = t0.max(ready + us(Duration::from_secs(30)));
+        ready
+    });
     let t_end = t0 + us(p.duration);
     // Long enough for every receipt deadline to pass.
     let drain = us(p.node.receipt_timeout + Duration::from_secs(90));
@@ -825,9 +890,15 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
             sim.schedule(at, SimEvent::RecordWrite { record: i as u32 });
         }
     }
+    if rooms_ready.is_some() {
+        services::schedule_rooms(&mut sim, &p.rooms, t_records);
+    }
     sim.run_until(t0, progress, total);
 
     // Measured phase.
+    if p.rooms.rooms > 0 {
+        services::schedule_talk(&mut sim, &p.rooms, t0, us(p.duration));
+    }
     let before = sim.total_stats();
     let sweep_before = sim.sweep_bytes();
     if records > 0 {
@@ -886,7 +957,10 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
     let sweep_after = sim.sweep_bytes();
     // Drain: let in-flight messages finish (timeouts, reroutes, bounces).
     let mut t = t_end;
-    while t < t_end + drain && (!sim.all_outcomes_known() || sim.records_pending() > 0) {
+    let rooms_pending = |sim: &Sim| sim.rooms.as_ref().map_or(0, |r| r.pending());
+    while t < t_end + drain
+        && (!sim.all_outcomes_known() || sim.records_pending() > 0 || rooms_pending(&sim) > 0)
+    {
         t += us(Duration::from_secs(1));
         sim.run_until(t, progress, total);
     }
@@ -958,6 +1032,10 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
         median_latency_ms: p.median_latency.as_secs_f64() * 1000.0,
         loss_rate: p.loss,
         events: sim.events,
+        rooms: sim.rooms.take().map(|r| {
+            let slots = &sim.slots;
+            r.finish(|slot| slots.get(slot as usize).is_some_and(|s| s.is_some()))
+        }),
         records: sim.workload.take().map(|w| {
             let copies = sim.live_copies();
             let per_node_s =
@@ -973,6 +1051,8 @@ pub fn run(p: &ProtocolParams, progress: &Progress) -> Report {
     r.protocol = Some(figures);
     r
 }
+
+mod services;
 
 #[cfg(test)]
 mod tests {
@@ -1113,6 +1193,51 @@ mod tests {
         let r = run(&p, &Progress::hidden());
         let rec = r.protocol.as_ref().unwrap().records.clone().unwrap();
         assert!(rec.records_lost > 0, "{rec:?}");
+    }
+
+    fn with_rooms(p: ProtocolParams, rooms: usize) -> ProtocolParams {
+        ProtocolParams {
+            rooms: RoomParams {
+                rooms,
+                members: 4,
+                messages_per_s: 5.0,
+            },
+            ..p
+        }
+    }
+
+    #[test]
+    fn rooms_without_churn_answer_and_deliver_every_message() {
+        let r = run(&with_rooms(small(60, 0), 20), &Progress::hidden());
+        let f = r.protocol.as_ref().unwrap().rooms.clone().unwrap();
+        assert!(f.messages > 200, "{f:?}");
+        assert_eq!(f.echoed, f.messages, "{f:?}");
+        assert_eq!(
+            (f.errors, f.unanswered, f.takeover_notices),
+            (0, 0, 0),
+            "{f:?}"
+        );
+        assert_eq!(f.delivery_ratio, 1.0, "{f:?}");
+        assert_eq!(f.members_in_room_at_end, 1.0, "{f:?}");
+    }
+
+    #[test]
+    fn rooms_are_taken_over_under_churn_and_nothing_vanishes() {
+        let p = ProtocolParams {
+            churn_median_session: Some(Duration::from_secs(300)),
+            duration: Duration::from_secs(300),
+            ..with_rooms(small(100, 0), 30)
+        };
+        let r = run(&p, &Progress::hidden());
+        let pf = r.protocol.as_ref().unwrap().clone();
+        let f = pf.rooms.clone().unwrap();
+        assert!(pf.churn_departures > 20, "churn happened: {pf:?}");
+        assert!(f.takeover_notices > 0, "hosts died with occupants: {f:?}");
+        // Every message is answered, unless a crash took it.
+        assert_eq!(f.unanswered, f.entry_departed + f.host_departed, "{f:?}");
+        assert!(f.echoed as f64 > 0.9 * f.messages as f64, "{f:?}");
+        // Those told to leave came back.
+        assert!(f.members_in_room_at_end > 0.95, "{f:?}");
     }
 
     #[test]

@@ -130,6 +130,9 @@ pub struct ProtocolFigures {
     /// The record workload's figures, when there was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub records: Option<crate::records_load::RecordFigures>,
+    /// The MUC workload's figures, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<crate::rooms_load::RoomFigures>,
 }
 
 /// One simulation's figures. Field names are the JSON contract.
@@ -257,6 +260,27 @@ impl Report {
                     s,
                     "churn: median session {:.0} s over {:.0} s: {} departures, {} joins",
                     p.median_session_s, p.measured_s, p.churn_departures, p.churn_joins
+                );
+            }
+            if let Some(r) = &p.rooms {
+                let _ = writeln!(
+                    s,
+                    "rooms: {} of {} members: messages {}  echoed {}  errors {}  unanswered {} (entry node died: {}, host died: {})  delivery {:.4}  takeover notices {}  joins {} (errors {})  in room at end {:.3}  echo p50/p99 {:.1}/{:.1} ms",
+                    r.rooms,
+                    r.members,
+                    r.messages,
+                    r.echoed,
+                    r.errors,
+                    r.unanswered,
+                    r.entry_departed,
+                    r.host_departed,
+                    r.delivery_ratio,
+                    r.takeover_notices,
+                    r.joins,
+                    r.join_errors,
+                    r.members_in_room_at_end,
+                    r.echo_latency_ms_p50,
+                    r.echo_latency_ms_p99
                 );
             }
             if let Some(r) = &p.records {

@@ -113,6 +113,17 @@ pub struct SimulateArgs {
     /// Records: the re-replication sweep runs this often, s (`record_sweep_ms`).
     #[arg(long, default_value_t = 10.0, help_heading = "Records (protocol mode)")]
     pub record_sweep_s: f64,
+
+    /// Rooms: create this many MUC rooms before the measured phase and run
+    /// the real services host on every node (0: none).
+    #[arg(long, default_value_t = 0, help_heading = "Rooms (protocol mode)")]
+    pub rooms: usize,
+    /// Rooms: members of each room (users outside the ring).
+    #[arg(long, default_value_t = 5, help_heading = "Rooms (protocol mode)")]
+    pub room_members: usize,
+    /// Rooms: groupchat messages per simulated second, over all rooms.
+    #[arg(long, default_value_t = 10.0, help_heading = "Rooms (protocol mode)")]
+    pub room_messages_per_s: f64,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, UsageError> {
@@ -192,6 +203,21 @@ impl SimulateArgs {
         if self.records > 0 && self.mode != Mode::Protocol {
             return Err(UsageError("--records needs --mode protocol".into()));
         }
+        if self.rooms > 0 && self.mode != Mode::Protocol {
+            return Err(UsageError("--rooms needs --mode protocol".into()));
+        }
+        if self.rooms > 1_000_000 || !(1..=1000).contains(&self.room_members) {
+            return Err(UsageError(format!(
+                "--rooms must be at most 1000000 and --room-members 1..=1000, got {} and {}",
+                self.rooms, self.room_members
+            )));
+        }
+        if !(self.room_messages_per_s >= 0.0 && self.room_messages_per_s.is_finite()) {
+            return Err(UsageError(format!(
+                "--room-messages-per-s must be a non-negative number, got {}",
+                self.room_messages_per_s
+            )));
+        }
         if !(1..=16).contains(&self.record_replicas) {
             return Err(UsageError(format!(
                 "--record-replicas must be between 1 and 16, got {}",
@@ -266,6 +292,9 @@ impl SimulateArgs {
         p.records.reads_per_s = self.record_reads_per_s;
         p.records.config.replicas = self.record_replicas;
         p.records.config.sweep_every = secs("record-sweep-s", self.record_sweep_s)?;
+        p.rooms.rooms = self.rooms;
+        p.rooms.members = self.room_members;
+        p.rooms.messages_per_s = self.room_messages_per_s;
         Ok(p)
     }
 

@@ -38,6 +38,50 @@ pub struct TableConfig {
     pub ping_if_idle: Duration,
 }
 
+/// A table parameter out of its range.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TableConfigError {
+    /// See [`TableConfig::K_RANGE`].
+    #[error("k must be 1..=256, got {0}")]
+    K(usize),
+    /// See [`TableConfig::BITS_RANGE`].
+    #[error("bits must be 1..=8, got {0}")]
+    Bits(u8),
+}
+
+impl TableConfig {
+    /// The bucket sizes the table supports (the node's configuration and
+    /// the simulator both check against this).
+    pub const K_RANGE: std::ops::RangeInclusive<usize> = 1..=256;
+    /// The digit widths the table supports.
+    pub const BITS_RANGE: std::ops::RangeInclusive<u8> = 1..=8;
+
+    /// Checks a bucket size.
+    pub fn check_k(k: usize) -> Result<usize, TableConfigError> {
+        if Self::K_RANGE.contains(&k) {
+            Ok(k)
+        } else {
+            Err(TableConfigError::K(k))
+        }
+    }
+
+    /// Checks a digit width.
+    pub fn check_bits(bits: u8) -> Result<u8, TableConfigError> {
+        if Self::BITS_RANGE.contains(&bits) {
+            Ok(bits)
+        } else {
+            Err(TableConfigError::Bits(bits))
+        }
+    }
+
+    /// Checks every parameter.
+    pub fn validate(&self) -> Result<(), TableConfigError> {
+        Self::check_k(self.k)?;
+        Self::check_bits(self.bits)?;
+        Ok(())
+    }
+}
+
 impl Default for TableConfig {
     fn default() -> Self {
         TableConfig {

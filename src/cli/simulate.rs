@@ -3,6 +3,7 @@
 
 use super::{Format, UsageError};
 use clap::{Args, ValueEnum};
+use dht::table::TableConfig;
 use simulator::protocol::{self, ProtocolParams};
 use simulator::static_ring::{self, StaticParams};
 use simulator::{Progress, Report, plot, sweep};
@@ -150,15 +151,11 @@ impl SimulateArgs {
                 "--nodes above 50000000 does not fit static mode's memory budget".into(),
             ));
         }
-        if let Some(b) = self.bits.iter().find(|b| !(1..=8).contains(*b)) {
-            return Err(UsageError(format!(
-                "--bits must be between 1 and 8, got {b}"
-            )));
+        for b in &self.bits {
+            TableConfig::check_bits(*b).map_err(|e| UsageError(format!("--{e}")))?;
         }
-        if let Some(k) = self.k.iter().find(|k| **k == 0 || **k > 1024) {
-            return Err(UsageError(format!(
-                "--k must be between 1 and 1024, got {k}"
-            )));
+        for k in &self.k {
+            TableConfig::check_k(*k).map_err(|e| UsageError(format!("--{e}")))?;
         }
         if self.sweep_nodes.is_empty() && (self.k.len() > 1 || self.bits.len() > 1) {
             return Err(UsageError(

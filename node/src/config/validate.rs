@@ -101,16 +101,12 @@ impl RawConfig {
             ..dht::NodeConfig::default()
         };
         if let Some(k) = self.k {
-            if !(1..=256).contains(&k) {
-                return Err(err("k", format!("must be 1..=256, got {k}")));
-            }
-            dht.table.k = k;
+            dht.table.k =
+                dht::table::TableConfig::check_k(k).map_err(|e| err("k", e.to_string()))?;
         }
         if let Some(b) = self.bits {
-            if !(1..=8).contains(&b) {
-                return Err(err("bits", format!("must be 1..=8, got {b}")));
-            }
-            dht.table.bits = b;
+            dht.table.bits =
+                dht::table::TableConfig::check_bits(b).map_err(|e| err("bits", e.to_string()))?;
         }
         if let Some(ms) = self.ack_timeout_ms {
             if !(10..=60_000).contains(&ms) {

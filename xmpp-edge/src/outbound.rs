@@ -183,13 +183,19 @@ pub(crate) async fn establish(
 
 /// Reads an established stream in a task of its own (writing goes on
 /// beside it), forwarding what the remote says.
-pub(crate) fn spawn_reader(
-    mut reader: Reader,
-) -> (mpsc::Receiver<Option<Element>>, tokio::task::JoinHandle<()>) {
+///
+/// The reader ends when the stream does, or as soon as the receiver is
+/// dropped (the connection's driver is done with it): no task outlives its
+/// connection and none needs aborting.
+pub(crate) fn spawn_reader(mut reader: Reader) -> mpsc::Receiver<Option<Element>> {
     let (tx, rx) = mpsc::channel(16);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
-            match reader.next().await {
+            let next = tokio::select! {
+                next = reader.next() => next,
+                _ = tx.closed() => return,
+            };
+            match next {
                 Ok(StreamEvent::Element(e)) => {
                     if tx.send(Some(e)).await.is_err() {
                         return;
@@ -204,7 +210,7 @@ pub(crate) fn spawn_reader(
             }
         }
     });
-    (rx, task)
+    rx
 }
 
 /// A stanza on its way out, serialised (namespace `jabber:server`).
@@ -478,7 +484,7 @@ impl OutboundPool {
         } = est;
         // Reading runs beside writing: the peer may end the stream or ask
         // us to verify a dialback key at any time.
-        let (mut erx, reader_task) = spawn_reader(reader);
+        let mut erx = spawn_reader(reader);
         let mut written = 0u64;
         let mut shutdown = shared.shutdown.clone();
         let failed = loop {
@@ -550,7 +556,8 @@ impl OutboundPool {
                 .stanzas_out
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
         };
-        reader_task.abort();
+        // Dropping the receiver ends the reader.
+        drop(erx);
         (written, failed)
     }
 }

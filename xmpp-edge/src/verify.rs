@@ -140,7 +140,7 @@ async fn run_pair(shared: &Shared, local: &Domain, remote: &Domain, mut rx: mpsc
     };
     let mut machine = est.machine;
     let mut writer = est.writer;
-    let (mut erx, reader_task) = spawn_reader(est.reader);
+    let mut erx = spawn_reader(est.reader);
     // Requests sent, by stream id, with when they expire.
     let mut waiting: HashMap<String, (Job, Instant)> = HashMap::new();
     let mut shutdown = shared.shutdown.clone();
@@ -209,7 +209,8 @@ async fn run_pair(shared: &Shared, local: &Domain, remote: &Domain, mut rx: mpsc
             }
         }
     }
-    reader_task.abort();
+    // Dropping the receiver ends the reader.
+    drop(erx);
     rx.close();
     for (_, (job, _)) in waiting {
         job.answer(Verdict::Error(DefinedCondition::RemoteServerTimeout));

@@ -27,7 +27,7 @@ mod ring;
 mod store;
 
 pub use replicator::{Answer, Config, Counters, LocalWrite, Output, Replicator, RequestError};
-pub use ring::Ring;
+pub use ring::{ListRing, Ring};
 pub use store::{Backend, MemBackend, Store, StoreError, StoreLimits};
 
 use serde::{Deserialize, Serialize};

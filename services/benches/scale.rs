@@ -10,7 +10,7 @@
 //! as it fills, and the bytes a join writes.
 
 use dht::{Key, NodeId};
-use ring_records::{Config, MemBackend, Replicator, Ring, StoreLimits};
+use ring_records::{Config, ListRing, MemBackend, Replicator, StoreLimits};
 use ring_services::Action;
 use ring_services::host::ServiceHost;
 use ring_services::pubsub::Limits;
@@ -19,30 +19,10 @@ use std::time::{Duration, Instant};
 use xmpp_addr::Served;
 use xmpp_parsers::minidom::Element;
 
-/// A ring of one node (replicas have nothing to confirm: this measures
-/// the host, not the network).
-struct Alone(NodeId);
-
-impl Ring for Alone {
-    fn me(&self) -> NodeId {
-        self.0
-    }
-    fn takes_responsibility(&self) -> bool {
-        true
-    }
-    fn closest_holders(&self, _: &Key, _: usize) -> Vec<NodeId> {
-        Vec::new()
-    }
-    fn is_joined(&self) -> bool {
-        true
-    }
-    fn is_live(&self, id: &NodeId) -> bool {
-        *id == self.0
-    }
-}
-
 struct Bench {
-    ring: Alone,
+    /// A ring of one node (replicas have nothing to confirm: this
+    /// measures the host, not the network).
+    me: [NodeId; 1],
     rep: Replicator<MemBackend>,
     host: ServiceHost,
     now: Instant,
@@ -76,7 +56,7 @@ impl Bench {
         );
         let host = ServiceHost::new(services, 0, Duration::from_secs(3600), now);
         Bench {
-            ring: Alone(id),
+            me: [id],
             rep,
             host,
             now,
@@ -86,8 +66,16 @@ impl Bench {
     }
 
     fn feed(&mut self, st: Element) {
-        self.host
-            .handle_stanza(self.now, 1_000_000, st, &mut self.rep, &self.ring);
+        self.host.handle_stanza(
+            self.now,
+            1_000_000,
+            st,
+            &mut self.rep,
+            &ListRing {
+                me: self.me[0],
+                live: &self.me,
+            },
+        );
     }
 
     /// Ends the turn: writes, then the outputs (counted and dropped).
@@ -95,8 +83,15 @@ impl Bench {
     /// registries too).
     fn turn(&mut self) {
         loop {
-            self.host
-                .end_turn(self.now, 1_000_000, &mut self.rep, &self.ring);
+            self.host.end_turn(
+                self.now,
+                1_000_000,
+                &mut self.rep,
+                &ListRing {
+                    me: self.me[0],
+                    live: &self.me,
+                },
+            );
             while self.rep.poll_output().is_some() {}
             let mut internal = Vec::new();
             while let Some(a) = self.host.poll_action() {

@@ -24,6 +24,8 @@ pub mod pubsub;
 pub mod services;
 pub mod sharded;
 pub mod stanza;
+#[cfg(test)]
+mod testing;
 
 use xmpp_parsers::minidom::Element;
 

@@ -409,5 +409,22 @@ impl<V: Serialize + DeserializeOwned + Clone> ShardLoad<V> {
     }
 }
 
+impl<V: Serialize + DeserializeOwned + Clone> crate::services::LoadRounds for ShardLoad<V> {
+    fn names(&self) -> Vec<String> {
+        ShardLoad::names(self)
+    }
+
+    fn offer(
+        &mut self,
+        values: &HashMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), crate::error::StateError> {
+        Ok(ShardLoad::offer(self, values)?)
+    }
+
+    fn is_done(&self) -> bool {
+        ShardLoad::is_done(self)
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 //! after a crash, and local writes held until their replicas confirm.
 
 use super::*;
+use crate::ListRing;
 use crate::store::MemBackend;
 use std::collections::BTreeMap;
 
@@ -17,38 +18,6 @@ struct TestNode {
     rep: Option<Replicator<MemBackend>>,
     /// The nodes this node believes alive (its routing table).
     view: Vec<NodeId>,
-}
-
-/// This node's view of the ring, for the replicator.
-struct View<'a> {
-    me: NodeId,
-    known: &'a [NodeId],
-}
-
-impl Ring for View<'_> {
-    fn me(&self) -> NodeId {
-        self.me
-    }
-    fn takes_responsibility(&self) -> bool {
-        true
-    }
-    fn closest_holders(&self, key: &Key, n: usize) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self
-            .known
-            .iter()
-            .copied()
-            .filter(|id| *id != self.me)
-            .collect();
-        v.sort_by_key(|id| id.distance(key));
-        v.truncate(n);
-        v
-    }
-    fn is_joined(&self) -> bool {
-        true
-    }
-    fn is_live(&self, id: &NodeId) -> bool {
-        self.known.contains(id)
-    }
 }
 
 /// A message on its way.
@@ -167,9 +136,9 @@ impl Net {
             };
             let now = self.now;
             let node = &mut self.nodes[i];
-            let view = View {
+            let view = ListRing {
                 me: node.id,
-                known: &node.view,
+                live: &node.view,
             };
             if let Some(rep) = node.rep.as_mut() {
                 rep.handle_message(now, &view, m.to, 1, m.msg);
@@ -194,9 +163,9 @@ impl Net {
             for i in 0..self.nodes.len() {
                 let now = self.now;
                 let node = &mut self.nodes[i];
-                let view = View {
+                let view = ListRing {
                     me: node.id,
-                    known: &node.view,
+                    live: &node.view,
                 };
                 if let Some(rep) = node.rep.as_mut()
                     && rep.poll_timeout().is_some_and(|t| t <= now)
@@ -504,9 +473,9 @@ fn local_writes_are_confirmed_only_when_the_replicas_hold_them() {
     net.drop = Box::new(|m| matches!(m.msg, RecordMsg::Stored { .. }));
     let now = net.now;
     let node = &mut net.nodes[host];
-    let view = View {
+    let view = ListRing {
         me: node.id,
-        known: &node.view,
+        live: &node.view,
     };
     let w = node.rep.as_mut().unwrap().write_local(now, &view, &op, 7);
     assert_eq!(w, LocalWrite::Waiting);
@@ -524,9 +493,9 @@ fn local_writes_are_confirmed_only_when_the_replicas_hold_them() {
     net.confirmed.clear();
     let now = net.now;
     let node = &mut net.nodes[host];
-    let view = View {
+    let view = ListRing {
         me: node.id,
-        known: &node.view,
+        live: &node.view,
     };
     assert_eq!(
         node.rep.as_mut().unwrap().write_local(now, &view, &op, 8),
@@ -550,9 +519,9 @@ fn a_load_fetches_what_the_new_host_lacks() {
     let outsider = (0..5).find(|i| !holders.contains(i)).unwrap();
     let now = net.now;
     let node = &mut net.nodes[outsider];
-    let view = View {
+    let view = ListRing {
         me: node.id,
-        known: &node.view,
+        live: &node.view,
     };
     let rep = node.rep.as_mut().unwrap();
     assert!(rep.load(now, &view, &["state".to_string()], 5));
@@ -570,9 +539,9 @@ fn a_load_fetches_what_the_new_host_lacks() {
     // Nothing to fetch: ready at once.
     let now = net.now;
     let node = &mut net.nodes[outsider];
-    let view = View {
+    let view = ListRing {
         me: node.id,
-        known: &node.view,
+        live: &node.view,
     };
     assert!(
         !node

@@ -9,8 +9,9 @@
 use super::*;
 use crate::pubsub::Limits;
 use crate::services::Quotas;
+use crate::testing::statuses;
 use dht::{Key, NodeId};
-use ring_records::{Config, MemBackend, Output, RecordMsg, StoreLimits};
+use ring_records::{Config, ListRing, MemBackend, Output, RecordMsg, StoreLimits};
 use xmpp_addr::Served;
 
 const ROOM: &str = "room@conference.ring.test";
@@ -19,38 +20,6 @@ struct TestNode {
     id: NodeId,
     rep: Replicator<MemBackend>,
     host: ServiceHost,
-}
-
-/// A node's view of the ring: every live node.
-struct View<'a> {
-    me: NodeId,
-    live: &'a [NodeId],
-}
-
-impl Ring for View<'_> {
-    fn me(&self) -> NodeId {
-        self.me
-    }
-    fn takes_responsibility(&self) -> bool {
-        true
-    }
-    fn closest_holders(&self, key: &Key, n: usize) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self
-            .live
-            .iter()
-            .copied()
-            .filter(|id| *id != self.me)
-            .collect();
-        v.sort_by_key(|id| id.distance(key));
-        v.truncate(n);
-        v
-    }
-    fn is_joined(&self) -> bool {
-        true
-    }
-    fn is_live(&self, id: &NodeId) -> bool {
-        self.live.contains(id)
-    }
 }
 
 enum Msg {
@@ -190,7 +159,7 @@ impl Net {
         let Some(n) = self.nodes[i].as_mut() else {
             return false;
         };
-        let ring = View {
+        let ring = ListRing {
             me: n.id,
             live: &live,
         };
@@ -243,7 +212,7 @@ impl Net {
             Msg::Record { to, msg } => {
                 let i = self.responsible(&to);
                 let n = self.nodes[i].as_mut().unwrap();
-                let ring = View {
+                let ring = ListRing {
                     me: n.id,
                     live: &live,
                 };
@@ -256,7 +225,7 @@ impl Net {
                 };
                 let i = self.responsible(&key);
                 let n = self.nodes[i].as_mut().unwrap();
-                let ring = View {
+                let ring = ListRing {
                     me: n.id,
                     live: &live,
                 };
@@ -272,7 +241,7 @@ impl Net {
         let live = self.live();
         let (now, unix) = (self.now, self.unix);
         for n in self.nodes.iter_mut().flatten() {
-            let ring = View {
+            let ring = ListRing {
                 me: n.id,
                 live: &live,
             };
@@ -314,17 +283,6 @@ impl Net {
         self.join("bob@b.test/y", "bob");
         self.take_inbox();
     }
-}
-
-fn statuses(p: &Element) -> Vec<String> {
-    p.get_child("x", crate::muc::room::NS_MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.name() == "status")
-                .filter_map(|c| c.attr("code").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn bodies_to(inbox: &[Element], to: &str) -> Vec<String> {

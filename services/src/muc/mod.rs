@@ -105,19 +105,16 @@ pub struct RoomLoad {
     occupants: ShardLoad<Occupant>,
 }
 
-impl RoomLoad {
-    /// The records to read next (empty when done).
-    pub fn names(&self) -> Vec<String> {
+impl crate::services::LoadRounds for RoomLoad {
+    fn names(&self) -> Vec<String> {
         self.occupants.names()
     }
 
-    /// Takes the values read.
-    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
+    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
         Ok(self.occupants.offer(values)?)
     }
 
-    /// Whether everything is read.
-    pub fn is_done(&self) -> bool {
+    fn is_done(&self) -> bool {
         self.occupants.is_done()
     }
 }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::stanza::NS_CLIENT;
 use crate::stanza::NS_STANZAS;
+use crate::testing::{Store, read_rounds, statuses};
 use room::Role;
 
 const ROOM: &str = "room@conference.ring.test";
@@ -16,8 +17,6 @@ struct Harness {
     store: Store,
 }
 
-type Store = HashMap<String, Option<Vec<u8>>>;
-
 /// Loads ROOM from `store` into `muc`, round by round as the host does.
 fn load(muc: &mut Muc, store: &Store) -> Result<(), crate::error::StateError> {
     let get = |n: &str| store.get(n).cloned().flatten();
@@ -26,17 +25,7 @@ fn load(muc: &mut Muc, store: &Store) -> Result<(), crate::error::StateError> {
     let Some(mut l) = muc.start_install(ROOM, meta.as_deref(), history.as_deref())? else {
         return Ok(());
     };
-    while !l.is_done() {
-        let values = l
-            .names()
-            .into_iter()
-            .map(|n| {
-                let v = get(&n);
-                (n, v)
-            })
-            .collect();
-        l.offer(&values)?;
-    }
+    read_rounds(&mut l, store)?;
     muc.finish_install(l);
     Ok(())
 }
@@ -67,17 +56,6 @@ fn error_of(s: &Element) -> Option<String> {
             .map(|c| c.name().to_string())
             .unwrap_or_default()
     })
-}
-
-fn statuses(p: &Element) -> Vec<String> {
-    p.get_child("x", room::NS_MUC_USER)
-        .map(|x| {
-            x.children()
-                .filter(|c| c.name() == "status")
-                .filter_map(|c| c.attr("code").map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 impl Harness {

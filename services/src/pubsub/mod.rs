@@ -75,19 +75,16 @@ pub struct NodeLoad {
     subscriptions: ShardLoad<String>,
 }
 
-impl NodeLoad {
-    /// The records to read next (empty when done).
-    pub fn names(&self) -> Vec<String> {
+impl crate::services::LoadRounds for NodeLoad {
+    fn names(&self) -> Vec<String> {
         self.subscriptions.names()
     }
 
-    /// Takes the values read.
-    pub fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
+    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError> {
         Ok(self.subscriptions.offer(values)?)
     }
 
-    /// Whether everything is read.
-    pub fn is_done(&self) -> bool {
+    fn is_done(&self) -> bool {
         self.subscriptions.is_done()
     }
 }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::stanza::NS_CLIENT;
 use crate::stanza::NS_STANZAS;
+use crate::testing::{Store, read_rounds};
 
 const SVC: &str = "pubsub.ring.test";
 
@@ -16,8 +17,6 @@ fn ps() -> PubSub {
         1,
     )
 }
-
-type Store = HashMap<String, Option<Vec<u8>>>;
 
 /// Keeps `writes` as the record store would.
 fn keep(store: &mut Store, writes: Vec<Write>) {
@@ -35,17 +34,7 @@ fn load(p: &mut PubSub, store: &Store, name: &str) -> Result<(), crate::error::S
     let Some(mut l) = p.start_install(SVC, name, meta.as_deref(), items.as_deref())? else {
         return Ok(());
     };
-    while !l.is_done() {
-        let values = l
-            .names()
-            .into_iter()
-            .map(|n| {
-                let v = get(&n);
-                (n, v)
-            })
-            .collect();
-        l.offer(&values)?;
-    }
+    read_rounds(&mut l, store)?;
     p.finish_install(l);
     Ok(())
 }

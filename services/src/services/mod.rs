@@ -121,13 +121,23 @@ pub enum LoadStep {
     Ready(Vec<Element>),
 }
 
+/// A load past its first records: its shards are read in rounds.
+pub trait LoadRounds {
+    /// The records to read next (empty when done).
+    fn names(&self) -> Vec<String>;
+    /// Takes the values read.
+    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError>;
+    /// Whether everything is read.
+    fn is_done(&self) -> bool;
+}
+
 /// An entity whose first records are read and whose shards are being read.
 enum Partial {
     Room(muc::RoomLoad),
     Node(pubsub::NodeLoad),
 }
 
-impl Partial {
+impl LoadRounds for Partial {
     fn names(&self) -> Vec<String> {
         match self {
             Partial::Room(l) => l.names(),

@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::{Store, read_rounds};
 use proptest::prelude::*;
 
 const BASE: &str = "pubsub-subs:pubsub.a.test/n";
@@ -8,34 +9,16 @@ fn set(budget: usize, limit: usize) -> Sharded<String> {
 }
 
 /// Writes go into `store` as the record store would keep them.
-fn flush(s: &mut Sharded<String>, store: &mut HashMap<String, Option<Vec<u8>>>) {
+fn flush(s: &mut Sharded<String>, store: &mut Store) {
     for (name, value) in s.take_writes() {
         assert!(value.len() <= s.limit, "{name} is {} bytes", value.len());
         store.insert(name, Some(value));
     }
 }
 
-fn reload(
-    header: ShardHeader,
-    store: &HashMap<String, Option<Vec<u8>>>,
-    budget: usize,
-    limit: usize,
-) -> Sharded<String> {
+fn reload(header: ShardHeader, store: &Store, budget: usize, limit: usize) -> Sharded<String> {
     let mut load = ShardLoad::new(BASE.to_string(), header, budget, limit);
-    let mut rounds = 0;
-    while !load.is_done() {
-        let asked: HashMap<String, Option<Vec<u8>>> = load
-            .names()
-            .into_iter()
-            .map(|n| {
-                let v = store.get(&n).cloned().flatten();
-                (n, v)
-            })
-            .collect();
-        load.offer(&asked).unwrap();
-        rounds += 1;
-        assert!(rounds <= MAX_DEPTH as usize + 1);
-    }
+    read_rounds(&mut load, store).unwrap();
     load.finish()
 }
 

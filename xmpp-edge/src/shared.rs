@@ -19,7 +19,7 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 pub enum EdgeEvent {
     /// An authenticated stanza from the federation for one of our domains.
     Inbound(Element),
-    /// A stanza given to [`EdgeHandle::send`] could not be delivered.
+    /// A stanza given to [`EdgeHandle::send`](crate::EdgeHandle::send) could not be delivered.
     Undeliverable(Undeliverable),
 }
 
@@ -124,7 +124,7 @@ pub(crate) struct Shared {
     pub(crate) events: mpsc::Sender<EdgeEvent>,
     pub(crate) stats: Arc<EdgeStats>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// Connections (in and out) running; [`EdgeHandle::shutdown`] waits
+    /// Connections (in and out) running; [`EdgeHandle::shutdown`](crate::EdgeHandle::shutdown) waits
     /// until there are none.
     pub(crate) tasks: Arc<TaskCounter>,
 }

@@ -109,6 +109,18 @@ pub struct RawConfig {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipt_timeout_ms: Option<u64>,
+    /// Contacts silent this long are pinged, ms [default: 600000]. Shorter
+    /// keeps routing tables fresh under fast churn (see the README's
+    /// simulator figures).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_interval_ms: Option<u64>,
+    /// The closest contacts (this node's neighbourhood, whose records it
+    /// shares) silent this long are pinged, ms [default: 5000]; a failed one
+    /// starts re-replication at once.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neighbour_interval_ms: Option<u64>,
     /// Edge: PEM certificate chain for s2s TLS [default: self-signed,
     /// generated].
     #[arg(long, value_name = "FILE.pem")]

@@ -29,6 +29,22 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn churn_settings_reach_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = RawConfig {
+        liveness_interval_ms: Some(60_000),
+        neighbour_interval_ms: Some(2_000),
+        ..base(dir.path())
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(s.dht.liveness_interval, Duration::from_secs(60));
+    assert_eq!(s.dht.neighbour_interval, Duration::from_secs(2));
+    let d = base(dir.path()).validate().unwrap();
+    assert_eq!(d.dht.liveness_interval, dht::NodeConfig::default().liveness_interval);
+}
+
+#[test]
 fn flags_override_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = RawConfig {
@@ -220,6 +236,20 @@ fn every_bad_value_names_its_key() {
                 ..b()
             },
             "receipt_timeout_ms",
+        ),
+        (
+            RawConfig {
+                liveness_interval_ms: Some(10),
+                ..b()
+            },
+            "liveness_interval_ms",
+        ),
+        (
+            RawConfig {
+                neighbour_interval_ms: Some(0),
+                ..b()
+            },
+            "neighbour_interval_ms",
         ),
         (
             RawConfig {

@@ -132,6 +132,24 @@ impl RawConfig {
             }
             dht.receipt_timeout = Duration::from_millis(ms);
         }
+        if let Some(ms) = self.liveness_interval_ms {
+            if !(1_000..=86_400_000).contains(&ms) {
+                return Err(err(
+                    "liveness_interval_ms",
+                    format!("must be 1000..=86400000, got {ms}"),
+                ));
+            }
+            dht.liveness_interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.neighbour_interval_ms {
+            if !(100..=600_000).contains(&ms) {
+                return Err(err(
+                    "neighbour_interval_ms",
+                    format!("must be 100..=600000, got {ms}"),
+                ));
+            }
+            dht.neighbour_interval = Duration::from_millis(ms);
+        }
         let max_connections = self.max_connections.unwrap_or(512);
         if max_connections == 0 {
             return Err(err("max_connections", "must be positive"));

@@ -1,7 +1,24 @@
 //! The services' errors, typed: what the host logs, what a stanza error's
 //! text says.
 
-use crate::sharded::ShardError;
+/// Why an entry cannot be kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    /// Its shard would be over the record limit even at the deepest split.
+    #[error("the entry does not fit its shard's record ({limit} bytes)")]
+    Full {
+        /// The per-record limit.
+        limit: usize,
+    },
+    /// A stored shard does not parse.
+    #[error("stored shard {name} is unreadable: {why}")]
+    Unreadable {
+        /// The record's name.
+        name: String,
+        /// The parser's complaint.
+        why: String,
+    },
+}
 
 /// Stored state that cannot be read back (the stanzas waiting for it are
 /// answered `internal-server-error`).

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fanout;
 pub mod forms;
 pub mod host;
+pub mod load;
 pub mod muc;
 pub mod path;
 pub mod pubsub;

@@ -44,24 +44,7 @@ pub struct ShardHeader {
     pub salt: u64,
 }
 
-/// Why an entry cannot be kept.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ShardError {
-    /// Its shard would be over the record limit even at the deepest split.
-    #[error("the entry does not fit its shard's record ({limit} bytes)")]
-    Full {
-        /// The per-record limit.
-        limit: usize,
-    },
-    /// A stored shard does not parse.
-    #[error("stored shard {name} is unreadable: {why}")]
-    Unreadable {
-        /// The record's name.
-        name: String,
-        /// The parser's complaint.
-        why: String,
-    },
-}
+pub use crate::error::ShardError;
 
 /// The shard budget for a record limit: an eighth of it (8 KiB for the
 /// default 64 KiB), so a change rewrites little, but at least 256 bytes.
@@ -409,7 +392,7 @@ impl<V: Serialize + DeserializeOwned + Clone> ShardLoad<V> {
     }
 }
 
-impl<V: Serialize + DeserializeOwned + Clone> crate::services::LoadRounds for ShardLoad<V> {
+impl<V: Serialize + DeserializeOwned + Clone> crate::load::LoadRounds for ShardLoad<V> {
     fn names(&self) -> Vec<String> {
         ShardLoad::names(self)
     }

@@ -1,7 +1,7 @@
 //! What the services' tests share: a record store as a map, loading in
 //! rounds from it, reading MUC statuses.
 
-use crate::services::LoadRounds;
+use crate::load::LoadRounds;
 use std::collections::HashMap;
 use xmpp_parsers::minidom::Element;
 

@@ -41,7 +41,10 @@ fn churn_settings_reach_the_dht() {
     assert_eq!(s.dht.liveness_interval, Duration::from_secs(60));
     assert_eq!(s.dht.neighbour_interval, Duration::from_secs(2));
     let d = base(dir.path()).validate().unwrap();
-    assert_eq!(d.dht.liveness_interval, dht::NodeConfig::default().liveness_interval);
+    assert_eq!(
+        d.dht.liveness_interval,
+        dht::NodeConfig::default().liveness_interval
+    );
 }
 
 #[test]

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod occupants;
 mod relay;
+mod roles;
 pub mod room;
 
 use super::stanza::{self, error_reply, iq_result};
@@ -105,7 +106,7 @@ pub struct RoomLoad {
     occupants: ShardLoad<Occupant>,
 }
 
-impl crate::services::LoadRounds for RoomLoad {
+impl crate::load::LoadRounds for RoomLoad {
     fn names(&self) -> Vec<String> {
         self.occupants.names()
     }

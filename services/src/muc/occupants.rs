@@ -3,9 +3,23 @@
 //! and a join or a presence change rewrites one of them; indexed by nick
 //! in memory for the lookups a room makes on every stanza.
 
-use super::room::Occupant;
+use super::roles::Role;
 use crate::sharded::{ShardError, ShardHeader, Sharded};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+/// One occupant: its nick, real JID, role and last presence.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct Occupant {
+    pub nick: String,
+    /// The occupant's real (full) JID.
+    pub jid: String,
+    pub role: Role,
+    /// The children of the occupant's last presence (show, status, caps),
+    /// serialised, repeated in the presence the room broadcasts.
+    pub presence: Vec<String>,
+}
 
 /// The occupants of one room.
 #[derive(Clone, Debug)]

@@ -21,7 +21,9 @@
 // fields, namespaces) are documented by those XEPs.
 #![allow(missing_docs)]
 
+pub use super::occupants::Occupant;
 use super::occupants::Occupants;
+pub use super::roles::{Affiliation, Role};
 use crate::Action;
 use crate::sharded::{ShardError, ShardHeader};
 use crate::stanza::NS_CLIENT;
@@ -29,7 +31,7 @@ use crate::stanza::{self, bare, error_reply};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use xmpp_parsers::minidom::Element;
-use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Item, MucUser, Role as XRole, Status};
+use xmpp_parsers::muc::user::{Item, MucUser, Role as XRole, Status};
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
@@ -46,79 +48,6 @@ pub const MAX_SUBJECT_BYTES: usize = 4096;
 pub const MAX_PRESENCE_BYTES: usize = 4096;
 /// Most invitations in one message.
 pub const MAX_INVITES: usize = 16;
-
-/// A user's long-lived standing in a room, ordered by rank.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Affiliation {
-    Outcast,
-    None,
-    Member,
-    Admin,
-    Owner,
-}
-
-impl Affiliation {
-    pub fn parse(s: &str) -> Option<Affiliation> {
-        Some(match s {
-            "outcast" => Affiliation::Outcast,
-            "none" => Affiliation::None,
-            "member" => Affiliation::Member,
-            "admin" => Affiliation::Admin,
-            "owner" => Affiliation::Owner,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Affiliation::Outcast => "outcast",
-            Affiliation::None => "none",
-            Affiliation::Member => "member",
-            Affiliation::Admin => "admin",
-            Affiliation::Owner => "owner",
-        }
-    }
-
-    fn to_x(self) -> XAffiliation {
-        match self {
-            Affiliation::Outcast => XAffiliation::Outcast,
-            Affiliation::None => XAffiliation::None,
-            Affiliation::Member => XAffiliation::Member,
-            Affiliation::Admin => XAffiliation::Admin,
-            Affiliation::Owner => XAffiliation::Owner,
-        }
-    }
-}
-
-/// An occupant's role for the current visit, ordered by rank.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Role {
-    None,
-    Visitor,
-    Participant,
-    Moderator,
-}
-
-impl Role {
-    pub fn parse(s: &str) -> Option<Role> {
-        Some(match s {
-            "none" => Role::None,
-            "visitor" => Role::Visitor,
-            "participant" => Role::Participant,
-            "moderator" => Role::Moderator,
-            _ => return None,
-        })
-    }
-
-    fn to_x(self) -> XRole {
-        match self {
-            Role::None => XRole::None,
-            Role::Visitor => XRole::Visitor,
-            Role::Participant => XRole::Participant,
-            Role::Moderator => XRole::Moderator,
-        }
-    }
-}
 
 /// The owner-settable configuration (`muc#roomconfig`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,17 +84,6 @@ impl Default for RoomConfig {
             change_subject: false,
         }
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Occupant {
-    pub nick: String,
-    /// The occupant's real (full) JID.
-    pub jid: String,
-    pub role: Role,
-    /// The children of the occupant's last presence (show, status, caps),
-    /// serialised, repeated in the presence the room broadcasts.
-    pub presence: Vec<String>,
 }
 
 /// What the record store keeps of a room.

@@ -75,7 +75,7 @@ pub struct NodeLoad {
     subscriptions: ShardLoad<String>,
 }
 
-impl crate::services::LoadRounds for NodeLoad {
+impl crate::load::LoadRounds for NodeLoad {
     fn names(&self) -> Vec<String> {
         self.subscriptions.names()
     }

@@ -21,6 +21,7 @@ use super::pubsub::{self, PubSub};
 use super::stanza::{self, error_reply, iq_result};
 use super::{Action, Write};
 use crate::error::StateError;
+pub use crate::load::LoadRounds;
 use ring_records::{DIRECTORY_PREFIX, MUC_PREFIX, PUBSUB_PREFIX};
 use std::collections::HashMap;
 use xmpp_addr::Served;
@@ -119,16 +120,6 @@ pub enum LoadStep {
     /// The entity is in memory (or does not exist): the stanzas that
     /// waited for it, to serve one by one with [`Services::handle_loaded`].
     Ready(Vec<Element>),
-}
-
-/// A load past its first records: its shards are read in rounds.
-pub trait LoadRounds {
-    /// The records to read next (empty when done).
-    fn names(&self) -> Vec<String>;
-    /// Takes the values read.
-    fn offer(&mut self, values: &HashMap<String, Option<Vec<u8>>>) -> Result<(), StateError>;
-    /// Whether everything is read.
-    fn is_done(&self) -> bool;
 }
 
 /// An entity whose first records are read and whose shards are being read.

@@ -660,6 +660,15 @@ impl Muc {
             // Probes and subscriptions to rooms are not answered.
             Some(_) => return false,
         }
+        if jid::FullJid::new(from).is_err() {
+            reply_error(
+                st,
+                DefinedCondition::JidMalformed,
+                "rooms are joined from a full JID",
+                out,
+            );
+            return false;
+        }
         let Some(nick) = nick.filter(|n| !n.is_empty() && n.len() <= room::MAX_NICK_BYTES) else {
             reply_error(
                 st,

@@ -5,7 +5,7 @@
 #![allow(missing_docs)]
 
 use serde::{Deserialize, Serialize};
-use xmpp_parsers::muc::user::{Affiliation as XAffiliation, Role as XRole};
+use xmpp_parsers::muc::user::Affiliation as XAffiliation;
 
 /// A user's long-lived standing in a room, ordered by rank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -70,12 +70,12 @@ impl Role {
         })
     }
 
-    pub(crate) fn to_x(self) -> XRole {
+    pub fn as_str(self) -> &'static str {
         match self {
-            Role::None => XRole::None,
-            Role::Visitor => XRole::Visitor,
-            Role::Participant => XRole::Participant,
-            Role::Moderator => XRole::Moderator,
+            Role::None => "none",
+            Role::Visitor => "visitor",
+            Role::Participant => "participant",
+            Role::Moderator => "moderator",
         }
     }
 }

@@ -265,19 +265,26 @@ impl Room {
                 }
             }
         }
+        // Built directly (not through xmpp-parsers' `MucUser`): a join to a
+        // big room builds one of these per occupant, and this is the
+        // join's main cost. The occupant's JID was checked on entry.
         let aff = self.affiliation(&occ.jid);
         let role = if unavailable { Role::None } else { occ.role };
-        let mut item = Item::new(aff.to_x(), role.to_x());
-        if with_jid && let Ok(full) = jid::FullJid::new(&occ.jid) {
-            item = item.with_jid(full);
+        let mut item = Element::bare("item", NS_MUC_USER);
+        stanza::set(&mut item, "affiliation", aff.as_str());
+        stanza::set(&mut item, "role", role.as_str());
+        if with_jid {
+            stanza::set(&mut item, "jid", &occ.jid);
         }
         if let Some(n) = new_nick {
-            item = item.with_nick(n);
+            stanza::set(&mut item, "nick", n);
         }
-        let x = MucUser::new()
-            .with_items(vec![item])
-            .with_statuses(statuses);
-        p.append_child(x.into());
+        let mut x = Element::bare("x", NS_MUC_USER);
+        x.append_child(item);
+        for s in statuses {
+            x.append_child(s.into());
+        }
+        p.append_child(x);
         p
     }
 

@@ -379,6 +379,8 @@ fn bad_requests_get_the_xep_errors() {
     for (xml, cond) in [
         // No nick.
         (format!("<presence xmlns='jabber:client' from='c@c.test/1' to='{ROOM}'/>"), "jid-malformed"),
+        // A join from a bare JID.
+        (format!("<presence xmlns='jabber:client' from='c@c.test' to='{ROOM}/c'/>"), "jid-malformed"),
         // Groupchat to an occupant, chat to the room.
         (format!("<message xmlns='jabber:client' type='groupchat' from='alice@a.test/x' to='{ROOM}/bob'><body>x</body></message>"), "bad-request"),
         (format!("<message xmlns='jabber:client' type='chat' from='alice@a.test/x' to='{ROOM}'><body>x</body></message>"), "bad-request"),

@@ -44,6 +44,9 @@ pub enum Condition {
     InternalServerError,
     /// A stanza lacks a required `to` or `from`.
     ImproperAddressing,
+    /// A new stream took over this one's address (c2s: a session with the
+    /// same full JID replaced it).
+    Conflict,
 }
 
 impl Condition {
@@ -66,6 +69,7 @@ impl Condition {
             Condition::ResourceConstraint => "resource-constraint",
             Condition::InternalServerError => "internal-server-error",
             Condition::ImproperAddressing => "improper-addressing",
+            Condition::Conflict => "conflict",
         }
     }
 

@@ -1,0 +1,24 @@
+//! # ring-c2s: clients logging in to a ring domain
+//!
+//! The protocol half of client-to-server XMPP, without I/O, in the shape
+//! of the dht core and the s2s negotiation machines: what a client sends
+//! goes in through `handle_*` (with `now` passed in), what to write or ask
+//! of the node comes out of `poll_output`. See `docs/architecture.md`,
+//! "Clients (c2s)".
+//!
+//! * [`scram`]: SCRAM-SHA-1 and SCRAM-SHA-256 (RFC 5802, RFC 7677) on the
+//!   server side, from stored keys (never passwords).
+//! * [`account`]: what the home node keeps of a user's credentials.
+//! * [`negotiation`]: one client stream, from its header to a bound
+//!   session (STARTTLS, SASL, resource binding, stamping `from`).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod account;
+pub mod negotiation;
+pub mod scram;
+
+pub use account::{Account, AccountError};
+pub use negotiation::{C2sConfig, C2sOutput, C2sStream};
+pub use scram::{ScramHash, StoredKeys};

@@ -32,6 +32,10 @@ need_pkg() {
 step "test dependencies"
 need_pkg prosody prosody lua-unbound
 dpkg -s lua-unbound >/dev/null 2>&1 || need_pkg __missing_lua_unbound__ lua-unbound
+# The c2s tests log in with slixmpp (PyPI) from a virtualenv in
+# target/test-venv, which they create on first use (python3 -m venv + pip).
+need_pkg python3 python3 python3-venv
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_pkg __missing_python3_venv__ python3-venv
 
 step "toolchain: $(cargo --version)"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

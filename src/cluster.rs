@@ -253,6 +253,7 @@ fn placeholder() -> Ready {
         peer_id: String::new(),
         listen: Vec::new(),
         admin: String::new(),
+        c2s: None,
         pid: 0,
         role: String::new(),
     }

@@ -22,6 +22,9 @@ pub const DEFAULT_ITERATIONS: u32 = 10_000;
 /// Longest password accepted, in bytes after SASLprep.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
+/// Largest account record read.
+const MAX_RECORD_BYTES: usize = 8192;
+
 /// Why an account cannot be made or read.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
@@ -116,17 +119,18 @@ impl Account {
         format!("{ACCOUNT_PREFIX}{jid}")
     }
 
-    /// The record value.
+    /// The record value: JSON, so that `xmpp-ring record get` shows it
+    /// as text (salts and keys, nothing that logs in).
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// Reads a record value.
     pub fn decode(bytes: &[u8]) -> Result<Account, AccountError> {
-        let cfg = bincode::config::standard().with_limit::<4096>();
-        bincode::serde::decode_from_slice(bytes, cfg)
-            .map(|(a, _)| a)
-            .map_err(|_| AccountError::Corrupt)
+        if bytes.len() > MAX_RECORD_BYTES {
+            return Err(AccountError::Corrupt);
+        }
+        serde_json::from_slice(bytes).map_err(|_| AccountError::Corrupt)
     }
 }
 

@@ -11,6 +11,10 @@
 //! * [`account`]: what the home node keeps of a user's credentials.
 //! * [`negotiation`]: one client stream, from its header to a bound
 //!   session (STARTTLS, SASL, resource binding, stamping `from`).
+//! * [`sessions`]: a node's sessions and where a stanza for a user goes
+//!   (RFC 6121 §8.5).
+//! * [`server`]: the tokio driver: listener, bounds, TLS, and the events
+//!   a connection sends its node.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,6 +22,8 @@
 pub mod account;
 pub mod negotiation;
 pub mod scram;
+pub mod server;
+pub mod sessions;
 
 pub use account::{Account, AccountError};
 pub use negotiation::{C2sConfig, C2sOutput, C2sStream};

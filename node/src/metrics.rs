@@ -182,3 +182,17 @@ pub(crate) fn counters(s: &Stats, net: &Counters) -> Counters {
         stanzas_handled: net.stanzas_handled,
     }
 }
+
+/// The client listener's counters and the node's bound sessions.
+pub fn export_c2s(s: &ring_c2s::server::C2sStats, sessions: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    gauge!("xmpp_ring_c2s_sessions").set(sessions as f64);
+    gauge!("xmpp_ring_c2s_connections_open").set(s.open.load(Relaxed) as f64);
+    counter!("xmpp_ring_c2s_connections_total").absolute(s.connections.load(Relaxed));
+    counter!("xmpp_ring_c2s_refused_total").absolute(s.refused.load(Relaxed));
+    counter!("xmpp_ring_c2s_auth_total", "result" => "ok").absolute(s.auth_ok.load(Relaxed));
+    counter!("xmpp_ring_c2s_auth_total", "result" => "failed")
+        .absolute(s.auth_failed.load(Relaxed));
+    counter!("xmpp_ring_c2s_binds_total").absolute(s.bound.load(Relaxed));
+    counter!("xmpp_ring_c2s_stanzas_in_total").absolute(s.stanzas_in.load(Relaxed));
+}

@@ -75,6 +75,11 @@ pub const PUBSUB_ITEMS_PREFIX: &str = "pubsub-items:";
 /// + shard), keyed on the service JID.
 pub const DIRECTORY_PREFIX: &str = "dir:";
 
+/// A ring user's account (`account:` + bare JID): keyed on the bare JID,
+/// so its replicas are the user's home node and the nodes next in line.
+/// Written by the operator (`xmpp-ring user`), read by access nodes.
+pub const ACCOUNT_PREFIX: &str = "account:";
+
 /// Whether `name` is a service's record (written by the service only).
 pub fn is_service_record(name: &str) -> bool {
     [
@@ -97,6 +102,7 @@ pub fn key_of(name: &str) -> dht::Key {
     if let Some(jid) = name
         .strip_prefix(MUC_PREFIX)
         .or_else(|| name.strip_prefix(MUC_HISTORY_PREFIX))
+        .or_else(|| name.strip_prefix(ACCOUNT_PREFIX))
     {
         return dht::keys::jid_key_normalised(jid);
     }
@@ -376,6 +382,10 @@ mod tests {
             assert_eq!(key_of(name), key, "{name}");
             assert_eq!(is_service_record(name), name != "plain", "{name}");
         }
+        // An account lives at its user's key: the home node holds it.
+        let alice = key_of("account:alice@a.test");
+        assert_eq!(alice, jid_key_normalised("alice@a.test"));
+        assert!(!is_service_record("account:alice@a.test"));
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod node_cmd;
 pub mod psk;
 pub mod record;
 pub mod simulate;
+pub mod user;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -79,6 +80,9 @@ pub enum Command {
     /// Put, get or delete a record of the ring's replicated record store.
     #[command(subcommand)]
     Record(record::RecordCommand),
+    /// Add, change or delete a ring user's account (for client logins).
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 /// Runs the parsed command; the output for stdout, or an error.
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
         Command::Trace(a) => admin_client::trace(&a),
         Command::Psk(c) => psk::run(&c),
         Command::Record(c) => record::run(&c),
+        Command::User(c) => user::run(&c),
     }
 }
 

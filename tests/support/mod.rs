@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod dns;
 pub mod prosody;
 pub mod raw;
+pub mod slixmpp;
 
 use node::api::StatusReport;
 use std::net::Ipv4Addr;

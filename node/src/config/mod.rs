@@ -8,7 +8,7 @@
 
 mod validate;
 
-pub use validate::{EdgeSettings, NodeSettings, RecordSettings, ServiceLimits};
+pub use validate::{C2sSettings, EdgeSettings, NodeSettings, RecordSettings, ServiceLimits};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -64,6 +64,34 @@ pub struct RawConfig {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s2s_listen: Option<String>,
+    /// Clients: c2s listen address (host:port; STARTTLS, usually port
+    /// 5222) [default: none, no client logins on this node].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_listen: Option<String>,
+    /// Clients: require STARTTLS before authentication [default: true].
+    /// PLAIN is never offered without TLS.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_require_tls: Option<bool>,
+    /// Clients: connections at once [default: 10000].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_max_connections: Option<usize>,
+    /// Clients: connections at once from one address (IPv6: /64)
+    /// [default: 32].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_max_connections_per_ip: Option<usize>,
+    /// Clients: a connection must log in and bind within this many seconds
+    /// of its first header [default: 30].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_auth_timeout_s: Option<u64>,
+    /// Clients: sessions (resources) one user may have at once [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_max_resources: Option<usize>,
     /// Admin HTTP address [default: 127.0.0.1:0, a free port]. Beyond
     /// loopback, every request needs the bearer token of `admin.token` in
     /// the data directory.

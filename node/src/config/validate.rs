@@ -84,6 +84,16 @@ impl RawConfig {
             ),
             None => None,
         };
+        let c2s_listen = match self.c2s_listen {
+            Some(s) => Some(
+                s.parse::<SocketAddr>()
+                    .map_err(|e| err("c2s_listen", format!("{s:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        if c2s_listen.is_some() && domains.is_empty() {
+            return Err(err("domain", "a node with c2s_listen needs a domain"));
+        }
         if role == Role::Edge && s2s_listen.is_none() {
             return Err(err("s2s_listen", "an edge needs its s2s listen address"));
         }
@@ -324,7 +334,32 @@ impl RawConfig {
             ));
         }
         let served = xmpp_addr::Served::new(&domains).map_err(|e| err("domain", e.to_string()))?;
+        let c2s_max_connections = ranged(
+            "c2s_max_connections",
+            self.c2s_max_connections,
+            10_000,
+            1..=1_000_000,
+        )?;
+        let c2s = C2sSettings {
+            listen: c2s_listen,
+            require_tls: self.c2s_require_tls.unwrap_or(true),
+            max_connections: c2s_max_connections,
+            max_connections_per_ip: ranged(
+                "c2s_max_connections_per_ip",
+                self.c2s_max_connections_per_ip,
+                32,
+                1..=c2s_max_connections,
+            )?,
+            auth_timeout: Duration::from_secs(ranged(
+                "c2s_auth_timeout_s",
+                self.c2s_auth_timeout_s,
+                30,
+                1..=3600,
+            )?),
+            max_resources: ranged("c2s_max_resources", self.c2s_max_resources, 10, 1..=1000)?,
+        };
         Ok(NodeSettings {
+            c2s,
             listen,
             bootstrap,
             psk,
@@ -441,6 +476,25 @@ pub struct NodeSettings {
     pub edge: EdgeSettings,
     /// Quotas of the MUC and PubSub services.
     pub services: ServiceLimits,
+    /// Client logins.
+    pub c2s: C2sSettings,
+}
+
+/// Validated c2s settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct C2sSettings {
+    /// Where clients connect; `None`: no client logins on this node.
+    pub listen: Option<SocketAddr>,
+    /// STARTTLS before authentication.
+    pub require_tls: bool,
+    /// Connections at once.
+    pub max_connections: usize,
+    /// Connections at once per source address.
+    pub max_connections_per_ip: usize,
+    /// Time to log in and bind after the first header.
+    pub auth_timeout: Duration,
+    /// Sessions one user may have at once (on this node).
+    pub max_resources: usize,
 }
 
 /// Quotas of the ring's services, enforced by each service JID's registry

@@ -17,7 +17,7 @@ const GENERATED_CERT: &str = "s2s-cert.pem";
 const GENERATED_KEY: &str = "s2s-key.pem";
 const GENERATED_SECRET: &str = "dialback.secret";
 
-fn identity(settings: &NodeSettings) -> Result<Identity, NodeError> {
+pub(super) fn identity(settings: &NodeSettings) -> Result<Identity, NodeError> {
     let e = &settings.edge;
     if let (Some(c), Some(k)) = (&e.tls_cert, &e.tls_key) {
         return Ok(tls::load_identity(c, k)?);

@@ -14,6 +14,7 @@
 //! accepting streams, tell neighbours goodbye, give in-flight envelopes a
 //! grace period to be acknowledged, bounce whatever is left to its origin.
 
+mod c2s_setup;
 mod core;
 mod edge_setup;
 mod links;
@@ -59,6 +60,8 @@ pub(crate) enum Input {
     Net(NetEvent),
     /// Something from this node's s2s edge.
     Edge(xmpp_edge::EdgeEvent),
+    /// Something from this node's client listener.
+    C2s(ring_c2s::server::C2sEvent),
 }
 
 /// Connection-level events the swarm task reports.
@@ -88,6 +91,9 @@ pub struct Ready {
     pub listen: Vec<String>,
     /// Admin HTTP address.
     pub admin: String,
+    /// Client (c2s) address, when the node listens for clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c2s: Option<String>,
     /// Process id.
     pub pid: u32,
     /// Role.
@@ -218,11 +224,17 @@ pub async fn run(
         dht::Role::Edge => Some(edge_setup::start(&settings, inbox_tx.clone()).await?),
         _ => None,
     };
+    let (c2s_stop_tx, c2s_stop_rx) = tokio::sync::watch::channel(false);
+    let c2s = match settings.c2s.listen {
+        Some(_) => Some(c2s_setup::start(&settings, inbox_tx.clone(), c2s_stop_rx).await?),
+        None => None,
+    };
     let ready = Ready {
         node_id: me_id.to_hex(),
         peer_id: peer_id.to_string(),
         listen: vec![format!("{first_addr}/p2p/{peer_id}")],
         admin: admin_addr.to_string(),
+        c2s: c2s.as_ref().map(|c| c.addr.to_string()),
         pid: std::process::id(),
         role: settings.role.to_string(),
     };
@@ -253,6 +265,7 @@ pub async fn run(
         swarm_tx,
         edge,
         records,
+        c2s.as_ref().map(|c| c.stats.clone()),
         Instant::now(),
     );
     drop(inbox_tx);
@@ -263,6 +276,10 @@ pub async fn run(
     // holder of its command channel) is gone.
     let _ = accept_stop_tx.send(true);
     let _ = accept_handle.await;
+    let _ = c2s_stop_tx.send(true);
+    if let Some(c) = c2s {
+        let _ = c.task.await;
+    }
     let _ = admin_stop_tx.send(());
     let _ = admin_handle.await;
     if tokio::time::timeout(SHUTDOWN_GRACE, swarm_handle)

@@ -7,6 +7,7 @@
 //! transmits of a turn are framed into one buffer per neighbour and handed
 //! to its writer as a single write.
 
+mod c2s;
 mod records;
 mod services;
 mod stanzas;
@@ -96,6 +97,8 @@ pub(crate) struct Core {
     /// The rooms and PubSub nodes this node hosts.
     host: crate::xmpp::host::ServiceHost,
     fanout: services::FanoutCounters,
+    /// Client sessions, when this node listens for clients.
+    clients: Option<c2s::Clients>,
 }
 
 impl Core {
@@ -109,6 +112,7 @@ impl Core {
         swarm_tx: mpsc::UnboundedSender<SwarmCmd>,
         edge: Option<xmpp_edge::EdgeHandle>,
         records: crate::records::Replicator<crate::records::RedbBackend>,
+        c2s_stats: Option<Arc<ring_c2s::server::C2sStats>>,
         now: Instant,
     ) -> Self {
         let unix_us = SystemTime::now()
@@ -120,6 +124,7 @@ impl Core {
         let base = records.store().counter_base();
         let host = services::new_host(&settings, me.id.to_hex(), seed, base, now);
         let (writers_running, writers_done) = mpsc::channel(1);
+        let max_resources = settings.c2s.max_resources;
         let path = stanzas::new_path(&settings, me.id, edge.is_some());
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
@@ -151,6 +156,7 @@ impl Core {
             path,
             host,
             fanout: Default::default(),
+            clients: c2s_stats.map(|s| c2s::Clients::new(max_resources, s)),
         };
         core.rebuild_hello();
         core
@@ -267,6 +273,9 @@ impl Core {
             if let Some(e) = &self.edge {
                 metrics::export_edge(&edge_report(e.local_addr(), e.stats()));
             }
+            if let Some(c) = &self.clients {
+                c.export_metrics();
+            }
             self.metrics.update(
                 &self.node,
                 &self.records_report(),
@@ -312,6 +321,7 @@ impl Core {
             }
             Input::Net(ev) => self.on_net(now, ev),
             Input::Edge(ev) => self.on_edge_event(ev),
+            Input::C2s(ev) => self.on_c2s_event(now, ev),
         }
     }
 

@@ -76,6 +76,7 @@ impl Core {
     pub(super) fn on_edge_event(&mut self, ev: EdgeEvent) {
         let edges = self.known_edges();
         match ev {
+            EdgeEvent::Inbound(st) if self.has_local_sessions(&st) => self.deliver_local(st),
             EdgeEvent::Inbound(st) => self.path.route(st, &edges),
             EdgeEvent::Undeliverable(u) => {
                 self.path
@@ -129,7 +130,11 @@ impl Core {
                 }
                 PathOutput::Serve(st) => {
                     self.net.stanzas_handled += 1;
-                    self.run_services(now, st);
+                    if self.has_local_sessions(&st) {
+                        self.deliver_local(st);
+                    } else {
+                        self.run_services(now, st);
+                    }
                 }
             }
         }

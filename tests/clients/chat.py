@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""A real XMPP client (slixmpp) for the c2s tests: logs in as one user and
+does one scripted thing, then prints one JSON line with what happened.
+
+  chat.py login JID PASSWORD HOST PORT
+      log in (STARTTLS, SASL, bind) and out; {"ok": true, "jid": full JID}
+      or {"ok": false, "error": condition}
+  chat.py recv JID PASSWORD HOST PORT COUNT SECONDS [PRIORITY] [RESOURCE]
+      log in, send presence, print {"ready": true, "jid": ...} as soon as
+      it is online, then wait for COUNT chat messages (or a stream error)
+      and print {"messages": [...], "stream_error": condition or null}
+  chat.py send JID PASSWORD HOST PORT TO BODY
+      log in, send one chat message, print {"ok": true}; an error reply
+      within two seconds is printed as {"ok": false, "error": condition}
+
+The server's certificate is self-signed in the tests: verification is off
+(TLS itself is still negotiated and required by the server).
+"""
+import asyncio
+import json
+import ssl
+import sys
+
+import slixmpp
+
+
+def out(obj):
+    print(json.dumps(obj), flush=True)
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password, mode, args):
+        super().__init__(jid, password)
+        self.mode = mode
+        self.args = args
+        self.received = []
+        self.failed = None
+        self.done = asyncio.get_event_loop().create_future()
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        self.ssl_context = ctx
+        self.add_event_handler("session_start", self.start)
+        self.add_event_handler("failed_auth", self.on_failed_auth)
+        self.add_event_handler("message", self.on_message)
+        self.add_event_handler("message_error", self.on_message)
+        self.add_event_handler("stream_error", self.on_stream_error)
+        self.stream_error = None
+
+    def on_failed_auth(self, stanza):
+        cond = "not-authorized"
+        try:
+            cond = stanza["condition"] or cond
+        except Exception:
+            pass
+        self.failed = cond
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def start(self, _event):
+        if self.mode == "login":
+            out({"ok": True, "jid": str(self.boundjid)})
+            self.done.set_result(None)
+        elif self.mode == "recv":
+            priority = int(self.args[2]) if len(self.args) > 2 else 0
+            self.send_presence(ppriority=priority)
+            out({"ready": True, "jid": str(self.boundjid)})
+        elif self.mode == "send":
+            to, body = self.args[0], self.args[1]
+            msg = self.make_message(mto=to, mbody=body, mtype="chat")
+            msg.send()
+            await asyncio.sleep(2)
+            if not self.done.done():
+                out({"ok": True})
+                self.done.set_result(None)
+
+    def on_stream_error(self, err):
+        try:
+            self.stream_error = err["condition"]
+        except Exception:
+            self.stream_error = "unknown"
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def on_message(self, msg):
+        if msg["type"] == "error":
+            if self.mode == "send" and not self.done.done():
+                out({"ok": False, "error": msg["error"]["condition"]})
+                self.done.set_result(None)
+            return
+        if self.mode == "recv" and msg["body"]:
+            self.received.append({"from": str(msg["from"]), "to": str(msg["to"]), "body": msg["body"]})
+            if len(self.received) >= int(self.args[0]) and not self.done.done():
+                self.done.set_result(None)
+
+
+async def main():
+    mode, jid, password, host, port = sys.argv[1:6]
+    args = sys.argv[6:]
+    if mode == "recv" and len(args) > 3:
+        jid = f"{jid}/{args[3]}"
+    c = Client(jid, password, mode, args)
+    c.connect(host=host, port=int(port))
+    timeout = float(args[1]) if mode == "recv" else 20.0
+    try:
+        await asyncio.wait_for(c.done, timeout)
+    except asyncio.TimeoutError:
+        pass
+    if c.failed is not None:
+        out({"ok": False, "error": c.failed})
+    elif mode == "recv":
+        out({"messages": c.received, "stream_error": c.stream_error})
+    elif not c.done.done():
+        out({"ok": False, "error": "timeout"})
+    c.disconnect()
+    await asyncio.sleep(0.2)
+
+
+asyncio.run(main())

@@ -219,3 +219,139 @@ async fn nothing_but_starttls_before_tls_and_no_login_without_a_header_in_time()
         raw.got
     );
 }
+
+/// A ring of `apps` nodes without clients and `access` nodes with c2s
+/// listeners (the last ones); all serve ring.test. Returns it and the
+/// access nodes' c2s addresses.
+fn ring_with_access_nodes(apps: usize, access: usize) -> (Cluster, Vec<String>) {
+    let ip = Ipv4Addr::LOCALHOST;
+    let mut c = Cluster::new(std::path::Path::new(EXE)).expect("cluster");
+    let common = args(&["--log-level", "warn", "--domain", "ring.test"]);
+    c.spawn(&common).expect("bootstrap node");
+    let boot = c.addr(0);
+    let mut c2s = Vec::new();
+    for i in 1..apps + access {
+        let mut a = common.clone();
+        a.extend(args(&["--bootstrap", &boot]));
+        if i >= apps {
+            let listen = format!("{ip}:{}", support::prosody::free_port(ip));
+            a.extend(args(&["--c2s-listen", &listen]));
+            c2s.push(listen);
+        }
+        c.spawn(&a).expect("node");
+    }
+    let start = std::time::Instant::now();
+    while !(0..c.nodes.len()).all(|i| support::status(&c, i).joined) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ring does not form"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (c, c2s)
+}
+
+/// The hex id of the node responsible for `jid` (its home node).
+fn home_of(c: &Cluster, jid: &str) -> String {
+    let t: node::api::TraceReport = xmpp_ring::client::get_json(
+        c.admin(0),
+        &format!("/trace?jid={}", xmpp_ring::client::url_encode(jid)),
+        support::T,
+    )
+    .expect("trace");
+    t.responsible.expect("a responsible node")
+}
+
+fn bodies(v: &serde_json::Value) -> Vec<String> {
+    v["messages"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|x| x["body"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
+    let (mut c, c2s) = ring_with_access_nodes(3, 2);
+    let id_of = |c: &Cluster, i: usize| c.nodes[i].ready.node_id.clone();
+    let access: Vec<String> = (3..5).map(|i| id_of(&c, i)).collect();
+    // alice's home must be neither access node, so that killing it leaves
+    // her session up: pick a name whose key lands on an app node.
+    let alice = (0..200)
+        .map(|i| format!("alice{i}@ring.test"))
+        .find(|j| !access.contains(&home_of(&c, j)))
+        .expect("a name homed on an application node");
+    let home = home_of(&c, &alice);
+    let home_index = (0..3).find(|i| id_of(&c, *i) == home).expect("home node");
+    for (u, p) in [(alice.as_str(), "pw-a"), ("bob@ring.test", "pw-b")] {
+        let (ok, out) = user(&c, "add", u, p);
+        assert!(ok, "{out}");
+    }
+    // alice on the first access node, bob on the second.
+    let mut a = Client::start("recv", &alice, "pw-a", &c2s[0], &["2", "40", "0", "pc"]);
+    assert_eq!(a.next()["ready"], true);
+    let mut b = Client::start(
+        "recv",
+        "bob@ring.test",
+        "pw-b",
+        &c2s[1],
+        &["1", "40", "0", "phone"],
+    );
+    assert_eq!(b.next()["ready"], true);
+    // The leases reach the home nodes with the presence.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let v = Client::run(
+        "send",
+        "bob@ring.test",
+        "pw-b",
+        &c2s[1],
+        &[&alice, "bob to alice's bare JID"],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let v = Client::run(
+        "send",
+        &alice,
+        "pw-a",
+        &c2s[0],
+        &["bob@ring.test/phone", "alice to bob's phone"],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(bodies(&b.next()), vec!["alice to bob's phone".to_string()]);
+
+    // kill -9 alice's home node: her session lives on at its access node
+    // and is leased to the next node in line; a message reaches her again
+    // within 10 s.
+    c.signal(home_index, xmpp_ring::cluster::Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let mut delivered = false;
+    while killed.elapsed() < Duration::from_secs(10) {
+        let v = Client::run(
+            "send",
+            "bob@ring.test",
+            "pw-b",
+            &c2s[1],
+            &[&alice, "after the home node died"],
+        );
+        if v["ok"] == true {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(
+        delivered,
+        "no message reached alice within 10 s of her home node's death"
+    );
+    // The client stops at two messages: the one before and one after.
+    let got = bodies(&a.next());
+    assert_eq!(
+        got,
+        vec![
+            "bob to alice's bare JID".to_string(),
+            "after the home node died".to_string()
+        ]
+    );
+}

@@ -11,6 +11,8 @@
 //! * [`account`]: what the home node keeps of a user's credentials.
 //! * [`negotiation`]: one client stream, from its header to a bound
 //!   session (STARTTLS, SASL, resource binding, stamping `from`).
+//! * [`lease`]: what an access node tells a user's home node about a
+//!   session.
 //! * [`sessions`]: a node's sessions and where a stanza for a user goes
 //!   (RFC 6121 §8.5).
 //! * [`server`]: the tokio driver: listener, bounds, TLS, and the events
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod lease;
 pub mod negotiation;
 pub mod scram;
 pub mod server;

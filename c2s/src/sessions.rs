@@ -2,9 +2,15 @@
 //! (RFC 6121 §8.5), without I/O: the node keeps a handle per session id
 //! and does what [`SessionTable::deliver`] says.
 //!
+//! A session is [`Place::Here`] (a client connected to this node) or
+//! [`Place::There`] (on another access node, which leases it to this node,
+//! the user's home node: [`SessionTable::handle_lease`]; a lease not
+//! renewed expires, so a dead access node's sessions vanish within the
+//! lease time).
+//!
 //! Availability and priority come from each session's broadcast presence
-//! ([`SessionTable::handle_presence`]): a bound session that has not sent
-//! initial presence receives stanzas to its full JID only.
+//! ([`SessionTable::handle_presence`], or the lease): a bound session that
+//! has not sent initial presence receives stanzas to its full JID only.
 //!
 //! Delivery rules, for a user this node holds sessions for:
 //! * to a full JID whose session exists: that session;
@@ -21,23 +27,38 @@
 
 use jid::{BareJid, FullJid, Jid};
 use std::collections::HashMap;
+use std::time::Instant;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
+/// Where a session's client is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Place<N> {
+    /// To this node: the session's id.
+    Here(u64),
+    /// To the access node `N`.
+    There(N),
+}
+
 /// One bound session.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
+struct Entry<N> {
     full: FullJid,
-    id: u64,
+    place: Place<N>,
     available: bool,
     priority: i8,
+    /// When a leased session expires (`None`: a session of this node).
+    expires: Option<Instant>,
 }
+
+/// A stanza's target: a session, and where it is.
+pub type Target<N> = (FullJid, Place<N>);
 
 /// Where a stanza goes.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Delivery {
+pub enum Delivery<N> {
     /// To these sessions.
-    Sessions(Vec<u64>),
+    Sessions(Vec<Target<N>>),
     /// Answer the sender with this error.
     Error(DefinedCondition),
     /// Nowhere, silently (RFC 6121 says so for this case).
@@ -46,14 +67,14 @@ pub enum Delivery {
 
 /// The sessions of the users this node holds.
 #[derive(Debug)]
-pub struct SessionTable {
-    users: HashMap<BareJid, Vec<Entry>>,
+pub struct SessionTable<N> {
+    users: HashMap<BareJid, Vec<Entry<N>>>,
     max_resources: usize,
 }
 
-impl SessionTable {
+impl<N: Clone + Eq> SessionTable<N> {
     /// An empty table allowing `max_resources` sessions per user.
-    pub fn new(max_resources: usize) -> SessionTable {
+    pub fn new(max_resources: usize) -> SessionTable<N> {
         SessionTable {
             users: HashMap::new(),
             max_resources: max_resources.max(1),
@@ -75,38 +96,103 @@ impl SessionTable {
     /// a `conflict` stream error, as RFC 6120 §7.7.2.2 allows); a user at
     /// the resource limit gets `resource-constraint`.
     pub fn bind(&mut self, full: FullJid, id: u64) -> Result<Option<u64>, DefinedCondition> {
+        let fresh = Entry {
+            full: full.clone(),
+            place: Place::Here(id),
+            available: false,
+            priority: 0,
+            expires: None,
+        };
         let list = self.users.entry(full.to_bare()).or_default();
         if let Some(e) = list.iter_mut().find(|e| e.full == full) {
-            let old = e.id;
-            *e = Entry {
-                full,
-                id,
-                available: false,
-                priority: 0,
+            let old = match e.place {
+                Place::Here(old) => Some(old),
+                // Another access node's session under the same full JID:
+                // this newer login wins; that node's lease stops counting.
+                Place::There(_) => None,
             };
-            return Ok(Some(old));
+            *e = fresh;
+            return Ok(old);
         }
         if list.len() >= self.max_resources {
             return Err(DefinedCondition::ResourceConstraint);
         }
-        list.push(Entry {
-            full,
-            id,
-            available: false,
-            priority: 0,
-        });
+        list.push(fresh);
         Ok(None)
     }
 
-    /// Session `id` ended; false if `full` is bound to another session now
-    /// (it was replaced) or not at all.
-    pub fn unbind(&mut self, full: &FullJid, id: u64) -> bool {
+    /// A lease from access node `node` for its session `full`: created or
+    /// renewed until `expires`, with its availability and priority. A
+    /// session of this node's own under that full JID wins (it is
+    /// newer, or the lease is stale). Refused at the resource limit.
+    pub fn handle_lease(
+        &mut self,
+        node: N,
+        full: FullJid,
+        available: bool,
+        priority: i8,
+        expires: Instant,
+    ) -> Result<(), DefinedCondition> {
+        let list = self.users.entry(full.to_bare()).or_default();
+        let entry = Entry {
+            full: full.clone(),
+            place: Place::There(node.clone()),
+            available,
+            priority,
+            expires: Some(expires),
+        };
+        let count = list.len();
+        match list.iter_mut().find(|e| e.full == full) {
+            Some(e) if matches!(e.place, Place::Here(_)) => Ok(()),
+            Some(e) => {
+                *e = entry;
+                Ok(())
+            }
+            None if count >= self.max_resources => Err(DefinedCondition::ResourceConstraint),
+            None => {
+                list.push(entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Access node `node` says its session `full` ended.
+    pub fn handle_lease_end(&mut self, node: &N, full: &FullJid) {
+        self.remove(full, |p| matches!(p, Place::There(n) if n == node));
+    }
+
+    /// Drops the leases that were not renewed in time; returns how many.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let mut gone = 0;
+        self.users.retain(|_, list| {
+            let before = list.len();
+            list.retain(|e| e.expires.is_none_or(|t| t > now));
+            gone += before - list.len();
+            !list.is_empty()
+        });
+        gone
+    }
+
+    /// This node's own sessions, with their availability and priority
+    /// (for the leases it sends their home nodes).
+    pub fn local(&self) -> Vec<(FullJid, u64, bool, i8)> {
+        self.users
+            .values()
+            .flatten()
+            .filter_map(|e| match e.place {
+                Place::Here(id) => Some((e.full.clone(), id, e.available, e.priority)),
+                Place::There(_) => None,
+            })
+            .collect()
+    }
+
+    fn remove(&mut self, full: &FullJid, which: impl Fn(&Place<N>) -> bool) -> bool {
         let bare = full.to_bare();
         let Some(list) = self.users.get_mut(&bare) else {
             return false;
         };
         let before = list.len();
-        list.retain(|e| !(e.full == *full && e.id == id));
+        list.retain(|e| !(e.full == *full && which(&e.place)));
         let removed = list.len() != before;
         if list.is_empty() {
             self.users.remove(&bare);
@@ -114,13 +200,20 @@ impl SessionTable {
         removed
     }
 
-    /// A presence a session broadcast (no `to`): available with its
-    /// priority, or unavailable.
+    /// Session `id` ended; false if `full` is bound to another session now
+    /// (it was replaced) or not at all.
+    pub fn unbind(&mut self, full: &FullJid, id: u64) -> bool {
+        self.remove(full, |p| *p == Place::Here(id))
+    }
+
+    /// A presence one of this node's sessions broadcast (no `to`):
+    /// available with its priority, or unavailable.
     pub fn handle_presence(&mut self, from: &FullJid, presence: &Element) {
         let Some(e) = self
             .users
             .get_mut(&from.to_bare())
             .and_then(|l| l.iter_mut().find(|e| e.full == *from))
+            .filter(|e| matches!(e.place, Place::Here(_)))
         else {
             return;
         };
@@ -138,13 +231,26 @@ impl SessionTable {
         }
     }
 
-    /// The session bound to `full`, if any.
-    pub fn session(&self, full: &FullJid) -> Option<u64> {
+    /// Where the session bound to `full` is, if anywhere.
+    pub fn session(&self, full: &FullJid) -> Option<Place<N>> {
         self.users
             .get(&full.to_bare())?
             .iter()
             .find(|e| e.full == *full)
-            .map(|e| e.id)
+            .map(|e| e.place.clone())
+    }
+
+    /// This node's own session bound to `full`, if any.
+    pub fn local_session(&self, full: &FullJid) -> Option<u64> {
+        match self.session(full)? {
+            Place::Here(id) => Some(id),
+            Place::There(_) => None,
+        }
+    }
+
+    /// Whether `bare` has any session here or leased.
+    pub fn knows(&self, bare: &BareJid) -> bool {
+        self.users.contains_key(bare)
     }
 
     /// The full JIDs of `bare`'s available sessions.
@@ -161,7 +267,7 @@ impl SessionTable {
     }
 
     /// Where `stanza` (addressed to one of this node's users) goes.
-    pub fn deliver(&self, stanza: &Element) -> Delivery {
+    pub fn deliver(&self, stanza: &Element) -> Delivery<N> {
         let Some(Ok(to)) = stanza.attr("to").map(Jid::new) else {
             return Delivery::Error(DefinedCondition::JidMalformed);
         };
@@ -169,15 +275,18 @@ impl SessionTable {
         let ty = stanza.attr("type");
         if ty == Some("error") {
             // Errors go to the exact session or nowhere.
-            return match to.try_as_full().ok().and_then(|f| self.session(f)) {
-                Some(id) => Delivery::Sessions(vec![id]),
-                None => Delivery::Drop,
+            return match to.try_as_full() {
+                Ok(f) => match self.session(f) {
+                    Some(p) => Delivery::Sessions(vec![(f.clone(), p)]),
+                    None => Delivery::Drop,
+                },
+                Err(_) => Delivery::Drop,
             };
         }
         if let Ok(full) = to.try_as_full()
-            && let Some(id) = self.session(full)
+            && let Some(p) = self.session(full)
         {
-            return Delivery::Sessions(vec![id]);
+            return Delivery::Sessions(vec![(full.clone(), p)]);
         }
         let bare = to.to_bare();
         let to_full = to.is_full();
@@ -187,10 +296,10 @@ impl SessionTable {
                 "groupchat" => Delivery::Error(DefinedCondition::ServiceUnavailable),
                 "headline" if to_full => Delivery::Drop,
                 "headline" => {
-                    let ids: Vec<u64> = entries
+                    let ids: Vec<Target<N>> = entries
                         .iter()
                         .filter(|e| e.available && e.priority >= 0)
-                        .map(|e| e.id)
+                        .map(|e| (e.full.clone(), e.place.clone()))
                         .collect();
                     if ids.is_empty() {
                         Delivery::Drop
@@ -209,7 +318,7 @@ impl SessionTable {
                             entries
                                 .iter()
                                 .filter(|e| e.available && e.priority == p)
-                                .map(|e| e.id)
+                                .map(|e| (e.full.clone(), e.place.clone()))
                                 .collect(),
                         ),
                         None => Delivery::Error(DefinedCondition::ServiceUnavailable),
@@ -219,10 +328,10 @@ impl SessionTable {
             "presence" if to_full => Delivery::Drop,
             "presence" => match ty {
                 None | Some("unavailable") | Some("probe") => {
-                    let ids: Vec<u64> = entries
+                    let ids: Vec<Target<N>> = entries
                         .iter()
                         .filter(|e| e.available)
-                        .map(|e| e.id)
+                        .map(|e| (e.full.clone(), e.place.clone()))
                         .collect();
                     if ids.is_empty() || ty == Some("probe") {
                         Delivery::Drop
@@ -245,6 +354,10 @@ impl SessionTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// Access nodes are named by a number in these tests.
+    type Table = SessionTable<u8>;
 
     fn full(s: &str) -> FullJid {
         FullJid::new(s).expect("full JID")
@@ -254,7 +367,7 @@ mod tests {
         xml.parse().expect("xml")
     }
 
-    fn presence(t: &mut SessionTable, who: &str, priority: i8) {
+    fn presence(t: &mut Table, who: &str, priority: i8) {
         t.handle_presence(
             &full(who),
             &el(&format!(
@@ -263,8 +376,10 @@ mod tests {
         );
     }
 
-    fn table() -> SessionTable {
-        let mut t = SessionTable::new(3);
+    /// alice: phone (here, id 1, priority 5), laptop (here, id 2,
+    /// priority 5), idle (here, id 3, no presence yet).
+    fn table() -> Table {
+        let mut t = Table::new(4);
         assert_eq!(t.bind(full("alice@ring.test/phone"), 1), Ok(None));
         assert_eq!(t.bind(full("alice@ring.test/laptop"), 2), Ok(None));
         assert_eq!(t.bind(full("alice@ring.test/idle"), 3), Ok(None));
@@ -273,34 +388,41 @@ mod tests {
         t
     }
 
+    fn here(who: &str, id: u64) -> Target<u8> {
+        (full(who), Place::Here(id))
+    }
+
     #[test]
     fn delivery_table() {
         let t = table();
-        let s = |ids: &[u64]| Delivery::Sessions(ids.to_vec());
+        let s = |ids: &[Target<u8>]| Delivery::Sessions(ids.to_vec());
         let e = Delivery::Error;
-        let cases: &[(&str, Delivery)] = &[
+        let phone = here("alice@ring.test/phone", 1);
+        let laptop = here("alice@ring.test/laptop", 2);
+        let idle = here("alice@ring.test/idle", 3);
+        let cases: &[(&str, Delivery<u8>)] = &[
             // exact full JIDs, even an unavailable one
             (
                 "<message xmlns='jabber:client' to='alice@ring.test/idle' type='chat'/>",
-                s(&[3]),
+                s(&[idle]),
             ),
             (
                 "<iq xmlns='jabber:client' to='alice@ring.test/laptop' type='get' id='1'/>",
-                s(&[2]),
+                s(std::slice::from_ref(&laptop)),
             ),
             // bare JID: the highest priority, all of them when they tie
             (
                 "<message xmlns='jabber:client' to='alice@ring.test' type='chat'/>",
-                s(&[1, 2]),
+                s(&[phone.clone(), laptop.clone()]),
             ),
             (
                 "<message xmlns='jabber:client' to='alice@ring.test'/>",
-                s(&[1, 2]),
+                s(&[phone.clone(), laptop.clone()]),
             ),
             // another full JID: chat falls back to the bare JID
             (
                 "<message xmlns='jabber:client' to='alice@ring.test/gone' type='chat'/>",
-                s(&[1, 2]),
+                s(&[phone.clone(), laptop.clone()]),
             ),
             (
                 "<message xmlns='jabber:client' to='alice@ring.test/gone' type='groupchat'/>",
@@ -325,7 +447,7 @@ mod tests {
             // presence to the bare JID: every available session
             (
                 "<presence xmlns='jabber:client' to='alice@ring.test'/>",
-                s(&[1, 2]),
+                s(&[phone.clone(), laptop.clone()]),
             ),
             (
                 "<presence xmlns='jabber:client' to='alice@ring.test' type='subscribe'/>",
@@ -368,7 +490,10 @@ mod tests {
         let mut t = table();
         presence(&mut t, "alice@ring.test/laptop", 7);
         let chat = el("<message xmlns='jabber:client' to='alice@ring.test' type='chat'/>");
-        assert_eq!(t.deliver(&chat), Delivery::Sessions(vec![2]));
+        assert_eq!(
+            t.deliver(&chat),
+            Delivery::Sessions(vec![here("alice@ring.test/laptop", 2)])
+        );
         presence(&mut t, "alice@ring.test/laptop", -1);
         presence(&mut t, "alice@ring.test/phone", -1);
         // Negative priority: never a bare-JID message's target.
@@ -395,19 +520,82 @@ mod tests {
     #[test]
     fn binding_replaces_conflicts_and_bounds_resources() {
         let mut t = table();
+        assert_eq!(t.bind(full("alice@ring.test/fourth"), 4), Ok(None));
         assert_eq!(
             t.bind(full("alice@ring.test/other"), 9),
             Err(DefinedCondition::ResourceConstraint)
         );
         // The same full JID again replaces the old session.
         assert_eq!(t.bind(full("alice@ring.test/phone"), 10), Ok(Some(1)));
-        assert_eq!(t.session(&full("alice@ring.test/phone")), Some(10));
+        assert_eq!(t.local_session(&full("alice@ring.test/phone")), Some(10));
         // The replaced session's end does not unbind its successor.
         assert!(!t.unbind(&full("alice@ring.test/phone"), 1));
         assert!(t.unbind(&full("alice@ring.test/phone"), 10));
-        assert_eq!(t.len(), 2);
-        assert!(t.unbind(&full("alice@ring.test/laptop"), 2));
-        assert!(t.unbind(&full("alice@ring.test/idle"), 3));
+        assert_eq!(t.len(), 3);
+        for (r, id) in [("laptop", 2), ("idle", 3), ("fourth", 4)] {
+            assert!(t.unbind(&full(&format!("alice@ring.test/{r}")), id));
+        }
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn leased_sessions_of_other_access_nodes_count_until_they_expire() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        let mut t = table();
+        // bob on access node 7, alice's tablet on node 8 with the top
+        // priority.
+        t.handle_lease(7, full("bob@ring.test/pc"), true, 0, t0 + ttl)
+            .expect("lease");
+        t.handle_lease(8, full("alice@ring.test/tablet"), true, 9, t0 + ttl)
+            .expect("lease");
+        let to_bob = el("<message xmlns='jabber:client' to='bob@ring.test' type='chat'/>");
+        assert_eq!(
+            t.deliver(&to_bob),
+            Delivery::Sessions(vec![(full("bob@ring.test/pc"), Place::There(7))])
+        );
+        let to_alice = el("<message xmlns='jabber:client' to='alice@ring.test' type='chat'/>");
+        assert_eq!(
+            t.deliver(&to_alice),
+            Delivery::Sessions(vec![(full("alice@ring.test/tablet"), Place::There(8))])
+        );
+        // Leases count against the resource limit (alice has 3 here + 1).
+        assert_eq!(
+            t.handle_lease(8, full("alice@ring.test/fifth"), true, 0, t0 + ttl),
+            Err(DefinedCondition::ResourceConstraint)
+        );
+        // Renewed: still there after the first term.
+        t.handle_lease(7, full("bob@ring.test/pc"), true, 0, t0 + 2 * ttl)
+            .expect("renew");
+        assert_eq!(t.expire(t0 + ttl), 1);
+        assert!(matches!(t.deliver(&to_bob), Delivery::Sessions(_)));
+        // alice's tablet expired: her own sessions here are the targets.
+        assert_eq!(
+            t.deliver(&to_alice),
+            Delivery::Sessions(vec![
+                here("alice@ring.test/phone", 1),
+                here("alice@ring.test/laptop", 2)
+            ])
+        );
+        // An ended lease is gone at once; another node cannot end it.
+        t.handle_lease_end(&8, &full("bob@ring.test/pc"));
+        assert!(matches!(t.deliver(&to_bob), Delivery::Sessions(_)));
+        t.handle_lease_end(&7, &full("bob@ring.test/pc"));
+        assert_eq!(
+            t.deliver(&to_bob),
+            Delivery::Error(DefinedCondition::ServiceUnavailable)
+        );
+        // A lease never overrides a session of this node's own, and local()
+        // lists only those.
+        t.handle_lease(9, full("alice@ring.test/phone"), false, -5, t0 + ttl)
+            .expect("lease");
+        assert_eq!(t.local_session(&full("alice@ring.test/phone")), Some(1));
+        assert_eq!(t.local().len(), 3);
+        // A newer local login replaces a leased one.
+        t.handle_lease(9, full("carol@ring.test/x"), true, 0, t0 + ttl)
+            .expect("lease");
+        assert_eq!(t.bind(full("carol@ring.test/x"), 20), Ok(None));
+        assert_eq!(t.local_session(&full("carol@ring.test/x")), Some(20));
+        assert_eq!(t.expire(t0 + 3 * ttl), 0);
     }
 }

@@ -183,10 +183,12 @@ pub(crate) fn counters(s: &Stats, net: &Counters) -> Counters {
     }
 }
 
-/// The client listener's counters and the node's bound sessions.
-pub fn export_c2s(s: &ring_c2s::server::C2sStats, sessions: usize) {
+/// The client listener's counters, the node's bound sessions, and the
+/// sessions it knows as their users' home node (its own and leased).
+pub fn export_c2s(s: &ring_c2s::server::C2sStats, sessions: usize, known: usize) {
     use std::sync::atomic::Ordering::Relaxed;
     gauge!("xmpp_ring_c2s_sessions").set(sessions as f64);
+    gauge!("xmpp_ring_c2s_known_sessions").set(known as f64);
     gauge!("xmpp_ring_c2s_connections_open").set(s.open.load(Relaxed) as f64);
     counter!("xmpp_ring_c2s_connections_total").absolute(s.connections.load(Relaxed));
     counter!("xmpp_ring_c2s_refused_total").absolute(s.refused.load(Relaxed));

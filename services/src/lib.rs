@@ -99,3 +99,9 @@ pub const SERVICE_EDGE_OUT_RETRY: u8 = 2;
 /// `Service` envelope tag: a [`fanout::FanoutMsg`] for the edge whose id is
 /// the key: one stanza for many recipients of one remote domain.
 pub const SERVICE_EDGE_FANOUT: u8 = 3;
+/// `Service` envelope tag: a client session's lease (`ring_c2s::lease`),
+/// routed to the key of the user's bare JID (the home node).
+pub const SERVICE_C2S_LEASE: u8 = 4;
+/// `Service` envelope tag: a stanza for a client session of the access
+/// node whose id is the key.
+pub const SERVICE_C2S_DELIVER: u8 = 5;

@@ -1,23 +1,31 @@
 //! The core's side of client sessions (see docs/architecture.md, "Clients
 //! (c2s)"): it answers the c2s listener's requests (account lookups in the
 //! record store, binds), keeps the node's [`SessionTable`] and a handle per
-//! session, and carries out where the table says a stanza for one of this
-//! node's users goes. Protocol decisions are `ring-c2s`'s.
+//! session, and carries out what the table decides. Protocol decisions are
+//! `ring-c2s`'s.
 //!
-//! A stanza for a ring user is delivered here when this node holds
-//! sessions of that user; otherwise it travels the stanza path to the
-//! user's home node (the node responsible for the bare JID), which
-//! delivers it when the sessions are there and answers for the user when
-//! there are none. Sessions are not yet registered with a home node on
-//! another access node: users of one ring reach each other when they log
-//! in to the same node (a one-node ring, or one c2s node per ring).
+//! Every node keeps a table, whether it listens for clients or not: it is
+//! the home node of the users whose bare JIDs' keys it is responsible for,
+//! and their access nodes lease their sessions to it
+//! (`SERVICE_C2S_LEASE` envelopes, renewed every [`LEASE_RENEW`]). A
+//! stanza for a user reaches the home node by the stanza path like any
+//! stanza for a ring JID; the home node applies RFC 6121's rules and hands
+//! each copy to its own session or to the session's access node
+//! (`SERVICE_C2S_DELIVER` envelopes keyed to that node's id). A stanza for
+//! a full JID whose session is on the node where it arrives skips the
+//! trip. Users without any session are answered by the services as before
+//! (unknown users: `service-unavailable`).
 
 use super::Core;
 use crate::api::RecordReport;
 use crate::records::RecordOp;
+use bytes::Bytes;
+use dht::{EnvelopeKind, Key, NodeId};
+use jid::{FullJid, Jid};
 use ring_c2s::Account;
+use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease};
 use ring_c2s::server::{C2sEvent, C2sStats, Session};
-use ring_c2s::sessions::{Delivery, SessionTable};
+use ring_c2s::sessions::{Delivery, Place, SessionTable};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,25 +33,38 @@ use tokio::sync::oneshot;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
-/// The node's client sessions.
+use crate::xmpp::{SERVICE_C2S_DELIVER, SERVICE_C2S_LEASE, stanza};
+
+/// The node's client sessions and the leases of its users' sessions
+/// elsewhere.
 pub(crate) struct Clients {
-    table: SessionTable,
+    table: SessionTable<NodeId>,
     handles: HashMap<u64, Session>,
-    stats: Arc<C2sStats>,
+    /// The listener's counters, when this node listens for clients.
+    stats: Option<Arc<C2sStats>>,
+    next_renewal: Instant,
 }
 
 impl Clients {
-    pub(crate) fn new(max_resources: usize, stats: Arc<C2sStats>) -> Clients {
+    pub(crate) fn new(max_resources: usize, stats: Option<Arc<C2sStats>>, now: Instant) -> Self {
         Clients {
             table: SessionTable::new(max_resources),
             handles: HashMap::new(),
             stats,
+            next_renewal: now + LEASE_RENEW,
         }
     }
 
     /// Refreshes the c2s metrics.
     pub(crate) fn export_metrics(&self) {
-        crate::metrics::export_c2s(&self.stats, self.handles.len());
+        if let Some(s) = &self.stats {
+            crate::metrics::export_c2s(s, self.handles.len(), self.table.len());
+        }
+    }
+
+    /// When the next lease renewal is due.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        (!self.table.is_empty()).then_some(self.next_renewal)
     }
 }
 
@@ -83,62 +104,116 @@ impl Core {
                 full,
                 session,
                 reply,
-            } => {
-                let Some(c) = self.clients.as_mut() else {
-                    let _ = reply.send(Err(DefinedCondition::ServiceUnavailable));
-                    return;
-                };
-                match c.table.bind(full.clone(), session.id) {
-                    Ok(replaced) => {
-                        if let Some(old) = replaced.and_then(|id| c.handles.remove(&id)) {
-                            old.replace();
-                        }
-                        c.handles.insert(session.id, session);
-                        let _ = reply.send(Ok(full));
+            } => match self.clients.table.bind(full.clone(), session.id) {
+                Ok(replaced) => {
+                    if let Some(old) = replaced.and_then(|id| self.clients.handles.remove(&id)) {
+                        old.replace();
                     }
-                    Err(cond) => {
-                        let _ = reply.send(Err(cond));
-                    }
+                    self.clients.handles.insert(session.id, session);
+                    self.send_lease(now, &full, false, 0, false);
+                    let _ = reply.send(Ok(full));
                 }
-            }
-            C2sEvent::Stanza(st) => self.on_client_stanza(st),
+                Err(cond) => {
+                    let _ = reply.send(Err(cond));
+                }
+            },
+            C2sEvent::Stanza(st) => self.on_client_stanza(now, st),
             C2sEvent::Closed { full, id } => {
-                if let Some(c) = self.clients.as_mut()
-                    && c.table.unbind(&full, id)
-                {
-                    c.handles.remove(&id);
+                if self.clients.table.unbind(&full, id) {
+                    self.clients.handles.remove(&id);
+                    self.send_lease(now, &full, false, 0, true);
                 }
             }
         }
     }
 
+    /// Tells `full`'s home node about this node's session.
+    fn send_lease(
+        &mut self,
+        now: Instant,
+        full: &FullJid,
+        available: bool,
+        priority: i8,
+        end: bool,
+    ) {
+        let lease = Lease {
+            jid: full.to_string(),
+            available,
+            priority,
+            end,
+        };
+        let key = dht::keys::jid_key_normalised(full.to_bare().as_str());
+        if let Err(e) = self.node.route(
+            now,
+            key,
+            EnvelopeKind::Service(SERVICE_C2S_LEASE),
+            Bytes::from(lease.encode()),
+            false,
+        ) {
+            tracing::debug!("cannot send a session lease: {e}");
+        }
+    }
+
+    /// Renews this node's leases and forgets expired ones of others.
+    pub(super) fn on_c2s_timers(&mut self, now: Instant) {
+        if now < self.clients.next_renewal {
+            return;
+        }
+        self.clients.next_renewal = now + LEASE_RENEW;
+        let gone = self.clients.table.expire(now);
+        if gone > 0 {
+            tracing::debug!(gone, "session leases expired");
+        }
+        for (full, _, available, priority) in self.clients.table.local() {
+            self.send_lease(now, &full, available, priority, false);
+        }
+    }
+
+    /// A lease from access node `from` for a session of a user whose home
+    /// is (or was, when it was routed) this node.
+    pub(super) fn on_lease(&mut self, now: Instant, from: NodeId, payload: &[u8]) {
+        let Some(lease) = Lease::decode(payload) else {
+            tracing::warn!("undecodable session lease");
+            return;
+        };
+        let Ok(full) = FullJid::new(&lease.jid) else {
+            return;
+        };
+        if !self.is_user(&Jid::from(full.clone())) {
+            return;
+        }
+        if lease.end {
+            self.clients.table.handle_lease_end(&from, &full);
+        } else if let Err(c) = self.clients.table.handle_lease(
+            from,
+            full,
+            lease.available,
+            lease.priority,
+            now + LEASE_TTL,
+        ) {
+            tracing::debug!(?c, "session lease refused");
+        }
+    }
+
+    /// Whether `jid` is a user of one of the ring's domains (not a service
+    /// on a subdomain).
+    fn is_user(&self, jid: &Jid) -> bool {
+        jid.node().is_some()
+            && self
+                .settings
+                .domains
+                .iter()
+                .any(|d| d == jid.domain().as_str())
+    }
+
     /// A stanza from one of this node's sessions (`from` stamped).
-    fn on_client_stanza(&mut self, mut st: Element) {
-        let Some(from) = st.attr("from").and_then(|f| jid::FullJid::new(f).ok()) else {
+    fn on_client_stanza(&mut self, now: Instant, mut st: Element) {
+        let Some(from) = st.attr("from").and_then(|f| FullJid::new(f).ok()) else {
             return;
         };
         if st.attr("to").is_none() {
             if st.name() == "presence" {
-                // Broadcast presence: availability and priority; the
-                // user's other sessions see it (no roster yet, so no
-                // contacts do).
-                if let Some(c) = self.clients.as_mut() {
-                    c.table.handle_presence(&from, &st);
-                }
-                let bare = from.to_bare();
-                let others: Vec<_> = self
-                    .clients
-                    .as_ref()
-                    .map(|c| c.table.available(&bare))
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|f| *f != from)
-                    .collect();
-                for other in others {
-                    let mut copy = st.clone();
-                    set_attr(&mut copy, "to", other.as_str());
-                    self.deliver_local(copy);
-                }
+                self.on_broadcast_presence(now, &from, st);
                 return;
             }
             // RFC 6120 §10.3: IQs without `to` are for the server acting
@@ -150,63 +225,126 @@ impl Core {
             };
             set_attr(&mut st, "to", &to);
         }
-        if self.has_local_sessions(&st) {
-            return self.deliver_local(st);
+        self.send_from_ring(st);
+    }
+
+    /// A session's broadcast presence: its availability and priority here
+    /// and at its home node; the user's other available sessions see it
+    /// (no roster yet, so no contacts do).
+    fn on_broadcast_presence(&mut self, now: Instant, from: &FullJid, st: Element) {
+        self.clients.table.handle_presence(from, &st);
+        let available = st.attr("type").is_none();
+        let priority = st
+            .children()
+            .find(|c| c.name() == "priority")
+            .and_then(|p| p.text().trim().parse::<i8>().ok())
+            .unwrap_or(0);
+        self.send_lease(now, from, available, priority, false);
+        let mut copy = st;
+        set_attr(&mut copy, "to", from.to_bare().as_str());
+        // To the home node, which knows all of the user's sessions; the
+        // sender's own copy comes back like any other.
+        self.send_from_ring(copy);
+    }
+
+    /// Sends a stanza: to a session of this node directly when `to` names
+    /// one, otherwise along the stanza path.
+    pub(super) fn send_from_ring(&mut self, st: Element) {
+        if let Some(id) = self.local_target(&st) {
+            return self.hand_to_session(id, st);
         }
         self.send_stanza(st);
     }
 
-    /// Whether `st` is for a ring user with sessions on this node.
-    pub(super) fn has_local_sessions(&self, st: &Element) -> bool {
-        let Some(c) = &self.clients else {
-            return false;
-        };
-        let Some(Ok(to)) = st.attr("to").map(jid::Jid::new) else {
-            return false;
-        };
-        let user = to.node().is_some()
-            && self
-                .settings
-                .domains
-                .iter()
-                .any(|d| d == to.domain().as_str());
-        let available = !c.table.available(&to.to_bare()).is_empty();
-        let exact = to
-            .try_as_full()
-            .ok()
-            .is_some_and(|f| c.table.session(f).is_some());
-        (user && available) || exact
+    /// The session of this node a stanza's full-JID `to` names.
+    pub(super) fn local_target(&self, st: &Element) -> Option<u64> {
+        let to = FullJid::new(st.attr("to")?).ok()?;
+        self.clients.table.local_session(&to)
     }
 
-    /// Delivers `st` to this node's sessions as the session table says,
-    /// or answers its sender.
-    pub(super) fn deliver_local(&mut self, st: Element) {
-        let Some(c) = &self.clients else {
-            return;
+    /// Whether this node (the home node) decides where `st` goes: it is
+    /// for a ring user with sessions (here or leased).
+    pub(super) fn is_for_online_user(&self, st: &Element) -> bool {
+        let Some(Ok(to)) = st.attr("to").map(Jid::new) else {
+            return false;
         };
-        let refused = match c.table.deliver(&st) {
-            Delivery::Sessions(ids) => {
-                let mut delivered = false;
-                for id in &ids {
-                    if let Some(h) = c.handles.get(id) {
-                        delivered |= h.deliver(st.clone()).is_ok();
+        self.is_user(&to) && self.clients.table.knows(&to.to_bare())
+    }
+
+    /// At the home node: delivers `st` as the session table says, or
+    /// answers its sender.
+    pub(super) fn deliver_home(&mut self, now: Instant, st: Element) {
+        match self.clients.table.deliver(&st) {
+            Delivery::Sessions(targets) => {
+                for (full, place) in targets {
+                    let mut copy = st.clone();
+                    match place {
+                        Place::Here(id) => self.hand_to_session(id, copy),
+                        Place::There(node) => {
+                            // The copy names its session, so the access
+                            // node knows which one it is for.
+                            set_attr(&mut copy, "to", full.as_str());
+                            self.forward_to_access_node(now, node, copy)
+                        }
                     }
                 }
-                // A client whose inbox is full (it does not read) is
-                // not waited for.
-                (!delivered).then_some(DefinedCondition::ResourceConstraint)
             }
-            Delivery::Error(cond) => Some(cond),
-            Delivery::Drop => None,
+            Delivery::Error(cond) => self.answer_error(&st, cond),
+            Delivery::Drop => {}
+        }
+    }
+
+    fn forward_to_access_node(&mut self, now: Instant, node: NodeId, st: Element) {
+        let key: Key = node;
+        if let Err(e) = self.node.route(
+            now,
+            key,
+            EnvelopeKind::Service(SERVICE_C2S_DELIVER),
+            stanza::to_bytes(&st),
+            false,
+        ) {
+            tracing::debug!("cannot forward to an access node: {e}");
+            self.answer_error(&st, DefinedCondition::RecipientUnavailable);
+        }
+    }
+
+    /// A stanza a home node forwarded to one of this node's sessions
+    /// (`key`: the access node's id it was routed to).
+    pub(super) fn on_forwarded(&mut self, key: Key, payload: &[u8]) {
+        let Some(st) = stanza::parse(payload) else {
+            tracing::warn!("undecodable forwarded stanza");
+            return;
         };
-        if let Some(cond) = refused
-            && let Some(reply) = ring_services::stanza::error_reply(&st, cond, None)
+        match (key == self.node.id())
+            .then(|| self.local_target(&st))
+            .flatten()
         {
-            if self.has_local_sessions(&reply) {
-                self.deliver_local(reply);
-            } else {
-                self.send_stanza(reply);
-            }
+            Some(id) => self.hand_to_session(id, st),
+            // The session (or its node) is gone since the home node looked.
+            None => self.answer_error(&st, DefinedCondition::RecipientUnavailable),
+        }
+    }
+
+    /// Gives `st` to session `id`; a session gone or not reading is
+    /// answered for.
+    fn hand_to_session(&mut self, id: u64, st: Element) {
+        let refused = match self.clients.handles.get(&id) {
+            Some(h) => h.deliver(st).err(),
+            None => Some(st),
+        };
+        if let Some(st) = refused {
+            self.answer_error(&st, DefinedCondition::RecipientUnavailable);
+        }
+    }
+
+    /// Answers `st`'s sender with `cond` (never an error or a result, and
+    /// never presence other than subscription requests).
+    fn answer_error(&mut self, st: &Element, cond: DefinedCondition) {
+        if st.name() == "presence" && st.attr("type") != Some("subscribe") {
+            return;
+        }
+        if let Some(reply) = stanza::error_reply(st, cond, None) {
+            self.send_from_ring(reply);
         }
     }
 }

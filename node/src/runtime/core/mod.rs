@@ -97,8 +97,8 @@ pub(crate) struct Core {
     /// The rooms and PubSub nodes this node hosts.
     host: crate::xmpp::host::ServiceHost,
     fanout: services::FanoutCounters,
-    /// Client sessions, when this node listens for clients.
-    clients: Option<c2s::Clients>,
+    /// Client sessions: this node's, and its users' sessions elsewhere.
+    clients: c2s::Clients,
 }
 
 impl Core {
@@ -156,7 +156,7 @@ impl Core {
             path,
             host,
             fanout: Default::default(),
-            clients: c2s_stats.map(|s| c2s::Clients::new(max_resources, s)),
+            clients: c2s::Clients::new(max_resources, c2s_stats, now),
         };
         core.rebuild_hello();
         core
@@ -231,6 +231,7 @@ impl Core {
             self.traces.values().map(|t| t.sent + TRACE_TIMEOUT).min(),
             self.records.poll_timeout(),
             self.host.poll_timeout(),
+            self.clients.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -268,14 +269,13 @@ impl Core {
         }
         self.on_record_timers(now);
         self.on_service_timers(now);
+        self.on_c2s_timers(now);
         if now >= self.next_metrics {
             self.next_metrics = now + METRICS_EVERY;
             if let Some(e) = &self.edge {
                 metrics::export_edge(&edge_report(e.local_addr(), e.stats()));
             }
-            if let Some(c) = &self.clients {
-                c.export_metrics();
-            }
+            self.clients.export_metrics();
             self.metrics.update(
                 &self.node,
                 &self.records_report(),
@@ -505,7 +505,7 @@ impl Core {
             Event::Delivered(env) if env.kind == EnvelopeKind::Record => {
                 self.on_record_envelope(now, &env)
             }
-            Event::Delivered(env) => self.on_delivered_stanza(&env),
+            Event::Delivered(env) => self.on_delivered_stanza(now, &env),
             Event::Receipt { id } => {
                 if let Some(l) = self.load.as_mut() {
                     l.on_delivered(id, None);

@@ -6,7 +6,7 @@
 
 use super::Core;
 use crate::xmpp::path::{PathOutput, StanzaPath};
-use crate::xmpp::{SERVICE_EDGE_FANOUT, stanza};
+use crate::xmpp::{SERVICE_C2S_DELIVER, SERVICE_C2S_LEASE, SERVICE_EDGE_FANOUT, stanza};
 use bytes::Bytes;
 use dht::{BounceReason, Envelope, EnvelopeKind, NodeId, Role};
 use std::time::Instant;
@@ -58,8 +58,17 @@ impl Core {
     }
 
     /// A stanza or fan-out envelope for which this node is responsible.
-    pub(super) fn on_delivered_stanza(&mut self, env: &Envelope) {
+    pub(super) fn on_delivered_stanza(&mut self, now: Instant, env: &Envelope) {
         tracing::debug!(kind = ?env.kind, hops = env.hops, "envelope delivered here");
+        match env.kind {
+            EnvelopeKind::Service(SERVICE_C2S_LEASE) => {
+                return self.on_lease(now, env.origin, &env.payload);
+            }
+            EnvelopeKind::Service(SERVICE_C2S_DELIVER) => {
+                return self.on_forwarded(env.key, &env.payload);
+            }
+            _ => {}
+        }
         let edges = self.known_edges();
         self.path
             .handle_delivered(env.kind, env.key, &env.payload, &edges);
@@ -76,8 +85,11 @@ impl Core {
     pub(super) fn on_edge_event(&mut self, ev: EdgeEvent) {
         let edges = self.known_edges();
         match ev {
-            EdgeEvent::Inbound(st) if self.has_local_sessions(&st) => self.deliver_local(st),
-            EdgeEvent::Inbound(st) => self.path.route(st, &edges),
+            EdgeEvent::Inbound(st) => match self.local_target(&st) {
+                // A full JID of a session on this very node.
+                Some(_) => self.send_from_ring(st),
+                None => self.path.route(st, &edges),
+            },
             EdgeEvent::Undeliverable(u) => {
                 self.path
                     .handle_undeliverable(&u.stanza, u.condition, &edges)
@@ -130,8 +142,8 @@ impl Core {
                 }
                 PathOutput::Serve(st) => {
                     self.net.stanzas_handled += 1;
-                    if self.has_local_sessions(&st) {
-                        self.deliver_local(st);
+                    if self.is_for_online_user(&st) {
+                        self.deliver_home(now, st);
                     } else {
                         self.run_services(now, st);
                     }

@@ -355,3 +355,55 @@ fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
         ]
     );
 }
+
+/// `xmpp-ring local` stopped by SIGTERM (so it stops its nodes) when a
+/// test ends early.
+struct Local(std::process::Child);
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn local_prints_demo_users_who_can_log_in_with_a_client() {
+    use std::io::BufRead;
+    let child = Command::new(EXE)
+        .args([
+            "local",
+            "--nodes",
+            "2",
+            "--duration-s",
+            "60",
+            "--format",
+            "json",
+        ])
+        .args(["--c2s-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("xmpp-ring local");
+    let mut local = Local(child);
+    let out = local.0.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("summary");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON summary");
+    let c2s = v["c2s"].as_str().expect("a c2s address").to_string();
+    let users = v["users"].as_array().expect("demo users");
+    assert_eq!(users.len(), 2, "{v}");
+    for u in users {
+        let (jid, pw) = (
+            u["jid"].as_str().unwrap_or_default(),
+            u["password"].as_str().unwrap_or_default(),
+        );
+        let r = Client::run("login", jid, pw, &c2s, &[]);
+        assert_eq!(r["ok"], true, "{jid}: {r}");
+    }
+}

@@ -66,6 +66,10 @@ pub struct LocalArgs {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long)]
     pub duration_s: Option<f64>,
+    /// Port for XMPP clients on 127.0.0.1 (the edge node listens; a free
+    /// port is taken when this one is busy).
+    #[arg(long, default_value_t = 5222)]
+    pub c2s_port: u16,
     /// Output format of the summary printed once the ring has converged.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -87,15 +91,14 @@ fn start_node(
         a.extend(["--bootstrap".into(), b.to_string()]);
     }
     if edge {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| CliError::Failed(format!("no free port: {e}")))?;
+        let port = free_port(0)?;
         a.extend([
             "--role".into(),
             "edge".into(),
             "--s2s-listen".into(),
             format!("127.0.0.1:{port}"),
+            "--c2s-listen".into(),
+            format!("127.0.0.1:{}", free_port(args.c2s_port)?),
         ]);
     }
     if let Some(k) = args.k {
@@ -107,6 +110,51 @@ fn start_node(
     let i = cluster.spawn(&a)?;
     interrupted()?;
     Ok(cluster.nodes[i].ready.clone())
+}
+
+/// `preferred` when it is free on 127.0.0.1, else any free port.
+fn free_port(preferred: u16) -> Result<u16, CliError> {
+    std::net::TcpListener::bind(("127.0.0.1", preferred))
+        .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| CliError::Failed(format!("no free port: {e}")))
+}
+
+/// Creates the demo users (random passwords) through `admin`; returns
+/// them with their passwords.
+fn demo_users(admin: &str, domain: &str) -> Result<Vec<(String, String)>, CliError> {
+    use rand::RngExt;
+    let mut out = Vec::new();
+    for name in ["alice", "bob"] {
+        let jid = ring_c2s::account::user_jid(&format!("{name}@{domain}"))
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let mut rng = rand::rng();
+        let password: String = (0..12)
+            .map(|_| {
+                let c = b"abcdefghjkmnpqrstuvwxyz23456789";
+                char::from(c[rng.random_range(0..c.len())])
+            })
+            .collect();
+        let account = ring_c2s::Account::new(
+            &jid,
+            &password,
+            ring_c2s::account::DEFAULT_ITERATIONS,
+            &mut rng,
+        )
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+        let path = format!(
+            "/record?op=put&name={}",
+            url_encode(&ring_c2s::Account::record_name(&jid))
+        );
+        let r: node::api::RecordReport =
+            crate::client::post_json(admin, &path, &account.encode(), Duration::from_secs(15))?;
+        if let Some(e) = r.error {
+            return Err(CliError::Failed(format!("cannot create {jid}: {e}")));
+        }
+        out.push((jid.to_string(), password));
+    }
+    Ok(out)
 }
 
 /// Converged when every node reaches the globally closest node for every
@@ -144,7 +192,13 @@ fn traces_agree(
     Ok(Some(table))
 }
 
-fn summary_text(readies: &[Ready], traces: &[TraceReport], dir: &Path, domain: &str) -> String {
+fn summary_text(
+    readies: &[Ready],
+    traces: &[TraceReport],
+    dir: &Path,
+    domain: &str,
+    users: &[(String, String)],
+) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -196,6 +250,15 @@ fn summary_text(readies: &[Ready], traces: &[TraceReport], dir: &Path, domain: &
             t.hops,
             t.rtt_us
         );
+    }
+    if let Some(c2s) = readies.iter().find_map(|r| r.c2s.as_deref()) {
+        let _ = writeln!(
+            s,
+            "\nlog in with any XMPP client (server {c2s}, STARTTLS with a self-signed certificate):"
+        );
+        for (jid, password) in users {
+            let _ = writeln!(s, "  {jid:<24} password {password}");
+        }
     }
     let _ = writeln!(
         s,
@@ -285,15 +348,23 @@ pub fn run(args: &LocalArgs) -> Result<String, CliError> {
         interrupted()?;
         std::thread::sleep(Duration::from_millis(500));
     };
-    let summary =
-        match args.format {
-            Format::Text => summary_text(&readies, &traces, cluster.dir(), &args.domain),
-            Format::Json => serde_json::to_string(
-                &serde_json::json!({ "nodes": readies, "traces": traces, "dir": cluster.dir() }),
-            )
+    let users = demo_users(&readies[0].admin, &args.domain)?;
+    let summary = match args.format {
+        Format::Text => summary_text(&readies, &traces, cluster.dir(), &args.domain, &users),
+        Format::Json => {
+            let users: Vec<_> = users
+                .iter()
+                .map(|(j, p)| serde_json::json!({"jid": j, "password": p}))
+                .collect();
+            let c2s = readies.iter().find_map(|r| r.c2s.clone());
+            serde_json::to_string(&serde_json::json!({
+                "nodes": readies, "traces": traces, "dir": cluster.dir(),
+                "c2s": c2s, "users": users,
+            }))
             .map_err(|e| CliError::Failed(e.to_string()))?
-                + "\n",
-        };
+                + "\n"
+        }
+    };
     print!("{summary}");
     eprintln!(
         "running; Ctrl-C stops every node and removes {}",

@@ -407,3 +407,58 @@ fn local_prints_demo_users_who_can_log_in_with_a_client() {
         assert_eq!(r["ok"], true, "{jid}: {r}");
     }
 }
+
+#[test]
+fn a_message_to_an_offline_user_arrives_at_the_next_login_with_a_delay_stamp() {
+    let (c, c2s) = server(&[]);
+    for (u, p) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, out) = user(&c, "add", &format!("{u}@ring.test"), p);
+        assert!(ok, "{out}");
+    }
+    // alice is not online: the messages are kept, not refused.
+    for body in ["while you were out", "and again"] {
+        let v = Client::run(
+            "send",
+            "bob@ring.test",
+            "pw-b",
+            &c2s,
+            &["alice@ring.test", body],
+        );
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    let mut alice = Client::start(
+        "recv",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["2", "15", "0", "pc"],
+    );
+    assert_eq!(alice.next()["ready"], true);
+    let v = alice.next();
+    let msgs = v["messages"].as_array().expect("messages");
+    let got: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["body"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(got, ["while you were out", "and again"], "{v}");
+    for m in msgs {
+        let stamp = m["delay"].as_str().unwrap_or_default();
+        // XEP-0082 UTC: 2026-12-07T12:00:00Z
+        assert!(stamp.len() == 20 && stamp.ends_with('Z'), "{m}");
+        assert_eq!(
+            m["from"].as_str().map(|f| f.starts_with("bob@ring.test/")),
+            Some(true)
+        );
+    }
+    // Delivered once: the next login finds nothing kept.
+    drop(alice);
+    let mut again = Client::start(
+        "recv",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["1", "3", "0", "pc2"],
+    );
+    assert_eq!(again.next()["ready"], true);
+    assert_eq!(again.next()["messages"], serde_json::json!([]));
+}

@@ -12,7 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 /// The record name prefix of accounts.
-pub const ACCOUNT_PREFIX: &str = "account:";
+pub use ring_records::ACCOUNT_PREFIX;
 
 /// PBKDF2 iterations for new passwords: the cost falls on setting a
 /// password (and on PLAIN logins), not on SCRAM logins. RFC 7677 asks for

@@ -9,6 +9,7 @@
 //! * [`scram`]: SCRAM-SHA-1 and SCRAM-SHA-256 (RFC 5802, RFC 7677) on the
 //!   server side, from stored keys (never passwords).
 //! * [`account`]: what the home node keeps of a user's credentials.
+//! * [`offline`]: messages kept for users with no available session.
 //! * [`negotiation`]: one client stream, from its header to a bound
 //!   session (STARTTLS, SASL, resource binding, stamping `from`).
 //! * [`lease`]: what an access node tells a user's home node about a
@@ -24,6 +25,7 @@
 pub mod account;
 pub mod lease;
 pub mod negotiation;
+pub mod offline;
 pub mod scram;
 pub mod server;
 pub mod sessions;

@@ -80,6 +80,10 @@ pub const DIRECTORY_PREFIX: &str = "dir:";
 /// Written by the operator (`xmpp-ring user`), read by access nodes.
 pub const ACCOUNT_PREFIX: &str = "account:";
 
+/// A ring user's offline messages (`offline:` + bare JID), kept by the
+/// home node (keyed on the bare JID).
+pub const OFFLINE_PREFIX: &str = "offline:";
+
 /// Whether `name` is a service's record (written by the service only).
 pub fn is_service_record(name: &str) -> bool {
     [
@@ -103,6 +107,7 @@ pub fn key_of(name: &str) -> dht::Key {
         .strip_prefix(MUC_PREFIX)
         .or_else(|| name.strip_prefix(MUC_HISTORY_PREFIX))
         .or_else(|| name.strip_prefix(ACCOUNT_PREFIX))
+        .or_else(|| name.strip_prefix(OFFLINE_PREFIX))
     {
         return dht::keys::jid_key_normalised(jid);
     }
@@ -386,6 +391,7 @@ mod tests {
         let alice = key_of("account:alice@a.test");
         assert_eq!(alice, jid_key_normalised("alice@a.test"));
         assert!(!is_service_record("account:alice@a.test"));
+        assert_eq!(key_of("offline:alice@a.test"), alice);
     }
 
     #[test]

@@ -89,7 +89,13 @@ class Client(slixmpp.ClientXMPP):
                 self.done.set_result(None)
             return
         if self.mode == "recv" and msg["body"]:
-            self.received.append({"from": str(msg["from"]), "to": str(msg["to"]), "body": msg["body"]})
+            delay = msg.xml.find("{urn:xmpp:delay}delay")
+            self.received.append({
+                "from": str(msg["from"]),
+                "to": str(msg["to"]),
+                "body": msg["body"],
+                "delay": None if delay is None else delay.get("stamp"),
+            })
             if len(self.received) >= int(self.args[0]) and not self.done.done():
                 self.done.set_result(None)
 

@@ -88,6 +88,11 @@ pub struct RawConfig {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_auth_timeout_s: Option<u64>,
+    /// Clients: messages kept for a user with no available session
+    /// [default: 100; 0 keeps none].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_max_offline: Option<usize>,
     /// Clients: sessions (resources) one user may have at once [default: 10].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

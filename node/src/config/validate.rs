@@ -357,6 +357,7 @@ impl RawConfig {
                 1..=3600,
             )?),
             max_resources: ranged("c2s_max_resources", self.c2s_max_resources, 10, 1..=1000)?,
+            max_offline: ranged("c2s_max_offline", self.c2s_max_offline, 100, 0..=100_000)?,
         };
         Ok(NodeSettings {
             c2s,
@@ -495,6 +496,8 @@ pub struct C2sSettings {
     pub auth_timeout: Duration,
     /// Sessions one user may have at once (on this node).
     pub max_resources: usize,
+    /// Messages kept per user with no available session.
+    pub max_offline: usize,
 }
 
 /// Quotas of the ring's services, enforced by each service JID's registry

@@ -24,8 +24,10 @@ use dht::{EnvelopeKind, Key, NodeId};
 use jid::{FullJid, Jid};
 use ring_c2s::Account;
 use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease};
+use ring_c2s::offline::{self, OfflineQueue};
 use ring_c2s::server::{C2sEvent, C2sStats, Session};
 use ring_c2s::sessions::{Delivery, Place, SessionTable};
+use ring_records::LocalWrite;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +69,10 @@ impl Clients {
         (!self.table.is_empty()).then_some(self.next_renewal)
     }
 }
+
+/// The token of offline-queue writes: nothing waits for their
+/// confirmation (the services host's batch tokens count up from 0).
+const OFFLINE_WRITE: u64 = u64::MAX - 1;
 
 /// Sets (or replaces) an attribute without a namespace.
 fn set_attr(el: &mut Element, name: &str, value: &str) {
@@ -184,14 +190,87 @@ impl Core {
         }
         if lease.end {
             self.clients.table.handle_lease_end(&from, &full);
-        } else if let Err(c) = self.clients.table.handle_lease(
+            return;
+        }
+        match self.clients.table.handle_lease(
             from,
-            full,
+            full.clone(),
             lease.available,
             lease.priority,
             now + LEASE_TTL,
         ) {
-            tracing::debug!(?c, "session lease refused");
+            Ok(()) if lease.available => self.flush_offline(now, &full),
+            Ok(()) => {}
+            Err(c) => tracing::debug!(?c, "session lease refused"),
+        }
+    }
+
+    /// This node's copy of a record's value (`None`: absent or deleted).
+    fn local_value(&self, name: &str) -> Option<Vec<u8>> {
+        match self.records.store().get(name) {
+            Ok(Some(r)) if !r.deleted => Some(r.value),
+            _ => None,
+        }
+    }
+
+    /// At the home node: keeps a message for a user with no available
+    /// session, when it is worth keeping, the account exists and the queue
+    /// has room. False: the caller answers the sender.
+    pub(super) fn try_keep_offline(&mut self, now: Instant, st: &Element) -> bool {
+        if !offline::worth_keeping(st) {
+            return false;
+        }
+        let Some(Ok(to)) = st.attr("to").map(Jid::new) else {
+            return false;
+        };
+        if !self.is_user(&to) {
+            return false;
+        }
+        let bare = to.to_bare();
+        // The home node holds a copy of the account (keyed alike).
+        if self.local_value(&Account::record_name(&bare)).is_none() {
+            return false;
+        }
+        let name = OfflineQueue::record_name(bare.as_str());
+        let mut queue = OfflineQueue::decode(self.local_value(&name).as_deref());
+        let max = self.settings.c2s.max_offline;
+        if !queue.push(st, super::services::unix_now(), max) {
+            return false;
+        }
+        let op = RecordOp::Put {
+            name,
+            value: queue.encode(),
+        };
+        match self
+            .records
+            .write_local(now, &self.node, &op, OFFLINE_WRITE)
+        {
+            LocalWrite::Waiting | LocalWrite::Done => true,
+            LocalWrite::Refused(why) => {
+                tracing::debug!(%bare, "offline message not kept: {why}");
+                false
+            }
+        }
+    }
+
+    /// A session of a user whose home this is became available: the
+    /// messages kept for the user go to it, with their delay stamps.
+    fn flush_offline(&mut self, now: Instant, full: &FullJid) {
+        let name = OfflineQueue::record_name(full.to_bare().as_str());
+        let queue = OfflineQueue::decode(self.local_value(&name).as_deref());
+        if queue.is_empty() {
+            return;
+        }
+        let op = RecordOp::Delete { name };
+        if let LocalWrite::Refused(why) =
+            self.records
+                .write_local(now, &self.node, &op, OFFLINE_WRITE)
+        {
+            tracing::warn!("cannot clear an offline queue: {why}");
+            return;
+        }
+        for st in queue.deliver(full.as_str(), full.domain().as_str()) {
+            self.deliver_home(now, st);
         }
     }
 
@@ -289,6 +368,8 @@ impl Core {
                     }
                 }
             }
+            Delivery::Error(DefinedCondition::ServiceUnavailable)
+                if self.try_keep_offline(now, &st) => {}
             Delivery::Error(cond) => self.answer_error(&st, cond),
             Delivery::Drop => {}
         }

@@ -12,7 +12,7 @@ use crate::xmpp::services::Services;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use xmpp_parsers::minidom::Element;
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

@@ -144,6 +144,8 @@ impl Core {
                     self.net.stanzas_handled += 1;
                     if self.is_for_online_user(&st) {
                         self.deliver_home(now, st);
+                    } else if self.try_keep_offline(now, &st) {
+                        // Kept for the user's next session.
                     } else {
                         self.run_services(now, st);
                     }

@@ -354,6 +354,42 @@ fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
             "after the home node died".to_string()
         ]
     );
+
+    // kill -9 bob's access node: within 10 s his home node has let his
+    // session go (its lease expired), so a message to him is kept for his
+    // next login instead of chasing the dead node; he logs in at the other
+    // access node and gets it.
+    drop(b);
+    c.signal(4, xmpp_ring::cluster::Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let mut kept = false;
+    while killed.elapsed() < Duration::from_secs(10) {
+        let v = Client::run(
+            "send",
+            &alice,
+            "pw-a",
+            &c2s[0],
+            &["bob@ring.test", "for bob, later"],
+        );
+        if v["ok"] == true {
+            kept = true;
+            break;
+        }
+        assert_eq!(v["error"], "recipient-unavailable", "{v}");
+    }
+    assert!(
+        kept,
+        "bob's dead session was still a target 10 s after his access node died"
+    );
+    let mut b = Client::start(
+        "recv",
+        "bob@ring.test",
+        "pw-b",
+        &c2s[0],
+        &["1", "20", "0", "laptop"],
+    );
+    assert_eq!(b.next()["ready"], true);
+    assert_eq!(bodies(&b.next()), vec!["for bob, later".to_string()]);
 }
 
 /// `xmpp-ring local` stopped by SIGTERM (so it stops its nodes) when a
@@ -461,4 +497,27 @@ fn a_message_to_an_offline_user_arrives_at_the_next_login_with_a_delay_stamp() {
     );
     assert_eq!(again.next()["ready"], true);
     assert_eq!(again.next()["messages"], serde_json::json!([]));
+}
+
+#[test]
+fn sessions_end_with_their_connections() {
+    let (c, c2s) = server(&["--c2s-max-resources", "2"]);
+    let (ok, out) = user(&c, "add", "alice@ring.test", "pw-a");
+    assert!(ok, "{out}");
+    // Five logins one after the other with a limit of two sessions: each
+    // ends before the next, so none is refused.
+    for _ in 0..5 {
+        let v = Client::run("login", "alice@ring.test", "pw-a", &c2s, &[]);
+        assert_eq!(v["ok"], true, "{v}");
+    }
+    // And the node holds none of them now (metrics refresh every second).
+    let start = std::time::Instant::now();
+    loop {
+        let m = xmpp_ring::client::get_text(c.admin(0), "/metrics", support::T).expect("metrics");
+        if m.contains("xmpp_ring_c2s_binds_total 5") && m.contains("xmpp_ring_c2s_sessions 0") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

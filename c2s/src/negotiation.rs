@@ -183,6 +183,9 @@ pub struct C2sStream {
     domain: Option<Domain>,
     /// The authenticated user.
     user: Option<BareJid>,
+    /// The full JID this stream was bound to (kept after it closes, so
+    /// the driver can unregister the session).
+    session: Option<FullJid>,
     failures: u32,
     /// Until the first header; then until bound.
     deadline: Option<Instant>,
@@ -205,6 +208,7 @@ impl C2sStream {
             tls: false,
             domain: None,
             user: None,
+            session: None,
             failures: 0,
             out: VecDeque::new(),
         }
@@ -242,6 +246,11 @@ impl C2sStream {
             Phase::Bound(j) => Some(j),
             _ => None,
         }
+    }
+
+    /// The full JID this stream was bound to, also after it closed.
+    pub fn session(&self) -> Option<&FullJid> {
+        self.session.as_ref()
     }
 
     /// Deadlines passed.
@@ -651,6 +660,7 @@ impl C2sStream {
                     escape_text(full.as_str())
                 ));
                 self.deadline = None;
+                self.session = Some(full.clone());
                 self.phase = Phase::Bound(full);
             }
             Err(cond) => {

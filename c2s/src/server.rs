@@ -311,7 +311,7 @@ impl Connection {
                 }
             }
         }
-        if let Some(full) = machine.bound() {
+        if let Some(full) = machine.session() {
             let _ = self
                 .events
                 .send(C2sEvent::Closed {

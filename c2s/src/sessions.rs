@@ -21,7 +21,7 @@
 //!   sessions of the highest non-negative priority (all of them if they
 //!   tie); `headline` to every non-negative one; presence to every
 //!   available one; with none there, messages get `service-unavailable`
-//!   (no offline storage yet); IQs are the server's to answer on the
+//!   (which the node turns into offline storage when it can); IQs are the server's to answer on the
 //!   user's behalf (`service-unavailable` for now); errors are never
 //!   answered.
 

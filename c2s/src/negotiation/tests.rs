@@ -197,6 +197,9 @@ fn a_client_logs_in_with_scram_sha_256_binds_and_sends() {
     let (w, o) = c.take();
     assert_eq!(w, "</stream:stream>");
     assert_eq!(closed_with(&o), Some(None));
+    // Closed, but the driver still learns which session to unregister.
+    assert_eq!(c.m.bound(), None);
+    assert_eq!(c.m.session(), Some(&full));
 }
 
 #[test]

@@ -521,3 +521,40 @@ fn sessions_end_with_their_connections() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn two_users_become_contacts_and_see_each_others_presence() {
+    let (c, c2s) = server(&[]);
+    for (u, p) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, out) = user(&c, "add", &format!("{u}@ring.test"), p);
+        assert!(ok, "{out}");
+    }
+    // bob accepts requests and subscribes back; alice asks.
+    let mut bob = Client::start(
+        "friend",
+        "bob@ring.test",
+        "pw-b",
+        &c2s,
+        &["alice@ring.test", "20"],
+    );
+    assert_eq!(bob.next()["ready"], true);
+    let mut alice = Client::start(
+        "friend",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["bob@ring.test", "20"],
+    );
+    assert_eq!(alice.next()["ready"], true);
+    let a = alice.next();
+    let b = bob.next();
+    assert_eq!(a["saw"], true, "alice never saw bob online: {a}");
+    assert_eq!(a["roster"]["bob@ring.test"], "both", "{a}");
+    assert_eq!(b["saw"], true, "bob never saw alice online: {b}");
+    assert_eq!(b["roster"]["alice@ring.test"], "both", "{b}");
+    // The roster is stored: a new session of alice's finds bob in it.
+    drop((alice, bob));
+    let mut again = Client::start("friend", "alice@ring.test", "pw-a", &c2s, &["-", "3"]);
+    assert_eq!(again.next()["ready"], true);
+    assert_eq!(again.next()["roster"]["bob@ring.test"], "both");
+}

@@ -43,6 +43,33 @@ impl Lease {
     }
 }
 
+/// A presence a session sends that its user's home node processes first
+/// (a `Service` envelope routed to the key of the user's bare JID):
+/// broadcast presence (no `to`) and subscription requests and answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outbound {
+    /// The presence, `from` stamped.
+    pub xml: String,
+    /// The session's first available presence (its initial presence:
+    /// probes go out, waiting requests come in).
+    pub initial: bool,
+}
+
+impl Outbound {
+    /// The envelope payload.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a payload.
+    pub fn decode(bytes: &[u8]) -> Option<Outbound> {
+        if bytes.len() > ring_services::stanza::MAX_STANZA_BYTES + 64 {
+            return None;
+        }
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //!   server side, from stored keys (never passwords).
 //! * [`account`]: what the home node keeps of a user's credentials.
 //! * [`offline`]: messages kept for users with no available session.
+//! * [`roster`]: rosters and presence subscriptions (RFC 6121 §2–3).
 //! * [`negotiation`]: one client stream, from its header to a bound
 //!   session (STARTTLS, SASL, resource binding, stamping `from`).
 //! * [`lease`]: what an access node tells a user's home node about a
@@ -26,6 +27,7 @@ pub mod account;
 pub mod lease;
 pub mod negotiation;
 pub mod offline;
+pub mod roster;
 pub mod scram;
 pub mod server;
 pub mod sessions;

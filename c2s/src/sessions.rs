@@ -19,8 +19,9 @@
 //!   presence and `headline` messages are dropped;
 //! * to the bare JID: a `chat`/`normal` message goes to the available
 //!   sessions of the highest non-negative priority (all of them if they
-//!   tie); `headline` to every non-negative one; presence to every
-//!   available one; with none there, messages get `service-unavailable`
+//!   tie); `headline` to every non-negative one; presence (also
+//!   subscription presence, also to another full JID) to every available
+//!   one; with none there, messages get `service-unavailable`
 //!   (which the node turns into offline storage when it can); IQs are the server's to answer on the
 //!   user's behalf (`service-unavailable` for now); errors are never
 //!   answered.
@@ -161,16 +162,29 @@ impl<N: Clone + Eq> SessionTable<N> {
         self.remove(full, |p| matches!(p, Place::There(n) if n == node));
     }
 
-    /// Drops the leases that were not renewed in time; returns how many.
-    pub fn expire(&mut self, now: Instant) -> usize {
-        let mut gone = 0;
+    /// Drops the leases that were not renewed in time; returns their full
+    /// JIDs.
+    pub fn expire(&mut self, now: Instant) -> Vec<FullJid> {
+        let mut gone = Vec::new();
         self.users.retain(|_, list| {
-            let before = list.len();
-            list.retain(|e| e.expires.is_none_or(|t| t > now));
-            gone += before - list.len();
+            list.retain(|e| {
+                let keep = e.expires.is_none_or(|t| t > now);
+                if !keep {
+                    gone.push(e.full.clone());
+                }
+                keep
+            });
             !list.is_empty()
         });
         gone
+    }
+
+    /// Every session of `bare` (available or not), here or leased.
+    pub fn sessions(&self, bare: &BareJid) -> Vec<FullJid> {
+        self.users
+            .get(bare)
+            .map(|l| l.iter().map(|e| e.full.clone()).collect())
+            .unwrap_or_default()
     }
 
     /// This node's own sessions, with their availability and priority
@@ -325,21 +339,35 @@ impl<N: Clone + Eq> SessionTable<N> {
                     }
                 }
             },
-            "presence" if to_full => Delivery::Drop,
             "presence" => match ty {
-                None | Some("unavailable") | Some("probe") => {
+                // Subscription presence: every available session (the
+                // roster has already been updated by the home node).
+                Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
                     let ids: Vec<Target<N>> = entries
                         .iter()
                         .filter(|e| e.available)
                         .map(|e| (e.full.clone(), e.place.clone()))
                         .collect();
-                    if ids.is_empty() || ty == Some("probe") {
+                    if ids.is_empty() {
                         Delivery::Drop
                     } else {
                         Delivery::Sessions(ids)
                     }
                 }
-                // Subscription requests need the roster (not yet).
+                _ if to_full => Delivery::Drop,
+                None | Some("unavailable") => {
+                    let ids: Vec<Target<N>> = entries
+                        .iter()
+                        .filter(|e| e.available)
+                        .map(|e| (e.full.clone(), e.place.clone()))
+                        .collect();
+                    if ids.is_empty() {
+                        Delivery::Drop
+                    } else {
+                        Delivery::Sessions(ids)
+                    }
+                }
+                // Probes are the home node's to answer; others are invalid.
                 _ => Delivery::Drop,
             },
             "iq" => match ty {
@@ -451,6 +479,14 @@ mod tests {
             ),
             (
                 "<presence xmlns='jabber:client' to='alice@ring.test' type='subscribe'/>",
+                s(&[phone.clone(), laptop.clone()]),
+            ),
+            (
+                "<presence xmlns='jabber:client' to='alice@ring.test/gone' type='subscribed'/>",
+                s(&[phone.clone(), laptop.clone()]),
+            ),
+            (
+                "<presence xmlns='jabber:client' to='alice@ring.test' type='probe'/>",
                 Delivery::Drop,
             ),
             // IQs to the bare JID are the server's
@@ -567,7 +603,7 @@ mod tests {
         // Renewed: still there after the first term.
         t.handle_lease(7, full("bob@ring.test/pc"), true, 0, t0 + 2 * ttl)
             .expect("renew");
-        assert_eq!(t.expire(t0 + ttl), 1);
+        assert_eq!(t.expire(t0 + ttl), vec![full("alice@ring.test/tablet")]);
         assert!(matches!(t.deliver(&to_bob), Delivery::Sessions(_)));
         // alice's tablet expired: her own sessions here are the targets.
         assert_eq!(
@@ -596,6 +632,11 @@ mod tests {
             .expect("lease");
         assert_eq!(t.bind(full("carol@ring.test/x"), 20), Ok(None));
         assert_eq!(t.local_session(&full("carol@ring.test/x")), Some(20));
-        assert_eq!(t.expire(t0 + 3 * ttl), 0);
+        assert_eq!(t.expire(t0 + 3 * ttl), Vec::<FullJid>::new());
+        assert_eq!(
+            t.sessions(&BareJid::new("carol@ring.test").expect("jid"))
+                .len(),
+            1
+        );
     }
 }

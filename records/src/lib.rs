@@ -84,6 +84,9 @@ pub const ACCOUNT_PREFIX: &str = "account:";
 /// home node (keyed on the bare JID).
 pub const OFFLINE_PREFIX: &str = "offline:";
 
+/// A ring user's roster (`roster:` + bare JID), kept by the home node.
+pub const ROSTER_PREFIX: &str = "roster:";
+
 /// Whether `name` is a service's record (written by the service only).
 pub fn is_service_record(name: &str) -> bool {
     [
@@ -108,6 +111,7 @@ pub fn key_of(name: &str) -> dht::Key {
         .or_else(|| name.strip_prefix(MUC_HISTORY_PREFIX))
         .or_else(|| name.strip_prefix(ACCOUNT_PREFIX))
         .or_else(|| name.strip_prefix(OFFLINE_PREFIX))
+        .or_else(|| name.strip_prefix(ROSTER_PREFIX))
     {
         return dht::keys::jid_key_normalised(jid);
     }
@@ -392,6 +396,7 @@ mod tests {
         assert_eq!(alice, jid_key_normalised("alice@a.test"));
         assert!(!is_service_record("account:alice@a.test"));
         assert_eq!(key_of("offline:alice@a.test"), alice);
+        assert_eq!(key_of("roster:alice@a.test"), alice);
     }
 
     #[test]

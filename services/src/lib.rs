@@ -105,3 +105,7 @@ pub const SERVICE_C2S_LEASE: u8 = 4;
 /// `Service` envelope tag: a stanza for a client session of the access
 /// node whose id is the key.
 pub const SERVICE_C2S_DELIVER: u8 = 5;
+/// `Service` envelope tag: a presence from a client session for its user's
+/// home node to process first (`ring_c2s::lease::Outbound`), routed to the
+/// key of the user's bare JID.
+pub const SERVICE_C2S_OUTBOUND: u8 = 6;

@@ -9,6 +9,12 @@ does one scripted thing, then prints one JSON line with what happened.
       log in, send presence, print {"ready": true, "jid": ...} as soon as
       it is online, then wait for COUNT chat messages (or a stream error)
       and print {"messages": [...], "stream_error": condition or null}
+  chat.py friend JID PASSWORD HOST PORT CONTACT SECONDS
+      log in, accept every subscription request and subscribe back, and
+      ask CONTACT (unless "-") for a subscription; prints {"ready": true}
+      once online, then, as soon as CONTACT's presence has been seen and
+      the roster says "both" (or after SECONDS), {"saw": bool,
+      "roster": {jid: subscription}}
   chat.py send JID PASSWORD HOST PORT TO BODY
       log in, send one chat message, print {"ok": true}; an error reply
       within two seconds is printed as {"ok": false, "error": condition}
@@ -46,6 +52,12 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("message_error", self.on_message)
         self.add_event_handler("stream_error", self.on_stream_error)
         self.stream_error = None
+        self.saw = False
+        if mode == "friend":
+            self.auto_authorize = True
+            self.auto_subscribe = True
+            self.add_event_handler("presence_available", self.on_available)
+            self.add_event_handler("roster_update", self.on_roster)
 
     def on_failed_auth(self, stanza):
         cond = "not-authorized"
@@ -65,6 +77,12 @@ class Client(slixmpp.ClientXMPP):
             priority = int(self.args[2]) if len(self.args) > 2 else 0
             self.send_presence(ppriority=priority)
             out({"ready": True, "jid": str(self.boundjid)})
+        elif self.mode == "friend":
+            await self.get_roster()
+            self.send_presence()
+            out({"ready": True, "jid": str(self.boundjid)})
+            if self.args[0] != "-":
+                self.send_presence_subscription(pto=self.args[0])
         elif self.mode == "send":
             to, body = self.args[0], self.args[1]
             msg = self.make_message(mto=to, mbody=body, mtype="chat")
@@ -73,6 +91,23 @@ class Client(slixmpp.ClientXMPP):
             if not self.done.done():
                 out({"ok": True})
                 self.done.set_result(None)
+
+    def on_available(self, pres):
+        if self.mode == "friend" and pres["from"].bare == self.args[0]:
+            self.saw = True
+            self.check_friend()
+
+    def on_roster(self, _iq):
+        self.check_friend()
+
+    def subscriptions(self):
+        roster = self.client_roster
+        return {j: roster[j]["subscription"] for j in roster if j != self.boundjid.bare}
+
+    def check_friend(self):
+        contact = self.args[0]
+        if self.saw and self.subscriptions().get(contact) == "both" and not self.done.done():
+            self.done.set_result(None)
 
     def on_stream_error(self, err):
         try:
@@ -107,7 +142,7 @@ async def main():
         jid = f"{jid}/{args[3]}"
     c = Client(jid, password, mode, args)
     c.connect(host=host, port=int(port))
-    timeout = float(args[1]) if mode == "recv" else 20.0
+    timeout = float(args[1]) if mode in ("recv", "friend") else 20.0
     try:
         await asyncio.wait_for(c.done, timeout)
     except asyncio.TimeoutError:
@@ -116,6 +151,8 @@ async def main():
         out({"ok": False, "error": c.failed})
     elif mode == "recv":
         out({"messages": c.received, "stream_error": c.stream_error})
+    elif mode == "friend":
+        out({"saw": c.saw, "roster": c.subscriptions()})
     elif not c.done.done():
         out({"ok": False, "error": "timeout"})
     c.disconnect()

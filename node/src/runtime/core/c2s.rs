@@ -23,8 +23,9 @@ use bytes::Bytes;
 use dht::{EnvelopeKind, Key, NodeId};
 use jid::{FullJid, Jid};
 use ring_c2s::Account;
-use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease};
+use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
 use ring_c2s::offline::{self, OfflineQueue};
+use ring_c2s::roster;
 use ring_c2s::server::{C2sEvent, C2sStats, Session};
 use ring_c2s::sessions::{Delivery, Place, SessionTable};
 use ring_records::LocalWrite;
@@ -35,16 +36,19 @@ use tokio::sync::oneshot;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
-use crate::xmpp::{SERVICE_C2S_DELIVER, SERVICE_C2S_LEASE, stanza};
+use crate::xmpp::{SERVICE_C2S_DELIVER, SERVICE_C2S_LEASE, SERVICE_C2S_OUTBOUND, stanza};
 
 /// The node's client sessions and the leases of its users' sessions
 /// elsewhere.
 pub(crate) struct Clients {
-    table: SessionTable<NodeId>,
+    pub(super) table: SessionTable<NodeId>,
     handles: HashMap<u64, Session>,
     /// The listener's counters, when this node listens for clients.
     stats: Option<Arc<C2sStats>>,
     next_renewal: Instant,
+    /// As home node: the last available presence of each session of its
+    /// users (answers to probes; its end tells the contacts).
+    pub(super) last_presence: HashMap<FullJid, Element>,
 }
 
 impl Clients {
@@ -54,6 +58,7 @@ impl Clients {
             handles: HashMap::new(),
             stats,
             next_renewal: now + LEASE_RENEW,
+            last_presence: HashMap::new(),
         }
     }
 
@@ -70,12 +75,13 @@ impl Clients {
     }
 }
 
-/// The token of offline-queue writes: nothing waits for their
-/// confirmation (the services host's batch tokens count up from 0).
-const OFFLINE_WRITE: u64 = u64::MAX - 1;
+/// The token of the home node's own writes (offline queues, rosters):
+/// nothing waits for their confirmation (the services host's batch tokens
+/// count up from 0).
+pub(super) const LOCAL_WRITE: u64 = u64::MAX - 1;
 
 /// Sets (or replaces) an attribute without a namespace.
-fn set_attr(el: &mut Element, name: &str, value: &str) {
+pub(super) fn set_attr(el: &mut Element, name: &str, value: &str) {
     if let Ok(n) = xmpp_parsers::minidom::rxml::NcName::try_from(name) {
         el.set_attr(
             xmpp_parsers::minidom::rxml::Namespace::NONE,
@@ -166,9 +172,9 @@ impl Core {
             return;
         }
         self.clients.next_renewal = now + LEASE_RENEW;
-        let gone = self.clients.table.expire(now);
-        if gone > 0 {
-            tracing::debug!(gone, "session leases expired");
+        for full in self.clients.table.expire(now) {
+            tracing::debug!(%full, "session lease expired");
+            self.session_gone(now, &full);
         }
         for (full, _, available, priority) in self.clients.table.local() {
             self.send_lease(now, &full, available, priority, false);
@@ -190,6 +196,7 @@ impl Core {
         }
         if lease.end {
             self.clients.table.handle_lease_end(&from, &full);
+            self.session_gone(now, &full);
             return;
         }
         match self.clients.table.handle_lease(
@@ -206,7 +213,7 @@ impl Core {
     }
 
     /// This node's copy of a record's value (`None`: absent or deleted).
-    fn local_value(&self, name: &str) -> Option<Vec<u8>> {
+    pub(super) fn local_value(&self, name: &str) -> Option<Vec<u8>> {
         match self.records.store().get(name) {
             Ok(Some(r)) if !r.deleted => Some(r.value),
             _ => None,
@@ -241,10 +248,7 @@ impl Core {
             name,
             value: queue.encode(),
         };
-        match self
-            .records
-            .write_local(now, &self.node, &op, OFFLINE_WRITE)
-        {
+        match self.records.write_local(now, &self.node, &op, LOCAL_WRITE) {
             LocalWrite::Waiting | LocalWrite::Done => true,
             LocalWrite::Refused(why) => {
                 tracing::debug!(%bare, "offline message not kept: {why}");
@@ -263,8 +267,7 @@ impl Core {
         }
         let op = RecordOp::Delete { name };
         if let LocalWrite::Refused(why) =
-            self.records
-                .write_local(now, &self.node, &op, OFFLINE_WRITE)
+            self.records.write_local(now, &self.node, &op, LOCAL_WRITE)
         {
             tracing::warn!("cannot clear an offline queue: {why}");
             return;
@@ -276,7 +279,7 @@ impl Core {
 
     /// Whether `jid` is a user of one of the ring's domains (not a service
     /// on a subdomain).
-    fn is_user(&self, jid: &Jid) -> bool {
+    pub(super) fn is_user(&self, jid: &Jid) -> bool {
         jid.node().is_some()
             && self
                 .settings
@@ -296,21 +299,27 @@ impl Core {
                 return;
             }
             // RFC 6120 §10.3: IQs without `to` are for the server acting
-            // on the account's behalf; messages go to the bare JID.
-            let to = if st.name() == "iq" {
+            // on the account's behalf (the roster lives at the home node,
+            // so roster IQs go to the bare JID); messages go to the bare
+            // JID.
+            let to = if st.name() == "iq" && !roster::is_roster_iq(&st) {
                 from.domain().to_string()
             } else {
                 from.to_bare().to_string()
             };
             set_attr(&mut st, "to", &to);
         }
+        if roster::is_subscription(&st) {
+            return self.send_to_home(now, &from, &st, false);
+        }
         self.send_from_ring(st);
     }
 
     /// A session's broadcast presence: its availability and priority here
-    /// and at its home node; the user's other available sessions see it
-    /// (no roster yet, so no contacts do).
+    /// and (by lease) at its home node, which also sends it to the user's
+    /// sessions and contacts.
     fn on_broadcast_presence(&mut self, now: Instant, from: &FullJid, st: Element) {
+        let was_available = self.clients.table.available(&from.to_bare()).contains(from);
         self.clients.table.handle_presence(from, &st);
         let available = st.attr("type").is_none();
         let priority = st
@@ -319,11 +328,26 @@ impl Core {
             .and_then(|p| p.text().trim().parse::<i8>().ok())
             .unwrap_or(0);
         self.send_lease(now, from, available, priority, false);
-        let mut copy = st;
-        set_attr(&mut copy, "to", from.to_bare().as_str());
-        // To the home node, which knows all of the user's sessions; the
-        // sender's own copy comes back like any other.
-        self.send_from_ring(copy);
+        self.send_to_home(now, from, &st, available && !was_available);
+    }
+
+    /// Routes a session's presence to its user's home node to be
+    /// processed there first (broadcast and subscription presence).
+    fn send_to_home(&mut self, now: Instant, from: &FullJid, st: &Element, initial: bool) {
+        let msg = Outbound {
+            xml: stanza::to_string(st),
+            initial,
+        };
+        let key = dht::keys::jid_key_normalised(from.to_bare().as_str());
+        if let Err(e) = self.node.route(
+            now,
+            key,
+            EnvelopeKind::Service(SERVICE_C2S_OUTBOUND),
+            Bytes::from(msg.encode()),
+            false,
+        ) {
+            tracing::debug!("cannot send a presence to its home node: {e}");
+        }
     }
 
     /// Sends a stanza: to a session of this node directly when `to` names
@@ -420,7 +444,7 @@ impl Core {
 
     /// Answers `st`'s sender with `cond` (never an error or a result, and
     /// never presence other than subscription requests).
-    fn answer_error(&mut self, st: &Element, cond: DefinedCondition) {
+    pub(super) fn answer_error(&mut self, st: &Element, cond: DefinedCondition) {
         if st.name() == "presence" && st.attr("type") != Some("subscribe") {
             return;
         }

@@ -6,7 +6,9 @@
 
 use super::Core;
 use crate::xmpp::path::{PathOutput, StanzaPath};
-use crate::xmpp::{SERVICE_C2S_DELIVER, SERVICE_C2S_LEASE, SERVICE_EDGE_FANOUT, stanza};
+use crate::xmpp::{
+    SERVICE_C2S_DELIVER, SERVICE_C2S_LEASE, SERVICE_C2S_OUTBOUND, SERVICE_EDGE_FANOUT, stanza,
+};
 use bytes::Bytes;
 use dht::{BounceReason, Envelope, EnvelopeKind, NodeId, Role};
 use std::time::Instant;
@@ -66,6 +68,9 @@ impl Core {
             }
             EnvelopeKind::Service(SERVICE_C2S_DELIVER) => {
                 return self.on_forwarded(env.key, &env.payload);
+            }
+            EnvelopeKind::Service(SERVICE_C2S_OUTBOUND) => {
+                return self.on_outbound(now, &env.payload);
             }
             _ => {}
         }
@@ -142,7 +147,9 @@ impl Core {
                 }
                 PathOutput::Serve(st) => {
                     self.net.stanzas_handled += 1;
-                    if self.is_for_online_user(&st) {
+                    if self.home_handles(now, &st) {
+                        // Roster IQs, subscriptions and probes.
+                    } else if self.is_for_online_user(&st) {
                         self.deliver_home(now, st);
                     } else if self.try_keep_offline(now, &st) {
                         // Kept for the user's next session.

@@ -1,0 +1,234 @@
+//! The home node's side of rosters and presence (see docs/architecture.md,
+//! "Clients (c2s)"): the roster of each of its users is the record
+//! `roster:<bare JID>`, read and written here (locally, as the key's
+//! coordinator, then replicated); `ring_c2s::roster` decides what each
+//! roster IQ and subscription presence changes and what follows from it;
+//! this file carries that out and fans presence out to contacts.
+//!
+//! * A session's broadcast presence comes here first (a
+//!   `SERVICE_C2S_OUTBOUND` envelope): it goes to the user's own available
+//!   sessions and to every contact with a `from` or `both` subscription;
+//!   the first available presence of a session also probes the contacts
+//!   the user is subscribed to and shows it the requests still waiting.
+//! * The last available presence of each session is kept here to answer
+//!   probes; when a session ends (its lease ends or expires) its contacts
+//!   get unavailable presence.
+
+use super::Core;
+use super::c2s::{LOCAL_WRITE, set_attr};
+use crate::records::RecordOp;
+use jid::{BareJid, FullJid, Jid};
+use ring_c2s::Account;
+use ring_c2s::lease::Outbound;
+use ring_c2s::roster::{self, Effects, Roster};
+use ring_records::LocalWrite;
+use std::time::Instant;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+impl Core {
+    fn load_roster(&self, user: &BareJid) -> Roster {
+        Roster::decode(
+            self.local_value(&Roster::record_name(user.as_str()))
+                .as_deref(),
+        )
+    }
+
+    /// Whether `user` has an account (the home node holds a copy).
+    fn has_account(&self, user: &BareJid) -> bool {
+        self.local_value(&Account::record_name(user)).is_some()
+    }
+
+    /// Stores `roster` if `fx` changed it, then does what `fx` says;
+    /// `deliver`: the stanza to show the user's sessions.
+    fn apply(
+        &mut self,
+        now: Instant,
+        user: &BareJid,
+        r: &Roster,
+        fx: Effects,
+        deliver: Option<Element>,
+    ) {
+        if fx.changed {
+            let op = RecordOp::Put {
+                name: Roster::record_name(user.as_str()),
+                value: r.encode(),
+            };
+            if let LocalWrite::Refused(why) =
+                self.records.write_local(now, &self.node, &op, LOCAL_WRITE)
+            {
+                tracing::warn!(%user, "roster not stored: {why}");
+            }
+        }
+        if let Some(reply) = fx.reply {
+            self.send_from_ring(reply);
+        }
+        let sessions = self.clients.table.sessions(user);
+        for push in fx.pushes {
+            for full in &sessions {
+                let mut copy = push.clone();
+                set_attr(&mut copy, "to", full.as_str());
+                self.deliver_home(now, copy);
+            }
+        }
+        for st in fx.send {
+            self.send_from_ring(st);
+        }
+        if let Some(st) = deliver {
+            self.deliver_home(now, st);
+        }
+    }
+
+    /// At the home node: the stanzas for a user that the roster answers
+    /// (roster IQs, subscription presence, probes). True when handled.
+    pub(super) fn home_handles(&mut self, now: Instant, st: &Element) -> bool {
+        let Some(Ok(to)) = st.attr("to").map(Jid::new) else {
+            return false;
+        };
+        if !self.is_user(&to) {
+            return false;
+        }
+        let user = to.to_bare();
+        let is_probe = st.name() == "presence" && st.attr("type") == Some("probe");
+        if !(roster::is_roster_iq(st) || roster::is_subscription(st) || is_probe) {
+            return false;
+        }
+        if !self.has_account(&user) {
+            // Nobody's roster: the services answer as for unknown users.
+            return false;
+        }
+        let from = st.attr("from").and_then(|f| Jid::new(f).ok());
+        if roster::is_roster_iq(st) {
+            if from.as_ref().is_none_or(|f| f.to_bare() != user) {
+                self.answer_error(st, DefinedCondition::Forbidden);
+                return true;
+            }
+            let mut r = self.load_roster(&user);
+            let fx = r.handle_iq(&user, st);
+            self.apply(now, &user, &r, fx, None);
+            return true;
+        }
+        if roster::is_subscription(st) {
+            let mut r = self.load_roster(&user);
+            let fx = r.inbound(&user, st);
+            let deliver = fx.deliver.then(|| st.clone());
+            self.apply(now, &user, &r, fx, deliver);
+            return true;
+        }
+        // A probe: the user's presence, when the prober may see it.
+        let Some(prober) = from else {
+            return true;
+        };
+        let r = self.load_roster(&user);
+        if !r.shares_with(prober.to_bare().as_str()) {
+            return true;
+        }
+        if !self.send_presence_to(&user, prober.to_bare().as_str()) {
+            let mut p = Element::bare("presence", ring_services::stanza::NS_CLIENT);
+            set_attr(&mut p, "type", "unavailable");
+            set_attr(&mut p, "from", user.as_str());
+            set_attr(&mut p, "to", prober.as_str());
+            self.send_from_ring(p);
+        }
+        true
+    }
+
+    /// Sends `contact` the last available presence of each of `user`'s
+    /// sessions; false when none is available.
+    fn send_presence_to(&mut self, user: &BareJid, contact: &str) -> bool {
+        let mine: Vec<Element> = self
+            .clients
+            .last_presence
+            .iter()
+            .filter(|(f, _)| f.to_bare() == *user)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let any = !mine.is_empty();
+        for mut p in mine {
+            set_attr(&mut p, "to", contact);
+            self.send_from_ring(p);
+        }
+        any
+    }
+
+    /// A presence one of this node's users sent, for the home node to
+    /// process first.
+    pub(super) fn on_outbound(&mut self, now: Instant, payload: &[u8]) {
+        let Some(msg) = Outbound::decode(payload) else {
+            tracing::warn!("undecodable outbound presence");
+            return;
+        };
+        let Ok(st) = msg.xml.parse::<Element>() else {
+            return;
+        };
+        let Some(from) = st.attr("from").and_then(|f| FullJid::new(f).ok()) else {
+            return;
+        };
+        let user = from.to_bare();
+        if !self.is_user(&Jid::from(user.clone())) {
+            return;
+        }
+        if roster::is_subscription(&st) {
+            let mut r = self.load_roster(&user);
+            let fx = r.outbound(&user, &st);
+            // An approval also shows the contact the user's current
+            // presence (RFC 6121 §3.1.5).
+            let approved = st.attr("type") == Some("subscribed") && !fx.send.is_empty();
+            self.apply(now, &user, &r, fx, None);
+            if approved && let Some(contact) = st.attr("to").and_then(|t| Jid::new(t).ok()) {
+                self.send_presence_to(&user, contact.to_bare().as_str());
+            }
+            return;
+        }
+        if st.attr("to").is_some() || st.name() != "presence" {
+            return;
+        }
+        let available = st.attr("type").is_none();
+        if available {
+            self.clients.last_presence.insert(from.clone(), st.clone());
+        } else if st.attr("type") == Some("unavailable") {
+            self.clients.last_presence.remove(&from);
+        } else {
+            return;
+        }
+        let r = self.load_roster(&user);
+        // The user's own sessions (the sender's included).
+        let mut own = st.clone();
+        set_attr(&mut own, "to", user.as_str());
+        self.deliver_home(now, own);
+        for contact in r.presence_subscribers() {
+            let mut copy = st.clone();
+            set_attr(&mut copy, "to", &contact);
+            self.send_from_ring(copy);
+        }
+        if msg.initial {
+            for contact in r.presence_sources() {
+                let mut probe = Element::bare("presence", ring_services::stanza::NS_CLIENT);
+                set_attr(&mut probe, "type", "probe");
+                set_attr(&mut probe, "from", user.as_str());
+                set_attr(&mut probe, "to", &contact);
+                self.send_from_ring(probe);
+            }
+            for mut request in r.pending_requests(&user) {
+                set_attr(&mut request, "to", from.as_str());
+                self.deliver_home(now, request);
+            }
+        }
+    }
+
+    /// A session of one of this node's users ended (its lease ended or
+    /// expired): if it was available, its contacts see it go.
+    pub(super) fn session_gone(&mut self, _now: Instant, full: &FullJid) {
+        if self.clients.last_presence.remove(full).is_none() {
+            return;
+        }
+        let r = self.load_roster(&full.to_bare());
+        for contact in r.presence_subscribers() {
+            let mut p = Element::bare("presence", ring_services::stanza::NS_CLIENT);
+            set_attr(&mut p, "type", "unavailable");
+            set_attr(&mut p, "from", full.as_str());
+            set_attr(&mut p, "to", &contact);
+            self.send_from_ring(p);
+        }
+    }
+}

@@ -558,3 +558,114 @@ fn two_users_become_contacts_and_see_each_others_presence() {
     assert_eq!(again.next()["ready"], true);
     assert_eq!(again.next()["roster"]["bob@ring.test"], "both");
 }
+
+#[test]
+fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
+    support::require_prosody();
+    let dir = tempfile::tempdir().expect("tmp");
+    let dns = support::dns::DnsServer::start();
+    let (prosody_ip, edge_ip) = (Ipv4Addr::new(127, 0, 0, 20), Ipv4Addr::new(127, 0, 0, 21));
+    let prosody = support::prosody_with_own_ca(
+        dir.path(),
+        &dns,
+        "a.test",
+        prosody_ip,
+        &[("carol", "pw-c")],
+        support::prosody::ProsodyOptions::default(),
+    );
+    let c2s_port = support::prosody::free_port(edge_ip);
+    let c2s = format!("{edge_ip}:{c2s_port}");
+    let ring = support::ring_with_edge_args(
+        dir.path(),
+        &dns,
+        3,
+        edge_ip,
+        &["ring.test"],
+        &["--c2s-listen", &c2s],
+    );
+    let (ok, out) = {
+        let mut child = Command::new(EXE)
+            .args(["user", "add", "--admin", ring.admin(0), "alice@ring.test"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("user add");
+        if let Some(mut s) = child.stdin.take() {
+            let _ = writeln!(s, "pw-a");
+        }
+        let o = child.wait_with_output().expect("output");
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    assert!(ok, "{out}");
+    let carol_c2s = format!("{prosody_ip}:{}", prosody.c2s_port);
+
+    let mut alice = Client::start(
+        "friend",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["carol@a.test", "30"],
+    );
+    assert_eq!(alice.next()["ready"], true);
+    let mut carol = Client::start(
+        "friend",
+        "carol@a.test",
+        "pw-c",
+        &carol_c2s,
+        &["alice@ring.test", "30"],
+    );
+    assert_eq!(carol.next()["ready"], true);
+    let a = alice.next();
+    let c = carol.next();
+    assert_eq!(a["roster"]["carol@a.test"], "both", "{a}");
+    assert_eq!(a["saw"], true, "alice never saw carol online: {a}");
+    assert_eq!(c["roster"]["alice@ring.test"], "both", "{c}");
+    assert_eq!(c["saw"], true, "carol never saw alice online: {c}");
+    drop((alice, carol));
+
+    // Chat both ways through the edge.
+    let mut carol = Client::start(
+        "recv",
+        "carol@a.test",
+        "pw-c",
+        &carol_c2s,
+        &["1", "20", "0", "phone"],
+    );
+    assert_eq!(carol.next()["ready"], true);
+    let v = Client::run(
+        "send",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["carol@a.test", "hello from the ring"],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        bodies(&carol.next()),
+        vec!["hello from the ring".to_string()]
+    );
+    let mut alice = Client::start(
+        "recv",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["1", "20", "0", "pc"],
+    );
+    assert_eq!(alice.next()["ready"], true);
+    let v = Client::run(
+        "send",
+        "carol@a.test",
+        "pw-c",
+        &carol_c2s,
+        &["alice@ring.test", "hello from prosody"],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        bodies(&alice.next()),
+        vec!["hello from prosody".to_string()]
+    );
+}

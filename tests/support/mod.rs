@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod c2s_client;
 pub mod certs;
 pub mod client;
 pub mod cpu;

@@ -83,6 +83,11 @@ pub struct RawConfig {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_max_connections_per_ip: Option<usize>,
+    /// Clients: new connections per second from one address (twice as
+    /// many in a burst) [default: 20].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_connection_rate_per_ip: Option<u32>,
     /// Clients: a connection must log in and bind within this many seconds
     /// of its first header [default: 30].
     #[arg(long)]

@@ -350,6 +350,12 @@ impl RawConfig {
                 32,
                 1..=c2s_max_connections,
             )?,
+            connection_rate_per_ip: ranged(
+                "c2s_connection_rate_per_ip",
+                self.c2s_connection_rate_per_ip,
+                20,
+                1..=1_000_000,
+            )?,
             auth_timeout: Duration::from_secs(ranged(
                 "c2s_auth_timeout_s",
                 self.c2s_auth_timeout_s,
@@ -492,6 +498,8 @@ pub struct C2sSettings {
     pub max_connections: usize,
     /// Connections at once per source address.
     pub max_connections_per_ip: usize,
+    /// New connections per second per source address.
+    pub connection_rate_per_ip: u32,
     /// Time to log in and bind after the first header.
     pub auth_timeout: Duration,
     /// Sessions one user may have at once (on this node).

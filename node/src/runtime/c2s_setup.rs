@@ -64,8 +64,8 @@ pub(crate) async fn start(
         limits,
         per_source: SourceLimits {
             max_open: c.max_connections_per_ip,
-            rate: 20.0,
-            burst: 40.0,
+            rate: f64::from(c.connection_rate_per_ip),
+            burst: 2.0 * f64::from(c.connection_rate_per_ip),
         },
         max_connections: c.max_connections,
         write_queue_bytes: settings.edge.write_queue_bytes,

@@ -1,0 +1,521 @@
+//! Clients on a ring against clients on Prosody, side by side in one run,
+//! with the same load generator (this process) and the same client code
+//! (STARTTLS, SCRAM, bind; `tests/support/c2s_client.rs`):
+//!
+//! * **Logins**: `--concurrency` tasks log in and out as fast as they can
+//!   for `--seconds`: logins per second (TLS + SCRAM-SHA-256 at the ring,
+//!   SCRAM-SHA-1 at Prosody, which offers no SHA-256 with `internal_plain`).
+//!   The ring's clients use cached salted passwords, as real clients do;
+//!   Prosody's salts are per login, so its clients run PBKDF2 each time
+//!   (the load generator's CPU is reported beside each rate).
+//! * **Idle sessions**: `--idle` sessions held on one access node (one
+//!   Prosody): resident memory per session (RSS delta / sessions).
+//! * **1:1 chat**: `--pairs` pairs of users, each pair's two users on
+//!   different access nodes of a 4-node ring (on one Prosody): every
+//!   sender sends `--rate` messages per second in all for `--seconds`;
+//!   delivered messages per second and the send-to-receive latency
+//!   (p50/p99), then a burst (`--burst` messages per sender at once).
+//!
+//! Prints one JSON object. Everything listens on 127.0.0.0/8 only.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use rand::RngExt;
+use serde_json::{Value, json};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use support::c2s_client::{C2sClient, Login, tls_config};
+use support::cpu::Cpu;
+use xmpp_ring::cluster::Cluster;
+
+const PROSODY_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 30);
+const RING_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 31);
+const ACCESS_NODES: usize = 4;
+const ITERATIONS: u32 = 4096;
+
+/// SCRAM-SHA-256's salt, iterations and salted password of a user.
+type Salted = (Vec<u8>, u32, Vec<u8>);
+
+struct Args {
+    pairs: usize,
+    concurrency: usize,
+    seconds: f64,
+    idle: usize,
+    rate: f64,
+    burst: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        pairs: 100,
+        concurrency: 32,
+        seconds: 5.0,
+        idle: 2000,
+        rate: 2000.0,
+        burst: 50,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| -> f64 {
+        argv.get(i)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{} needs a number", argv[i - 1]))
+    };
+    let mut i = 0;
+    while i < argv.len() {
+        match argv[i].as_str() {
+            "--pairs" => a.pairs = num(i + 1) as usize,
+            "--concurrency" => a.concurrency = num(i + 1) as usize,
+            "--seconds" => a.seconds = num(i + 1),
+            "--idle" => a.idle = num(i + 1) as usize,
+            "--rate" => a.rate = num(i + 1),
+            "--burst" => a.burst = num(i + 1) as usize,
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => panic!("unknown flag {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+/// One server under test: where each user logs in.
+struct Target {
+    name: &'static str,
+    /// Logins by user index.
+    logins: Vec<Login>,
+    /// Access address of user `i` in a pair run (different nodes for the
+    /// two users of a pair on the ring).
+    pids: Vec<u32>,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn self_cpu_us() -> u64 {
+    xmpp_ring::cluster::cpu_us(std::process::id())
+}
+
+fn percentile(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i] as f64 / 1000.0
+}
+
+async fn logins_per_s(t: &Target, a: &Args) -> Value {
+    let tls = tls_config();
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let end = Instant::now() + Duration::from_secs_f64(a.seconds);
+    let cpu = Cpu::start(vec![(t.name.to_string(), t.pids.clone())]);
+    let me0 = self_cpu_us();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..a.concurrency {
+        let logins = t.logins.clone();
+        let (tls, done, failed) = (tls.clone(), done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = k;
+            while Instant::now() < end {
+                let l = &logins[i % logins.len()];
+                match C2sClient::login(l, tls.clone()).await {
+                    Ok(c) => {
+                        c.close().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                            eprintln!("login failed: {e}");
+                        }
+                    }
+                }
+                i += 7;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    json!({
+        "logins": n,
+        "failed": failed.load(Ordering::Relaxed),
+        "logins_per_s": n as f64 / secs,
+        "server_cpu_us_per_login": cpu.per(n)[t.name],
+        "load_generator_cpu_us_per_login": (self_cpu_us() - me0) as f64 / n.max(1) as f64,
+    })
+}
+
+async fn idle_sessions(t: &Target, a: &Args) -> Value {
+    let tls = tls_config();
+    // Every login at the first access node (Prosody has only one).
+    let pid = t.pids[0];
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    let mut failed = 0;
+    for chunk in (0..a.idle).collect::<Vec<_>>().chunks(64) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            let mut l = t.logins[i % t.logins.len()].clone();
+            l.addr = t.logins[0].addr.clone();
+            l.presence = true;
+            let tls = tls.clone();
+            batch.push(tokio::spawn(async move { C2sClient::login(&l, tls).await }));
+        }
+        for b in batch {
+            match b.await {
+                Ok(Ok(c)) => held.push(c),
+                _ => failed += 1,
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    let n = held.len() as u64;
+    for c in held {
+        c.close().await;
+    }
+    json!({
+        "sessions": n,
+        "failed": failed,
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_session": (after.saturating_sub(before)) as f64 / n.max(1) as f64,
+    })
+}
+
+/// Pairs (2i sends to 2i+1); `rate` messages per second in all for
+/// `seconds`, then a burst.
+async fn chat(t: &Target, a: &Args) -> Value {
+    let tls = tls_config();
+    let base = Instant::now();
+    let mut senders = Vec::new();
+    let received = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    for p in 0..a.pairs {
+        let (s, r) = (&t.logins[2 * p], &t.logins[2 * p + 1]);
+        let mut receiver = C2sClient::login(r, tls.clone())
+            .await
+            .expect("receiver login");
+        let sender = C2sClient::login(s, tls.clone())
+            .await
+            .expect("sender login");
+        let (received, latencies) = (received.clone(), latencies.clone());
+        tokio::spawn(async move {
+            while let Some(el) = receiver.incoming.recv().await {
+                if el.name() != "message" {
+                    continue;
+                }
+                let Some(sent) = el
+                    .get_child("body", "jabber:client")
+                    .and_then(|b| b.text().parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                let now = base.elapsed().as_micros() as u64;
+                received.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut l) = latencies.lock() {
+                    l.push(now.saturating_sub(sent));
+                }
+            }
+        });
+        senders.push((sender, r.jid.clone()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let send_round = |senders: &mut Vec<(C2sClient, String)>, per: usize| {
+        let mut out = Vec::new();
+        for (_, to) in senders.iter() {
+            let mut xml = String::new();
+            for _ in 0..per {
+                let stamp = base.elapsed().as_micros();
+                xml.push_str(&format!(
+                    "<message to='{to}' type='chat'><body>{stamp}</body></message>"
+                ));
+            }
+            out.push(xml);
+        }
+        out
+    };
+    // Paced.
+    let cpu = Cpu::start(vec![(t.name.to_string(), t.pids.clone())]);
+    let me0 = self_cpu_us();
+    let tick = Duration::from_millis(100);
+    let per_tick = (a.rate * tick.as_secs_f64() / a.pairs as f64).max(1.0) as usize;
+    let ticks = (a.seconds / tick.as_secs_f64()) as usize;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for k in 0..ticks {
+        let batch = send_round(&mut senders, per_tick);
+        for ((s, _), xml) in senders.iter_mut().zip(batch) {
+            if s.send_raw(&xml).await.is_ok() {
+                sent += per_tick as u64;
+            }
+        }
+        tokio::time::sleep_until((start + tick * (k as u32 + 1)).into()).await;
+    }
+    let wait_end = Instant::now() + Duration::from_secs(10);
+    while received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let got = received.swap(0, Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    let paced = json!({
+        "sent": sent, "received": got,
+        "messages_per_s": got as f64 / secs,
+        "latency_ms_p50": percentile(&mut lat, 0.5),
+        "latency_ms_p99": percentile(&mut lat, 0.99),
+        "server_cpu_us_per_message": cpu.per(got)[t.name],
+        "load_generator_cpu_us_per_message": (self_cpu_us() - me0) as f64 / got.max(1) as f64,
+    });
+    // Burst.
+    let cpu = Cpu::start(vec![(t.name.to_string(), t.pids.clone())]);
+    let me0 = self_cpu_us();
+    let start = Instant::now();
+    let batch = send_round(&mut senders, a.burst);
+    let mut sent = 0u64;
+    for ((s, _), xml) in senders.iter_mut().zip(batch) {
+        if s.send_raw(&xml).await.is_ok() {
+            sent += a.burst as u64;
+        }
+    }
+    let wait_end = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < sent && Instant::now() < wait_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed);
+    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    let burst = json!({
+        "sent": sent, "received": got,
+        "messages_per_s": got as f64 / secs,
+        "latency_ms_p50": percentile(&mut lat, 0.5),
+        "latency_ms_p99": percentile(&mut lat, 0.99),
+        "server_cpu_us_per_message": cpu.per(got)[t.name],
+        "load_generator_cpu_us_per_message": (self_cpu_us() - me0) as f64 / got.max(1) as f64,
+    });
+    for (s, _) in senders {
+        s.close().await;
+    }
+    json!({ "paced": paced, "burst": burst })
+}
+
+fn ring_accounts(ring: &Cluster, users: &[(String, String)]) -> Vec<Option<Salted>> {
+    let admin = ring.admin(0).to_string();
+    users
+        .chunks(users.len().div_ceil(8).max(1))
+        .map(|chunk| {
+            let admin = admin.clone();
+            let chunk = chunk.to_vec();
+            std::thread::spawn(move || {
+                let mut rng = rand::rng();
+                chunk
+                    .iter()
+                    .map(|(jid, pw)| {
+                        let bare = ring_c2s::account::user_jid(jid).expect("jid");
+                        let acct = ring_c2s::Account::new(&bare, pw, ITERATIONS, &mut rng)
+                            .expect("account");
+                        let path = format!(
+                            "/record?op=put&name={}",
+                            xmpp_ring::client::url_encode(&ring_c2s::Account::record_name(&bare))
+                        );
+                        let r: node::api::RecordReport = xmpp_ring::client::post_json(
+                            &admin,
+                            &path,
+                            &acct.encode(),
+                            Duration::from_secs(20),
+                        )
+                        .expect("put account");
+                        assert!(r.error.is_none(), "{r:?}");
+                        let salted = ring_c2s::ScramHash::Sha256.salted_password(
+                            pw.as_bytes(),
+                            &acct.sha256.salt,
+                            ITERATIONS,
+                        );
+                        Some((acct.sha256.salt.clone(), ITERATIONS, salted))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flat_map(|h| h.join().expect("account thread"))
+        .collect()
+}
+
+fn main() {
+    let a = args();
+    support::require_prosody();
+    let dir = tempfile::tempdir().expect("tmp");
+    let dns = support::dns::DnsServer::start();
+    let n = 2 * a.pairs;
+    let pw: String = {
+        let mut r = rand::rng();
+        (0..12)
+            .map(|_| char::from(b'a' + r.random_range(0..26u8)))
+            .collect()
+    };
+    let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    let prosody = support::prosody_with_own_ca(
+        dir.path(),
+        &dns,
+        "a.test",
+        PROSODY_IP,
+        &[],
+        support::prosody::ProsodyOptions::default(),
+    );
+    prosody.add_accounts(
+        &names
+            .iter()
+            .map(|u| (u.clone(), pw.clone()))
+            .collect::<Vec<_>>(),
+    );
+    // The ring: four nodes, each an access node.
+    let mut ring = Cluster::new(std::path::Path::new(support::EXE)).expect("cluster");
+    let mut c2s = Vec::new();
+    for i in 0..ACCESS_NODES {
+        let addr = format!("{RING_IP}:{}", support::prosody::free_port(RING_IP));
+        let mut args = support::args(&[
+            "--log-level",
+            "warn",
+            "--domain",
+            "ring.test",
+            "--c2s-listen",
+            &addr,
+            "--c2s-max-connections",
+            "100000",
+            "--c2s-max-connections-per-ip",
+            "100000",
+            "--c2s-connection-rate-per-ip",
+            "1000000",
+        ]);
+        if i > 0 {
+            args.extend(support::args(&["--bootstrap", &ring.addr(0)]));
+        }
+        ring.spawn(&args).expect("node");
+        c2s.push(addr);
+    }
+    let start = Instant::now();
+    while !(0..ring.nodes.len()).all(|i| support::status(&ring, i).joined) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ring does not form"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Let the first refreshes settle, so every account lands on its home.
+    std::thread::sleep(Duration::from_secs(2));
+    let ring_users: Vec<(String, String)> = names
+        .iter()
+        .map(|u| (format!("{u}@ring.test"), pw.clone()))
+        .collect();
+    let salted = ring_accounts(&ring, &ring_users);
+    if std::env::var("C2S_BENCH_DEBUG").is_ok() {
+        for i in 0..ring.nodes.len() {
+            let r: node::api::RecordReport = xmpp_ring::client::get_json(
+                ring.admin(i),
+                "/record?op=get&name=account%3Au0%40ring.test",
+                Duration::from_secs(5),
+            )
+            .expect("get");
+            eprintln!(
+                "node {i}: found {} value {:?}",
+                r.found,
+                r.value.map(|v| v.len())
+            );
+        }
+    }
+    let ring_target = Target {
+        name: "ring",
+        logins: ring_users
+            .iter()
+            .zip(salted)
+            .enumerate()
+            .map(|(i, ((jid, pw), salted))| Login {
+                // The two users of a pair on different access nodes.
+                addr: c2s[(i / 2 + i % 2) % ACCESS_NODES].clone(),
+                jid: jid.clone(),
+                password: pw.clone(),
+                salted_sha256: salted,
+                presence: true,
+            })
+            .collect(),
+        pids: ring
+            .nodes
+            .iter()
+            .filter_map(|n| n.ready.pid.into())
+            .collect(),
+    };
+    let prosody_target = Target {
+        name: "prosody",
+        logins: names
+            .iter()
+            .map(|u| Login {
+                addr: prosody.c2s(),
+                jid: format!("{u}@a.test"),
+                password: pw.clone(),
+                salted_sha256: None,
+                presence: true,
+            })
+            .collect(),
+        pids: prosody.pid().into_iter().collect(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut out = serde_json::Map::new();
+    for t in [&ring_target, &prosody_target] {
+        let r = rt.block_on(async {
+            let logins = logins_per_s(t, &a).await;
+            eprintln!("{}: logins {logins}", t.name);
+            let idle = idle_sessions(t, &a).await;
+            eprintln!("{}: idle {idle}", t.name);
+            let chat = chat(t, &a).await;
+            eprintln!("{}: chat {chat}", t.name);
+            json!({ "logins": logins, "idle": idle, "chat": chat })
+        });
+        out.insert(t.name.to_string(), r);
+    }
+    let ratio = |path: &[&str]| {
+        let get = |name: &str| {
+            path.iter()
+                .fold(&out[name], |v, k| &v[*k])
+                .as_f64()
+                .unwrap_or(0.0)
+        };
+        get("ring") / get("prosody").max(1e-9)
+    };
+    let ratios = json!({
+        "logins_per_s": ratio(&["logins", "logins_per_s"]),
+        "chat_paced_messages_per_s": ratio(&["chat", "paced", "messages_per_s"]),
+        "chat_burst_messages_per_s": ratio(&["chat", "burst", "messages_per_s"]),
+        "kib_per_idle_session": ratio(&["idle", "kib_per_session"]),
+    });
+    out.insert("ring_over_prosody".into(), ratios);
+    out.insert(
+        "config".into(),
+        json!({"pairs": a.pairs, "concurrency": a.concurrency, "seconds": a.seconds,
+               "idle": a.idle, "rate": a.rate, "burst": a.burst,
+               "access_nodes": ACCESS_NODES, "scram_iterations": ITERATIONS}),
+    );
+    println!("{}", Value::Object(out));
+}

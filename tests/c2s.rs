@@ -669,3 +669,54 @@ fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
         vec!["hello from prosody".to_string()]
     );
 }
+
+#[test]
+fn clients_ask_the_server_disco_version_and_ping() {
+    let (c, c2s) = server(&[]);
+    for (u, p) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, out) = user(&c, "add", &format!("{u}@ring.test"), p);
+        assert!(ok, "{out}");
+    }
+    let v = Client::run("query", "alice@ring.test", "pw-a", &c2s, &["bob@ring.test"]);
+    assert_eq!(v["domain"]["identity"][0], "server/im", "{v}");
+    let features = v["domain"]["features"].as_array().expect("features");
+    assert!(features.iter().any(|f| f == "urn:xmpp:ping"), "{v}");
+    assert!(features.iter().any(|f| f == "jabber:iq:version"), "{v}");
+    assert_eq!(v["account"]["identity"][0], "account/registered", "{v}");
+    assert_eq!(v["version"], "xmpp-ring", "{v}");
+    assert_eq!(v["ping"], true, "{v}");
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let (_c, c2s) = server(&["--c2s-max-connections-per-ip", "3"]);
+    let port: u16 = c2s
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    let addr = (Ipv4Addr::LOCALHOST, port);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut r = Raw::connect(addr).await;
+        assert!(!r.closed(Duration::from_millis(300)).await, "{}", r.got);
+        held.push(r);
+    }
+    // The fourth is closed before anything is read from it.
+    let mut fourth = Raw::connect(addr).await;
+    assert!(fourth.closed(support::T).await);
+    assert_eq!(fourth.got, "");
+    // Another address is not affected.
+    let mut other = Raw::connect_from(Ipv4Addr::new(127, 0, 0, 22), addr)
+        .await
+        .expect("connect from another address");
+    assert!(!other.closed(Duration::from_millis(300)).await);
+    // When one ends, the address may connect again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = Raw::connect(addr).await;
+    assert!(
+        !again.closed(Duration::from_millis(300)).await,
+        "{}",
+        again.got
+    );
+}

@@ -15,6 +15,9 @@ does one scripted thing, then prints one JSON line with what happened.
       once online, then, as soon as CONTACT's presence has been seen and
       the roster says "both" (or after SECONDS), {"saw": bool,
       "roster": {jid: subscription}}
+  chat.py query JID PASSWORD HOST PORT CONTACT
+      log in and ask the server: disco#info of the domain and of CONTACT's
+      account, the software version, a ping; prints what came back
   chat.py send JID PASSWORD HOST PORT TO BODY
       log in, send one chat message, print {"ok": true}; an error reply
       within two seconds is printed as {"ok": false, "error": condition}
@@ -46,6 +49,7 @@ class Client(slixmpp.ClientXMPP):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         self.ssl_context = ctx
+        self.register_plugin("xep_0199")
         self.add_event_handler("session_start", self.start)
         self.add_event_handler("failed_auth", self.on_failed_auth)
         self.add_event_handler("message", self.on_message)
@@ -83,6 +87,34 @@ class Client(slixmpp.ClientXMPP):
             out({"ready": True, "jid": str(self.boundjid)})
             if self.args[0] != "-":
                 self.send_presence_subscription(pto=self.args[0])
+        elif self.mode == "query":
+            domain = self.boundjid.domain
+            found = {}
+            disco = "http://jabber.org/protocol/disco#info"
+            for name, ns, to in [
+                ("domain", disco, domain),
+                ("account", disco, self.args[0]),
+                ("version", "jabber:iq:version", domain),
+            ]:
+                try:
+                    r = await self.make_iq_get(queryxmlns=ns, ito=to).send(timeout=10)
+                    q = r.xml.find("{%s}query" % ns)
+                    if ns == disco:
+                        found[name] = {
+                            "identity": [i.get("category") + "/" + i.get("type") for i in q.findall("{%s}identity" % ns)],
+                            "features": [f.get("var") for f in q.findall("{%s}feature" % ns)],
+                        }
+                    else:
+                        found[name] = q.findtext("{%s}name" % ns)
+                except Exception as e:
+                    found[name] = {"error": str(e)}
+            try:
+                await self["xep_0199"].ping(domain, timeout=10)
+                found["ping"] = True
+            except Exception as e:
+                found["ping"] = str(e)
+            out(found)
+            self.done.set_result(None)
         elif self.mode == "send":
             to, body = self.args[0], self.args[1]
             msg = self.make_message(mto=to, mbody=body, mtype="chat")

@@ -30,6 +30,7 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 const NS_PING: &str = "urn:xmpp:ping";
+const NS_VERSION: &str = "jabber:iq:version";
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 
@@ -599,6 +600,20 @@ fn domain_stanza(stanza: &Element, out: &mut Vec<Action>) {
         if payload.is_some_and(|p| p.is("ping", NS_PING)) {
             return out.push(Action::Send(iq_result(stanza, None)));
         }
+        if payload.is_some_and(|p| p.is("query", NS_VERSION)) {
+            // XEP-0092: the software; no operating system (it helps
+            // attackers more than users).
+            let mut q = Element::bare("query", NS_VERSION);
+            for (name, text) in [
+                ("name", "xmpp-ring"),
+                ("version", env!("CARGO_PKG_VERSION")),
+            ] {
+                let mut e = Element::bare(name, NS_VERSION);
+                e.append_text_node(text);
+                q.append_child(e);
+            }
+            return out.push(Action::Send(iq_result(stanza, Some(q))));
+        }
         if let Some(q) = payload.filter(|p| p.is("query", NS_DISCO_INFO))
             && q.attr("node").is_none()
         {
@@ -607,7 +622,7 @@ fn domain_stanza(stanza: &Element, out: &mut Vec<Action>) {
                 "server",
                 "im",
                 "xmpp-ring",
-                &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING],
+                &[NS_DISCO_INFO, NS_DISCO_ITEMS, NS_PING, NS_VERSION],
             );
             return out.push(Action::Send(iq_result(stanza, Some(info))));
         }

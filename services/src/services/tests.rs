@@ -108,7 +108,25 @@ mod dispatch_tests {
             .expect("disco result");
         let info = DiscoInfoResult::try_from(q.clone()).unwrap();
         assert!(info.features.contains(NS_PING));
+        assert!(info.features.contains("jabber:iq:version"));
         assert_eq!(info.identities[0].category, "server");
+    }
+
+    #[test]
+    fn the_domain_tells_its_software_version() {
+        let r = run(
+            "<iq xmlns='jabber:client' type='get' id='v' from='a@a.test/x' to='ring.test'><query xmlns='jabber:iq:version'/></iq>",
+        );
+        assert_eq!(r[0].attr("type"), Some("result"));
+        let q = r[0].get_child("query", "jabber:iq:version").expect("query");
+        assert_eq!(
+            q.get_child("name", "jabber:iq:version")
+                .map(|n| n.text())
+                .as_deref(),
+            Some("xmpp-ring")
+        );
+        assert!(q.get_child("version", "jabber:iq:version").is_some());
+        assert!(q.get_child("os", "jabber:iq:version").is_none());
     }
 
     #[test]

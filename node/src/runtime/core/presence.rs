@@ -23,6 +23,8 @@ use ring_c2s::lease::Outbound;
 use ring_c2s::roster::{self, Effects, Roster};
 use ring_records::LocalWrite;
 use std::time::Instant;
+
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
@@ -90,12 +92,28 @@ impl Core {
         }
         let user = to.to_bare();
         let is_probe = st.name() == "presence" && st.attr("type") == Some("probe");
-        if !(roster::is_roster_iq(st) || roster::is_subscription(st) || is_probe) {
+        let is_disco = to.is_bare()
+            && st.name() == "iq"
+            && st.attr("type") == Some("get")
+            && st.get_child("query", NS_DISCO_INFO).is_some();
+        if !(roster::is_roster_iq(st) || roster::is_subscription(st) || is_probe || is_disco) {
             return false;
         }
         if !self.has_account(&user) {
             // Nobody's roster: the services answer as for unknown users.
             return false;
+        }
+        if is_disco {
+            // XEP-0030 §3.1: the server answers for the account.
+            let info = ring_services::stanza::disco_info(
+                None,
+                "account",
+                "registered",
+                user.as_str(),
+                &[NS_DISCO_INFO],
+            );
+            self.send_from_ring(ring_services::stanza::iq_result(st, Some(info)));
+            return true;
         }
         let from = st.attr("from").and_then(|f| Jid::new(f).ok());
         if roster::is_roster_iq(st) {

@@ -14,6 +14,21 @@ use support::slixmpp::Client;
 use support::{EXE, args};
 use xmpp_ring::cluster::Cluster;
 
+/// The multi-node tests start five nodes (one with Prosody beside): on a
+/// 2-core machine two of them at once starve every node of CPU. They take
+/// turns.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits for a client's "online" line; shows what it said otherwise.
+fn ready(c: &mut Client) {
+    let v = c.next();
+    assert_eq!(v["ready"], true, "the client did not get online: {v}");
+}
+
 /// A one-node ring serving ring.test with clients on `--c2s-listen`: an
 /// ordinary XMPP server. Returns it and its c2s address.
 fn server(extra: &[&str]) -> (Cluster, String) {
@@ -108,7 +123,7 @@ fn clients_chat_to_bare_and_full_jids_by_priority() {
         &c2s,
         &["1", "15", "5", "phone"],
     );
-    assert_eq!(phone.next()["ready"], true);
+    ready(&mut phone);
     let mut laptop = Client::start(
         "recv",
         "bob@ring.test",
@@ -116,7 +131,7 @@ fn clients_chat_to_bare_and_full_jids_by_priority() {
         &c2s,
         &["1", "15", "1", "laptop"],
     );
-    assert_eq!(laptop.next()["ready"], true);
+    ready(&mut laptop);
 
     let send =
         |to: &str, body: &str| Client::run("send", "alice@ring.test", "pw-a", &c2s, &[to, body]);
@@ -157,7 +172,7 @@ fn a_second_login_with_the_same_resource_replaces_the_first() {
         &c2s,
         &["1", "20", "0", "desk"],
     );
-    assert_eq!(first.next()["ready"], true);
+    ready(&mut first);
     let mut second = Client::start(
         "recv",
         "bob@ring.test",
@@ -165,7 +180,7 @@ fn a_second_login_with_the_same_resource_replaces_the_first() {
         &c2s,
         &["1", "5", "0", "desk"],
     );
-    assert_eq!(second.next()["ready"], true);
+    ready(&mut second);
     let v = first.next();
     assert_eq!(v["stream_error"], "conflict", "{v}");
     assert!(first.wait(Duration::from_secs(5)));
@@ -275,6 +290,7 @@ fn bodies(v: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
+    let _turn = heavy();
     let (mut c, c2s) = ring_with_access_nodes(3, 2);
     let id_of = |c: &Cluster, i: usize| c.nodes[i].ready.node_id.clone();
     let access: Vec<String> = (3..5).map(|i| id_of(&c, i)).collect();
@@ -292,7 +308,7 @@ fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
     }
     // alice on the first access node, bob on the second.
     let mut a = Client::start("recv", &alice, "pw-a", &c2s[0], &["2", "40", "0", "pc"]);
-    assert_eq!(a.next()["ready"], true);
+    ready(&mut a);
     let mut b = Client::start(
         "recv",
         "bob@ring.test",
@@ -300,7 +316,7 @@ fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
         &c2s[1],
         &["1", "40", "0", "phone"],
     );
-    assert_eq!(b.next()["ready"], true);
+    ready(&mut b);
     // The leases reach the home nodes with the presence.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -388,7 +404,7 @@ fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
         &c2s[0],
         &["1", "20", "0", "laptop"],
     );
-    assert_eq!(b.next()["ready"], true);
+    ready(&mut b);
     assert_eq!(bodies(&b.next()), vec!["for bob, later".to_string()]);
 }
 
@@ -408,6 +424,7 @@ impl Drop for Local {
 
 #[test]
 fn local_prints_demo_users_who_can_log_in_with_a_client() {
+    let _turn = heavy();
     use std::io::BufRead;
     let child = Command::new(EXE)
         .args([
@@ -469,7 +486,7 @@ fn a_message_to_an_offline_user_arrives_at_the_next_login_with_a_delay_stamp() {
         &c2s,
         &["2", "15", "0", "pc"],
     );
-    assert_eq!(alice.next()["ready"], true);
+    ready(&mut alice);
     let v = alice.next();
     let msgs = v["messages"].as_array().expect("messages");
     let got: Vec<&str> = msgs
@@ -495,7 +512,7 @@ fn a_message_to_an_offline_user_arrives_at_the_next_login_with_a_delay_stamp() {
         &c2s,
         &["1", "3", "0", "pc2"],
     );
-    assert_eq!(again.next()["ready"], true);
+    ready(&mut again);
     assert_eq!(again.next()["messages"], serde_json::json!([]));
 }
 
@@ -537,7 +554,7 @@ fn two_users_become_contacts_and_see_each_others_presence() {
         &c2s,
         &["alice@ring.test", "20"],
     );
-    assert_eq!(bob.next()["ready"], true);
+    ready(&mut bob);
     let mut alice = Client::start(
         "friend",
         "alice@ring.test",
@@ -545,7 +562,7 @@ fn two_users_become_contacts_and_see_each_others_presence() {
         &c2s,
         &["bob@ring.test", "20"],
     );
-    assert_eq!(alice.next()["ready"], true);
+    ready(&mut alice);
     let a = alice.next();
     let b = bob.next();
     assert_eq!(a["saw"], true, "alice never saw bob online: {a}");
@@ -555,12 +572,13 @@ fn two_users_become_contacts_and_see_each_others_presence() {
     // The roster is stored: a new session of alice's finds bob in it.
     drop((alice, bob));
     let mut again = Client::start("friend", "alice@ring.test", "pw-a", &c2s, &["-", "3"]);
-    assert_eq!(again.next()["ready"], true);
+    ready(&mut again);
     assert_eq!(again.next()["roster"]["bob@ring.test"], "both");
 }
 
 #[test]
 fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
+    let _turn = heavy();
     support::require_prosody();
     let dir = tempfile::tempdir().expect("tmp");
     let dns = support::dns::DnsServer::start();
@@ -610,7 +628,7 @@ fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
         &c2s,
         &["carol@a.test", "30"],
     );
-    assert_eq!(alice.next()["ready"], true);
+    ready(&mut alice);
     let mut carol = Client::start(
         "friend",
         "carol@a.test",
@@ -618,7 +636,7 @@ fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
         &carol_c2s,
         &["alice@ring.test", "30"],
     );
-    assert_eq!(carol.next()["ready"], true);
+    ready(&mut carol);
     let a = alice.next();
     let c = carol.next();
     assert_eq!(a["roster"]["carol@a.test"], "both", "{a}");
@@ -635,7 +653,7 @@ fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
         &carol_c2s,
         &["1", "20", "0", "phone"],
     );
-    assert_eq!(carol.next()["ready"], true);
+    ready(&mut carol);
     let v = Client::run(
         "send",
         "alice@ring.test",
@@ -655,7 +673,7 @@ fn a_ring_user_and_a_prosody_user_become_contacts_and_chat_both_ways() {
         &c2s,
         &["1", "20", "0", "pc"],
     );
-    assert_eq!(alice.next()["ready"], true);
+    ready(&mut alice);
     let v = Client::run(
         "send",
         "carol@a.test",

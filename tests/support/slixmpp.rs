@@ -70,7 +70,12 @@ impl Client {
             .args([mode, jid, password, host, port])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // SLIXMPP_DEBUG=1 shows the clients' own errors.
+            .stderr(if std::env::var_os("SLIXMPP_DEBUG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start the slixmpp client");
         let out = child.stdout.take().expect("stdout");

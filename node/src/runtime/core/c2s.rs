@@ -21,7 +21,7 @@ use crate::api::RecordReport;
 use crate::records::RecordOp;
 use bytes::Bytes;
 use dht::{EnvelopeKind, Key, NodeId};
-use jid::{FullJid, Jid};
+use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
 use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
 use ring_c2s::offline::{self, OfflineQueue};
@@ -49,6 +49,32 @@ pub(crate) struct Clients {
     /// As home node: the last available presence of each session of its
     /// users (answers to probes; its end tells the contacts).
     pub(super) last_presence: HashMap<FullJid, Element>,
+    /// As home node: users whose records (account, roster, offline queue)
+    /// this node has made sure to hold (see [`Core::user_ready`]).
+    loaded: std::collections::HashSet<BareJid>,
+    /// Work waiting for a user's records, by load token.
+    waiting: HashMap<u64, (BareJid, Vec<Pending>)>,
+    waiting_by_user: HashMap<BareJid, u64>,
+    next_load: u64,
+}
+
+/// Users whose records are remembered as held; past it the set starts
+/// over (a user's next stanza loads again).
+const MAX_LOADED_USERS: usize = 100_000;
+/// Stanzas waiting for one user's records.
+const MAX_WAITING_PER_USER: usize = 256;
+/// Load tokens of the home node: far above the services host's, which
+/// count up from the store's counter base.
+const LOAD_TOKEN_BASE: u64 = 1 << 63;
+
+/// What waits for a user's records to be here.
+pub(super) enum Pending {
+    /// A stanza for the user, to serve.
+    Serve(Element),
+    /// A presence from one of the user's sessions (the envelope payload).
+    Outbound(Vec<u8>),
+    /// A session became available: its offline messages.
+    Flush(FullJid),
 }
 
 impl Clients {
@@ -59,6 +85,10 @@ impl Clients {
             stats,
             next_renewal: now + LEASE_RENEW,
             last_presence: HashMap::new(),
+            loaded: Default::default(),
+            waiting: HashMap::new(),
+            waiting_by_user: HashMap::new(),
+            next_load: LOAD_TOKEN_BASE,
         }
     }
 
@@ -206,9 +236,110 @@ impl Core {
             lease.priority,
             now + LEASE_TTL,
         ) {
-            Ok(()) if lease.available => self.flush_offline(now, &full),
+            Ok(()) if lease.available => {
+                if self.user_ready(now, &full.to_bare(), || Pending::Flush(full.clone())) {
+                    self.flush_offline(now, &full);
+                }
+            }
             Ok(()) => {}
             Err(c) => tracing::debug!(?c, "session lease refused"),
+        }
+    }
+
+    /// Whether `user`'s records (account, roster, offline queue) are held
+    /// here, so that what this node reads of them is the ring's latest:
+    /// a node that has just become a user's home node fetches them from
+    /// the replicas first (the replicator's load, as the services host
+    /// does for rooms). When not, `pending` is kept until they are and
+    /// false is returned.
+    pub(super) fn user_ready(
+        &mut self,
+        now: Instant,
+        user: &BareJid,
+        pending: impl FnOnce() -> Pending,
+    ) -> bool {
+        if self.clients.loaded.contains(user) {
+            return true;
+        }
+        if let Some(token) = self.clients.waiting_by_user.get(user) {
+            if let Some((_, list)) = self.clients.waiting.get_mut(token)
+                && list.len() < MAX_WAITING_PER_USER
+            {
+                list.push(pending());
+            }
+            return false;
+        }
+        let names = vec![
+            Account::record_name(user),
+            ring_c2s::roster::Roster::record_name(user.as_str()),
+            OfflineQueue::record_name(user.as_str()),
+        ];
+        let token = self.clients.next_load;
+        self.clients.next_load += 1;
+        if !self.records.load(now, &self.node, &names, token) {
+            self.mark_loaded(user.clone());
+            return true;
+        }
+        self.clients
+            .waiting
+            .insert(token, (user.clone(), vec![pending()]));
+        self.clients.waiting_by_user.insert(user.clone(), token);
+        false
+    }
+
+    fn mark_loaded(&mut self, user: BareJid) {
+        if self.clients.loaded.len() >= MAX_LOADED_USERS {
+            self.clients.loaded.clear();
+        }
+        self.clients.loaded.insert(user);
+    }
+
+    /// The replicator finished load `token`; false when it was not the
+    /// home node's.
+    pub(super) fn user_load_done(&mut self, now: Instant, token: u64) -> bool {
+        if token < LOAD_TOKEN_BASE {
+            return false;
+        }
+        let Some((user, pending)) = self.clients.waiting.remove(&token) else {
+            return true;
+        };
+        self.clients.waiting_by_user.remove(&user);
+        self.mark_loaded(user);
+        for p in pending {
+            match p {
+                Pending::Serve(st) => self.serve_user_stanza(now, st),
+                Pending::Outbound(payload) => self.on_outbound(now, &payload),
+                Pending::Flush(full) => self.flush_offline(now, &full),
+            }
+        }
+        true
+    }
+
+    /// A stanza for a ring JID this node is responsible for: a user's
+    /// (once their records are here) or the services'.
+    pub(super) fn serve(&mut self, now: Instant, st: Element) {
+        let user = st
+            .attr("to")
+            .and_then(|t| Jid::new(t).ok())
+            .filter(|j| self.is_user(j))
+            .map(|j| j.to_bare());
+        if let Some(user) = user
+            && !self.user_ready(now, &user, || Pending::Serve(st.clone()))
+        {
+            return;
+        }
+        self.serve_user_stanza(now, st);
+    }
+
+    fn serve_user_stanza(&mut self, now: Instant, st: Element) {
+        if self.home_handles(now, &st) {
+            // Roster IQs, subscriptions, probes, account disco.
+        } else if self.is_for_online_user(&st) {
+            self.deliver_home(now, st);
+        } else if self.try_keep_offline(now, &st) {
+            // Kept for the user's next session.
+        } else {
+            self.run_services(now, st);
         }
     }
 

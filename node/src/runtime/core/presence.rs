@@ -15,7 +15,7 @@
 //!   get unavailable presence.
 
 use super::Core;
-use super::c2s::{LOCAL_WRITE, set_attr};
+use super::c2s::{LOCAL_WRITE, Pending, set_attr};
 use crate::records::RecordOp;
 use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
@@ -63,7 +63,8 @@ impl Core {
             }
         }
         if let Some(reply) = fx.reply {
-            self.send_from_ring(reply);
+            // To the session that asked: this node knows where it is.
+            self.deliver_home(now, reply);
         }
         let sessions = self.clients.table.sessions(user);
         for push in fx.pushes {
@@ -91,12 +92,17 @@ impl Core {
             return false;
         }
         let user = to.to_bare();
+        // A roster request is a get or set from one of the user's sessions
+        // to the bare JID; results, errors and pushes (to a full JID) are
+        // on their way to a session and are delivered like any stanza.
+        let is_request = to.is_bare() && matches!(st.attr("type"), Some("get" | "set"));
+        let is_roster = roster::is_roster_iq(st) && is_request;
         let is_probe = st.name() == "presence" && st.attr("type") == Some("probe");
         let is_disco = to.is_bare()
             && st.name() == "iq"
             && st.attr("type") == Some("get")
             && st.get_child("query", NS_DISCO_INFO).is_some();
-        if !(roster::is_roster_iq(st) || roster::is_subscription(st) || is_probe || is_disco) {
+        if !(is_roster || roster::is_subscription(st) || is_probe || is_disco) {
             return false;
         }
         if !self.has_account(&user) {
@@ -116,7 +122,7 @@ impl Core {
             return true;
         }
         let from = st.attr("from").and_then(|f| Jid::new(f).ok());
-        if roster::is_roster_iq(st) {
+        if is_roster {
             if from.as_ref().is_none_or(|f| f.to_bare() != user) {
                 self.answer_error(st, DefinedCondition::Forbidden);
                 return true;
@@ -184,6 +190,9 @@ impl Core {
         };
         let user = from.to_bare();
         if !self.is_user(&Jid::from(user.clone())) {
+            return;
+        }
+        if !self.user_ready(now, &user, || Pending::Outbound(payload.to_vec())) {
             return;
         }
         if roster::is_subscription(&st) {

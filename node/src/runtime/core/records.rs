@@ -141,7 +141,11 @@ impl Core {
                     }
                 }
                 Output::Confirmed { token } => self.write_stored(token),
-                Output::Loaded { token } => self.service_load_done(now, token),
+                Output::Loaded { token } => {
+                    if !self.user_load_done(now, token) {
+                        self.service_load_done(now, token);
+                    }
+                }
             }
         }
         any

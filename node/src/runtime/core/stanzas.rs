@@ -147,15 +147,7 @@ impl Core {
                 }
                 PathOutput::Serve(st) => {
                     self.net.stanzas_handled += 1;
-                    if self.home_handles(now, &st) {
-                        // Roster IQs, subscriptions and probes.
-                    } else if self.is_for_online_user(&st) {
-                        self.deliver_home(now, st);
-                    } else if self.try_keep_offline(now, &st) {
-                        // Kept for the user's next session.
-                    } else {
-                        self.run_services(now, st);
-                    }
+                    self.serve(now, st);
                 }
             }
         }

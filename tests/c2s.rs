@@ -738,3 +738,45 @@ async fn one_address_cannot_hold_more_than_its_share_of_connections() {
         again.got
     );
 }
+
+#[test]
+fn a_contact_sees_a_user_go_offline_within_10_s_of_a_kill_9_of_the_access_node() {
+    let _turn = heavy();
+    let (mut c, c2s) = ring_with_access_nodes(2, 2);
+    // bob's home must outlive his access node (when one node is both and
+    // dies, nobody is left to tell his contacts: see the README's known
+    // limitations).
+    let access = c.nodes[3].ready.node_id.clone();
+    let bob = (0..200)
+        .map(|i| format!("bob{i}@ring.test"))
+        .find(|j| home_of(&c, j) != access)
+        .expect("a name homed elsewhere");
+    for (u, p) in [("alice@ring.test", "pw-a"), (bob.as_str(), "pw-b")] {
+        let (ok, out) = user(&c, "add", u, p);
+        assert!(ok, "{out}");
+    }
+    // Contacts first (on different access nodes), then bob stays online
+    // at node 3 while alice watches from node 2.
+    let mut a = Client::start("friend", "alice@ring.test", "pw-a", &c2s[0], &[&bob, "30"]);
+    ready(&mut a);
+    let mut b = Client::start("friend", &bob, "pw-b", &c2s[1], &["-", "30"]);
+    ready(&mut b);
+    assert_eq!(a.next()["roster"][&bob], "both");
+    drop(a);
+    let mut bob_phone = Client::start("recv", &bob, "pw-b", &c2s[1], &["1", "60", "0", "phone"]);
+    ready(&mut bob_phone);
+    let mut watch = Client::start("watch", "alice@ring.test", "pw-a", &c2s[0], &[&bob, "40"]);
+    ready(&mut watch);
+    assert_eq!(watch.next()["online"], true, "alice never saw bob online");
+    // kill -9 bob's access node: his lease expires at his home node, which
+    // tells his contacts.
+    c.signal(3, xmpp_ring::cluster::Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let v = watch.next();
+    let took = killed.elapsed();
+    assert_eq!(v["offline"], true, "{v}");
+    assert!(
+        took < Duration::from_secs(10),
+        "alice saw bob go offline only after {took:?}"
+    );
+}

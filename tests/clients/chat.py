@@ -15,6 +15,10 @@ does one scripted thing, then prints one JSON line with what happened.
       once online, then, as soon as CONTACT's presence has been seen and
       the roster says "both" (or after SECONDS), {"saw": bool,
       "roster": {jid: subscription}}
+  chat.py watch JID PASSWORD HOST PORT CONTACT SECONDS
+      like friend (without asking CONTACT), then prints {"online": true}
+      once CONTACT is seen online and, at once when CONTACT's presence goes
+      unavailable (or after SECONDS), {"offline": bool}
   chat.py query JID PASSWORD HOST PORT CONTACT
       log in and ask the server: disco#info of the domain and of CONTACT's
       account, the software version, a ping; prints what came back
@@ -57,6 +61,13 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("stream_error", self.on_stream_error)
         self.stream_error = None
         self.saw = False
+        self.online_at = None
+        self.offline_at = None
+        if mode == "watch":
+            self.auto_authorize = True
+            self.auto_subscribe = True
+            self.add_event_handler("presence_available", self.on_watch_available)
+            self.add_event_handler("presence_unavailable", self.on_watch_unavailable)
         if mode == "friend":
             self.auto_authorize = True
             self.auto_subscribe = True
@@ -80,6 +91,10 @@ class Client(slixmpp.ClientXMPP):
         elif self.mode == "recv":
             priority = int(self.args[2]) if len(self.args) > 2 else 0
             self.send_presence(ppriority=priority)
+            out({"ready": True, "jid": str(self.boundjid)})
+        elif self.mode == "watch":
+            await self.get_roster()
+            self.send_presence()
             out({"ready": True, "jid": str(self.boundjid)})
         elif self.mode == "friend":
             await self.get_roster()
@@ -123,6 +138,16 @@ class Client(slixmpp.ClientXMPP):
             if not self.done.done():
                 out({"ok": True})
                 self.done.set_result(None)
+
+    def on_watch_available(self, pres):
+        if pres["from"].bare == self.args[0] and self.online_at is None:
+            self.online_at = asyncio.get_event_loop().time()
+            out({"online": True})
+
+    def on_watch_unavailable(self, pres):
+        if pres["from"].bare == self.args[0] and self.online_at is not None and not self.done.done():
+            self.offline_at = asyncio.get_event_loop().time()
+            self.done.set_result(None)
 
     def on_available(self, pres):
         if self.mode == "friend" and pres["from"].bare == self.args[0]:
@@ -174,7 +199,7 @@ async def main():
         jid = f"{jid}/{args[3]}"
     c = Client(jid, password, mode, args)
     c.connect(host=host, port=int(port))
-    timeout = float(args[1]) if mode in ("recv", "friend") else 20.0
+    timeout = float(args[1]) if mode in ("recv", "friend", "watch") else 20.0
     try:
         await asyncio.wait_for(c.done, timeout)
     except asyncio.TimeoutError:
@@ -185,6 +210,8 @@ async def main():
         out({"messages": c.received, "stream_error": c.stream_error})
     elif mode == "friend":
         out({"saw": c.saw, "roster": c.subscriptions()})
+    elif mode == "watch":
+        out({"offline": c.offline_at is not None})
     elif not c.done.done():
         out({"ok": False, "error": "timeout"})
     c.disconnect()

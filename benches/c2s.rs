@@ -93,18 +93,6 @@ struct Target {
     pids: Vec<u32>,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn self_cpu_us() -> u64 {
     xmpp_ring::cluster::cpu_us(std::process::id())
 }
@@ -167,7 +155,7 @@ async fn idle_sessions(t: &Target, a: &Args) -> Value {
     let tls = tls_config();
     // Every login at the first access node (Prosody has only one).
     let pid = t.pids[0];
-    let before = rss_kib(pid);
+    let before = support::raw::rss_bytes(pid) / 1024;
     let mut held = Vec::new();
     let mut failed = 0;
     for chunk in (0..a.idle).collect::<Vec<_>>().chunks(64) {
@@ -187,7 +175,7 @@ async fn idle_sessions(t: &Target, a: &Args) -> Value {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(pid);
+    let after = support::raw::rss_bytes(pid) / 1024;
     let n = held.len() as u64;
     for c in held {
         c.close().await;
@@ -198,6 +186,25 @@ async fn idle_sessions(t: &Target, a: &Args) -> Value {
         "rss_before_kib": before,
         "rss_after_kib": after,
         "kib_per_session": (after.saturating_sub(before)) as f64 / n.max(1) as f64,
+    })
+}
+
+/// The figures of one chat run: (sent, received, seconds), latencies in
+/// µs, the servers' CPU meter and the load generator's CPU at the start.
+fn chat_report(
+    t: &Target,
+    (sent, got, secs): (u64, u64, f64),
+    mut lat: Vec<u64>,
+    cpu: &Cpu,
+    me0: u64,
+) -> Value {
+    json!({
+        "sent": sent, "received": got,
+        "messages_per_s": got as f64 / secs,
+        "latency_ms_p50": percentile(&mut lat, 0.5),
+        "latency_ms_p99": percentile(&mut lat, 0.99),
+        "server_cpu_us_per_message": cpu.per(got)[t.name],
+        "load_generator_cpu_us_per_message": (self_cpu_us() - me0) as f64 / got.max(1) as f64,
     })
 }
 
@@ -276,15 +283,8 @@ async fn chat(t: &Target, a: &Args) -> Value {
     }
     let secs = start.elapsed().as_secs_f64();
     let got = received.swap(0, Ordering::Relaxed);
-    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    let paced = json!({
-        "sent": sent, "received": got,
-        "messages_per_s": got as f64 / secs,
-        "latency_ms_p50": percentile(&mut lat, 0.5),
-        "latency_ms_p99": percentile(&mut lat, 0.99),
-        "server_cpu_us_per_message": cpu.per(got)[t.name],
-        "load_generator_cpu_us_per_message": (self_cpu_us() - me0) as f64 / got.max(1) as f64,
-    });
+    let lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    let paced = chat_report(t, (sent, got, secs), lat, &cpu, me0);
     // Burst.
     let cpu = Cpu::start(vec![(t.name.to_string(), t.pids.clone())]);
     let me0 = self_cpu_us();
@@ -302,15 +302,8 @@ async fn chat(t: &Target, a: &Args) -> Value {
     }
     let secs = start.elapsed().as_secs_f64();
     let got = received.load(Ordering::Relaxed);
-    let mut lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    let burst = json!({
-        "sent": sent, "received": got,
-        "messages_per_s": got as f64 / secs,
-        "latency_ms_p50": percentile(&mut lat, 0.5),
-        "latency_ms_p99": percentile(&mut lat, 0.99),
-        "server_cpu_us_per_message": cpu.per(got)[t.name],
-        "load_generator_cpu_us_per_message": (self_cpu_us() - me0) as f64 / got.max(1) as f64,
-    });
+    let lat = std::mem::take(&mut *latencies.lock().expect("latencies"));
+    let burst = chat_report(t, (sent, got, secs), lat, &cpu, me0);
     for (s, _) in senders {
         s.close().await;
     }

@@ -37,6 +37,7 @@ use jid::{BareJid, FullJid, Jid};
 use rand::rngs::Xoshiro256PlusPlus;
 use rand::{RngExt, SeedableRng};
 use ring_services::stanza::error_reply;
+use ring_services::stanza::set as set_attr;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -769,17 +770,5 @@ fn decode_payload(text: &str) -> Option<Vec<u8>> {
     match t {
         "" | "=" => Some(Vec::new()),
         _ => B64.decode(t).ok(),
-    }
-}
-
-/// Sets an attribute without a namespace; `name` is one of this module's
-/// constants, always a valid XML name.
-fn set_attr(el: &mut Element, name: &str, value: &str) {
-    if let Ok(n) = xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        el.set_attr(
-            xmpp_parsers::minidom::rxml::Namespace::NONE,
-            n,
-            value.to_string(),
-        );
     }
 }

@@ -6,6 +6,7 @@
 //! (keyed on the bare JID, replicated like every record); bounded in
 //! messages here and in bytes by the record store's `record_max_bytes`.
 
+use ring_services::stanza::set as set_attr;
 use serde::{Deserialize, Serialize};
 use xmpp_parsers::minidom::Element;
 
@@ -94,16 +95,6 @@ impl OfflineQueue {
                 Some(st)
             })
             .collect()
-    }
-}
-
-fn set_attr(el: &mut Element, name: &str, value: &str) {
-    if let Ok(n) = xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        el.set_attr(
-            xmpp_parsers::minidom::rxml::Namespace::NONE,
-            n,
-            value.to_string(),
-        );
     }
 }
 

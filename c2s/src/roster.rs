@@ -11,6 +11,7 @@
 //! approves or denies it, and is shown again at each login.
 
 use jid::{BareJid, Jid};
+use ring_services::stanza::set as set_attr;
 use serde::{Deserialize, Serialize};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
@@ -97,16 +98,6 @@ pub struct Effects {
     pub deliver: bool,
     /// The roster changed: store it.
     pub changed: bool,
-}
-
-fn set_attr(el: &mut Element, name: &str, value: &str) {
-    if let Ok(n) = xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        el.set_attr(
-            xmpp_parsers::minidom::rxml::Namespace::NONE,
-            n,
-            value.to_string(),
-        );
-    }
 }
 
 /// A presence of `ty` from `from` to `to` (bare JIDs).

@@ -66,6 +66,20 @@ pub enum Delivery<N> {
     Drop,
 }
 
+/// Every session `keep` says yes to, or nothing (silently) when none is.
+fn to_all<N: Clone>(entries: &[Entry<N>], keep: impl Fn(&Entry<N>) -> bool) -> Delivery<N> {
+    let ids: Vec<Target<N>> = entries
+        .iter()
+        .filter(|e| keep(e))
+        .map(|e| (e.full.clone(), e.place.clone()))
+        .collect();
+    if ids.is_empty() {
+        Delivery::Drop
+    } else {
+        Delivery::Sessions(ids)
+    }
+}
+
 /// The sessions of the users this node holds.
 #[derive(Debug)]
 pub struct SessionTable<N> {
@@ -309,18 +323,7 @@ impl<N: Clone + Eq> SessionTable<N> {
             "message" => match ty.unwrap_or("normal") {
                 "groupchat" => Delivery::Error(DefinedCondition::ServiceUnavailable),
                 "headline" if to_full => Delivery::Drop,
-                "headline" => {
-                    let ids: Vec<Target<N>> = entries
-                        .iter()
-                        .filter(|e| e.available && e.priority >= 0)
-                        .map(|e| (e.full.clone(), e.place.clone()))
-                        .collect();
-                    if ids.is_empty() {
-                        Delivery::Drop
-                    } else {
-                        Delivery::Sessions(ids)
-                    }
-                }
+                "headline" => to_all(entries, |e| e.available && e.priority >= 0),
                 _ => {
                     let best = entries
                         .iter()
@@ -343,30 +346,10 @@ impl<N: Clone + Eq> SessionTable<N> {
                 // Subscription presence: every available session (the
                 // roster has already been updated by the home node).
                 Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed") => {
-                    let ids: Vec<Target<N>> = entries
-                        .iter()
-                        .filter(|e| e.available)
-                        .map(|e| (e.full.clone(), e.place.clone()))
-                        .collect();
-                    if ids.is_empty() {
-                        Delivery::Drop
-                    } else {
-                        Delivery::Sessions(ids)
-                    }
+                    to_all(entries, |e| e.available)
                 }
                 _ if to_full => Delivery::Drop,
-                None | Some("unavailable") => {
-                    let ids: Vec<Target<N>> = entries
-                        .iter()
-                        .filter(|e| e.available)
-                        .map(|e| (e.full.clone(), e.place.clone()))
-                        .collect();
-                    if ids.is_empty() {
-                        Delivery::Drop
-                    } else {
-                        Delivery::Sessions(ids)
-                    }
-                }
+                None | Some("unavailable") => to_all(entries, |e| e.available),
                 // Probes are the home node's to answer; others are invalid.
                 _ => Delivery::Drop,
             },

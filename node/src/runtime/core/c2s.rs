@@ -19,6 +19,7 @@
 use super::Core;
 use crate::api::RecordReport;
 use crate::records::RecordOp;
+pub(super) use crate::xmpp::stanza::set as set_attr;
 use bytes::Bytes;
 use dht::{EnvelopeKind, Key, NodeId};
 use jid::{BareJid, FullJid, Jid};
@@ -109,17 +110,6 @@ impl Clients {
 /// nothing waits for their confirmation (the services host's batch tokens
 /// count up from 0).
 pub(super) const LOCAL_WRITE: u64 = u64::MAX - 1;
-
-/// Sets (or replaces) an attribute without a namespace.
-pub(super) fn set_attr(el: &mut Element, name: &str, value: &str) {
-    if let Ok(n) = xmpp_parsers::minidom::rxml::NcName::try_from(name) {
-        el.set_attr(
-            xmpp_parsers::minidom::rxml::Namespace::NONE,
-            n,
-            value.to_string(),
-        );
-    }
-}
 
 impl Core {
     /// A request or stanza from the c2s listener.

@@ -780,3 +780,76 @@ fn a_contact_sees_a_user_go_offline_within_10_s_of_a_kill_9_of_the_access_node()
         "alice saw bob go offline only after {took:?}"
     );
 }
+
+/// A raw client through STARTTLS up to the SASL features.
+async fn raw_tls(addr: (Ipv4Addr, u16)) -> Raw {
+    let header = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='ring.test' version='1.0'>";
+    let mut raw = Raw::connect(addr).await;
+    raw.write(header).await;
+    assert!(
+        raw.read_until("</stream:features>", support::T).await,
+        "{}",
+        raw.got
+    );
+    raw.write("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await;
+    assert!(raw.read_until("<proceed", support::T).await, "{}", raw.got);
+    let name = rustls::pki_types::ServerName::try_from("ring.test").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(support::c2s_client::tls_config())
+        .connect(name, raw.stream)
+        .await
+        .expect("TLS");
+    let mut raw = Raw {
+        stream: Box::new(tls),
+        got: String::new(),
+    };
+    raw.write(header).await;
+    assert!(
+        raw.read_until("</stream:features>", support::T).await,
+        "{}",
+        raw.got
+    );
+    raw
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_address_across_connections() {
+    let (c, c2s) = server(&["--c2s-failed-logins-per-ip", "4"]);
+    let port: u16 = c2s
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    let addr = (Ipv4Addr::LOCALHOST, port);
+    let bad = "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='GUESS'/>";
+    // Three failures end a stream (per stream), using three of the four.
+    let mut first = raw_tls(addr).await;
+    for _ in 0..3 {
+        first.write(bad).await;
+    }
+    assert!(
+        first
+            .read_until("too many failed authentication attempts", support::T)
+            .await,
+        "{}",
+        first.got
+    );
+    // A new connection: its first failure takes the last one, its second
+    // closes it, for the address.
+    let mut second = raw_tls(addr).await;
+    second.write(bad).await;
+    assert!(
+        second.read_until("<invalid-mechanism/>", support::T).await,
+        "{}",
+        second.got
+    );
+    second.write(bad).await;
+    assert!(
+        second
+            .read_until("too many failed logins from this address", support::T)
+            .await,
+        "{}",
+        second.got
+    );
+    assert!(second.got.contains("policy-violation"), "{}", second.got);
+    drop(c);
+}

@@ -51,6 +51,11 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Per source address.
     pub per_source: SourceLimits,
+    /// Failed logins per source address (a token bucket; `max_open` is
+    /// not used): past them the connection that failed is closed, and
+    /// every later failure from that address closes its connection at once,
+    /// until the bucket refills.
+    pub failed_logins: SourceLimits,
     /// Connections at once.
     pub max_connections: usize,
     /// Bytes queued for one client before it stops being read.
@@ -149,6 +154,8 @@ pub struct C2sStats {
     pub auth_ok: AtomicU64,
     /// Failed authentication attempts.
     pub auth_failed: AtomicU64,
+    /// Connections closed for their address's failed logins.
+    pub auth_throttled: AtomicU64,
     /// Sessions bound.
     pub bound: AtomicU64,
     /// Stanzas from clients.
@@ -172,6 +179,10 @@ pub async fn run(
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
     let per_ip = IpLimiter::new(cfg.per_source);
+    let failures = IpLimiter::new(SourceLimits {
+        max_open: usize::MAX,
+        ..cfg.failed_logins
+    });
     // Every connection holds a clone; `run` returns when all are gone.
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let next_id = AtomicU64::new(1);
@@ -204,6 +215,7 @@ pub async fn run(
             shutdown: shutdown.clone(),
             id: next_id.fetch_add(1, Ordering::Relaxed),
             peer,
+            failures: failures.clone(),
         };
         let running = running.clone();
         tokio::spawn(async move {
@@ -243,6 +255,8 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     id: u64,
     peer: SocketAddr,
+    /// Failed logins per address (shared by every connection).
+    failures: Arc<IpLimiter>,
 }
 
 /// Requests to the node in flight, and the session's inbox.
@@ -368,7 +382,21 @@ impl Connection {
                         bump(&self.stats.auth_ok);
                         tracing::debug!(%user, peer = %self.peer, "client authenticated");
                     }
-                    C2sOutput::AuthFailed => bump(&self.stats.auth_failed),
+                    C2sOutput::AuthFailed => {
+                        bump(&self.stats.auth_failed);
+                        // The permit is not kept: only the rate counts.
+                        if self
+                            .failures
+                            .acquire(self.peer.ip(), Instant::now())
+                            .is_err()
+                        {
+                            bump(&self.stats.auth_throttled);
+                            machine.handle_read_error(
+                                Some(xmpp_edge::stream_error::Condition::PolicyViolation),
+                                "too many failed logins from this address",
+                            );
+                        }
+                    }
                     C2sOutput::Bind(full) => {
                         let (tx, rx) = oneshot::channel();
                         let session = Session {

@@ -88,6 +88,12 @@ pub struct RawConfig {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_connection_rate_per_ip: Option<u32>,
+    /// Clients: failed logins per minute from one address (as many at
+    /// once); past them connections from it are closed at their next
+    /// failure [default: 10].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_failed_logins_per_ip: Option<u32>,
     /// Clients: a connection must log in and bind within this many seconds
     /// of its first header [default: 30].
     #[arg(long)]

@@ -350,6 +350,12 @@ impl RawConfig {
                 32,
                 1..=c2s_max_connections,
             )?,
+            failed_logins_per_ip: ranged(
+                "c2s_failed_logins_per_ip",
+                self.c2s_failed_logins_per_ip,
+                10,
+                1..=1_000_000,
+            )?,
             connection_rate_per_ip: ranged(
                 "c2s_connection_rate_per_ip",
                 self.c2s_connection_rate_per_ip,
@@ -500,6 +506,8 @@ pub struct C2sSettings {
     pub max_connections_per_ip: usize,
     /// New connections per second per source address.
     pub connection_rate_per_ip: u32,
+    /// Failed logins per minute per source address.
+    pub failed_logins_per_ip: u32,
     /// Time to log in and bind after the first header.
     pub auth_timeout: Duration,
     /// Sessions one user may have at once (on this node).

@@ -67,6 +67,11 @@ pub(crate) async fn start(
             rate: f64::from(c.connection_rate_per_ip),
             burst: 2.0 * f64::from(c.connection_rate_per_ip),
         },
+        failed_logins: SourceLimits {
+            max_open: usize::MAX,
+            rate: f64::from(c.failed_logins_per_ip) / 60.0,
+            burst: f64::from(c.failed_logins_per_ip),
+        },
         max_connections: c.max_connections,
         write_queue_bytes: settings.edge.write_queue_bytes,
         write_timeout: settings.edge.write_timeout,

@@ -10,6 +10,7 @@
 //!   server side, from stored keys (never passwords).
 //! * [`account`]: what the home node keeps of a user's credentials.
 //! * [`offline`]: messages kept for users with no available session.
+//! * [`online`]: a user's available sessions as the home node stores them.
 //! * [`roster`]: rosters and presence subscriptions (RFC 6121 §2–3).
 //! * [`negotiation`]: one client stream, from its header to a bound
 //!   session (STARTTLS, SASL, resource binding, stamping `from`).
@@ -27,6 +28,7 @@ pub mod account;
 pub mod lease;
 pub mod negotiation;
 pub mod offline;
+pub mod online;
 pub mod roster;
 pub mod scram;
 pub mod server;

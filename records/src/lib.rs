@@ -87,6 +87,11 @@ pub const OFFLINE_PREFIX: &str = "offline:";
 /// A ring user's roster (`roster:` + bare JID), kept by the home node.
 pub const ROSTER_PREFIX: &str = "roster:";
 
+/// The available sessions of a ring user and their last presence
+/// (`presence:` + bare JID), kept by the home node so that its successor
+/// can tell the contacts when sessions die with it.
+pub const PRESENCE_PREFIX: &str = "presence:";
+
 /// Whether `name` is a service's record (written by the service only).
 pub fn is_service_record(name: &str) -> bool {
     [
@@ -112,6 +117,7 @@ pub fn key_of(name: &str) -> dht::Key {
         .or_else(|| name.strip_prefix(ACCOUNT_PREFIX))
         .or_else(|| name.strip_prefix(OFFLINE_PREFIX))
         .or_else(|| name.strip_prefix(ROSTER_PREFIX))
+        .or_else(|| name.strip_prefix(PRESENCE_PREFIX))
     {
         return dht::keys::jid_key_normalised(jid);
     }
@@ -397,6 +403,7 @@ mod tests {
         assert!(!is_service_record("account:alice@a.test"));
         assert_eq!(key_of("offline:alice@a.test"), alice);
         assert_eq!(key_of("roster:alice@a.test"), alice);
+        assert_eq!(key_of("presence:alice@a.test"), alice);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub(crate) struct Clients {
     waiting: HashMap<u64, (BareJid, Vec<Pending>)>,
     waiting_by_user: HashMap<BareJid, u64>,
     next_load: u64,
+    /// The sweep over stored `presence:` records: where it is, and since
+    /// when each listed session has had no lease here.
+    pub(super) presence_cursor: Option<String>,
+    pub(super) orphans: HashMap<FullJid, Instant>,
 }
 
 /// Users whose records are remembered as held; past it the set starts
@@ -90,6 +94,8 @@ impl Clients {
             waiting: HashMap::new(),
             waiting_by_user: HashMap::new(),
             next_load: LOAD_TOKEN_BASE,
+            presence_cursor: None,
+            orphans: HashMap::new(),
         }
     }
 
@@ -199,6 +205,7 @@ impl Core {
         for (full, _, available, priority) in self.clients.table.local() {
             self.send_lease(now, &full, available, priority, false);
         }
+        self.sweep_presence(now);
     }
 
     /// A lease from access node `from` for a session of a user whose home

@@ -19,12 +19,15 @@ use super::c2s::{LOCAL_WRITE, Pending, set_attr};
 use crate::records::RecordOp;
 use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
-use ring_c2s::lease::Outbound;
+use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Outbound};
+use ring_c2s::online::{Online, OnlineSessions, PRESENCE_PREFIX};
 use ring_c2s::roster::{self, Effects, Roster};
 use ring_records::LocalWrite;
 use std::time::Instant;
 
 const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// Stored presence records looked at per lease period.
+const PRESENCE_SWEEP_BATCH: usize = 256;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
@@ -218,6 +221,7 @@ impl Core {
         } else {
             return;
         }
+        self.store_online(now, &user);
         let r = self.load_roster(&user);
         // The user's own sessions (the sender's included).
         let mut own = st.clone();
@@ -245,10 +249,11 @@ impl Core {
 
     /// A session of one of this node's users ended (its lease ended or
     /// expired): if it was available, its contacts see it go.
-    pub(super) fn session_gone(&mut self, _now: Instant, full: &FullJid) {
+    pub(super) fn session_gone(&mut self, now: Instant, full: &FullJid) {
         if self.clients.last_presence.remove(full).is_none() {
             return;
         }
+        self.store_online(now, &full.to_bare());
         let r = self.load_roster(&full.to_bare());
         for contact in r.presence_subscribers() {
             let mut p = Element::bare("presence", ring_services::stanza::NS_CLIENT);
@@ -257,5 +262,95 @@ impl Core {
             set_attr(&mut p, "to", &contact);
             self.send_from_ring(p);
         }
+    }
+
+    /// Stores `user`'s available sessions (record `presence:<bare JID>`),
+    /// so that a successor of this home node can tell the contacts about
+    /// sessions that die with it.
+    fn store_online(&mut self, now: Instant, user: &BareJid) {
+        let sessions: Vec<Online> = self
+            .clients
+            .last_presence
+            .iter()
+            .filter(|(f, _)| f.to_bare() == *user)
+            .map(|(f, p)| Online {
+                jid: f.to_string(),
+                xml: ring_services::stanza::to_string(p),
+            })
+            .collect();
+        let name = OnlineSessions::record_name(user.as_str());
+        let op = if sessions.is_empty() {
+            if self.local_value(&name).is_none() {
+                return;
+            }
+            RecordOp::Delete { name }
+        } else {
+            RecordOp::Put {
+                name,
+                value: OnlineSessions { sessions }.encode(),
+            }
+        };
+        if let LocalWrite::Refused(why) =
+            self.records.write_local(now, &self.node, &op, LOCAL_WRITE)
+        {
+            tracing::warn!(%user, "available sessions not stored: {why}");
+        }
+    }
+
+    /// A batch of the stored `presence:` records this node is now the
+    /// home node of: a listed session this node knows nothing of (no
+    /// lease, no presence) for longer than a lease lasts died with the
+    /// previous home node; its contacts are told it went offline.
+    pub(super) fn sweep_presence(&mut self, now: Instant) {
+        use ring_records::Ring;
+        let names = self.records.store().prefixed_batch(
+            PRESENCE_PREFIX,
+            &mut self.clients.presence_cursor,
+            PRESENCE_SWEEP_BATCH,
+        );
+        let me = self.node.id();
+        let replicas = self.settings.records.replicas;
+        let mut seen = std::collections::HashSet::new();
+        for name in names {
+            if self
+                .node
+                .replica_set(&ring_records::key_of(&name), replicas)
+                .first()
+                != Some(&me)
+            {
+                continue;
+            }
+            let Some(value) = self.local_value(&name) else {
+                continue;
+            };
+            for s in OnlineSessions::decode(&value).sessions {
+                let (Ok(full), Ok(presence)) = (FullJid::new(&s.jid), s.xml.parse::<Element>())
+                else {
+                    continue;
+                };
+                seen.insert(full.clone());
+                if self.clients.last_presence.contains_key(&full) {
+                    continue;
+                }
+                if self.clients.table.session(&full).is_some() {
+                    // Its lease came: the session lives on; keep its
+                    // presence for probes.
+                    self.clients.last_presence.insert(full, presence);
+                    continue;
+                }
+                // A live session's next renewal reaches this node within a
+                // renewal period of it becoming the home node.
+                let since = *self.clients.orphans.entry(full.clone()).or_insert(now);
+                if now.duration_since(since) >= 2 * LEASE_RENEW {
+                    self.clients.orphans.remove(&full);
+                    self.clients.last_presence.insert(full.clone(), presence);
+                    self.session_gone(now, &full);
+                }
+            }
+        }
+        // Forget orphans not seen again for long (their records changed).
+        self.clients
+            .orphans
+            .retain(|f, t| seen.contains(f) || now.duration_since(*t) < 10 * LEASE_TTL);
     }
 }

@@ -25,11 +25,9 @@ use dht::{EnvelopeKind, Key, NodeId};
 use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
 use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
-use ring_c2s::offline::{self, OfflineQueue};
 use ring_c2s::roster;
 use ring_c2s::server::{C2sEvent, C2sStats, Session};
 use ring_c2s::sessions::{Delivery, Place, SessionTable};
-use ring_records::LocalWrite;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -52,11 +50,11 @@ pub(crate) struct Clients {
     pub(super) last_presence: HashMap<FullJid, Element>,
     /// As home node: users whose records (account, roster, offline queue)
     /// this node has made sure to hold (see [`Core::user_ready`]).
-    loaded: std::collections::HashSet<BareJid>,
+    pub(super) loaded: std::collections::HashSet<BareJid>,
     /// Work waiting for a user's records, by load token.
-    waiting: HashMap<u64, (BareJid, Vec<Pending>)>,
-    waiting_by_user: HashMap<BareJid, u64>,
-    next_load: u64,
+    pub(super) waiting: HashMap<u64, (BareJid, Vec<Pending>)>,
+    pub(super) waiting_by_user: HashMap<BareJid, u64>,
+    pub(super) next_load: u64,
     /// The sweep over stored `presence:` records: where it is, and since
     /// when each listed session has had no lease here.
     pub(super) presence_cursor: Option<String>,
@@ -65,12 +63,12 @@ pub(crate) struct Clients {
 
 /// Users whose records are remembered as held; past it the set starts
 /// over (a user's next stanza loads again).
-const MAX_LOADED_USERS: usize = 100_000;
+pub(super) const MAX_LOADED_USERS: usize = 100_000;
 /// Stanzas waiting for one user's records.
-const MAX_WAITING_PER_USER: usize = 256;
+pub(super) const MAX_WAITING_PER_USER: usize = 256;
 /// Load tokens of the home node: far above the services host's, which
 /// count up from the store's counter base.
-const LOAD_TOKEN_BASE: u64 = 1 << 63;
+pub(super) const LOAD_TOKEN_BASE: u64 = 1 << 63;
 
 /// What waits for a user's records to be here.
 pub(super) enum Pending {
@@ -240,168 +238,6 @@ impl Core {
             }
             Ok(()) => {}
             Err(c) => tracing::debug!(?c, "session lease refused"),
-        }
-    }
-
-    /// Whether `user`'s records (account, roster, offline queue) are held
-    /// here, so that what this node reads of them is the ring's latest:
-    /// a node that has just become a user's home node fetches them from
-    /// the replicas first (the replicator's load, as the services host
-    /// does for rooms). When not, `pending` is kept until they are and
-    /// false is returned.
-    pub(super) fn user_ready(
-        &mut self,
-        now: Instant,
-        user: &BareJid,
-        pending: impl FnOnce() -> Pending,
-    ) -> bool {
-        if self.clients.loaded.contains(user) {
-            return true;
-        }
-        if let Some(token) = self.clients.waiting_by_user.get(user) {
-            if let Some((_, list)) = self.clients.waiting.get_mut(token)
-                && list.len() < MAX_WAITING_PER_USER
-            {
-                list.push(pending());
-            }
-            return false;
-        }
-        let names = vec![
-            Account::record_name(user),
-            ring_c2s::roster::Roster::record_name(user.as_str()),
-            OfflineQueue::record_name(user.as_str()),
-        ];
-        let token = self.clients.next_load;
-        self.clients.next_load += 1;
-        if !self.records.load(now, &self.node, &names, token) {
-            self.mark_loaded(user.clone());
-            return true;
-        }
-        self.clients
-            .waiting
-            .insert(token, (user.clone(), vec![pending()]));
-        self.clients.waiting_by_user.insert(user.clone(), token);
-        false
-    }
-
-    fn mark_loaded(&mut self, user: BareJid) {
-        if self.clients.loaded.len() >= MAX_LOADED_USERS {
-            self.clients.loaded.clear();
-        }
-        self.clients.loaded.insert(user);
-    }
-
-    /// The replicator finished load `token`; false when it was not the
-    /// home node's.
-    pub(super) fn user_load_done(&mut self, now: Instant, token: u64) -> bool {
-        if token < LOAD_TOKEN_BASE {
-            return false;
-        }
-        let Some((user, pending)) = self.clients.waiting.remove(&token) else {
-            return true;
-        };
-        self.clients.waiting_by_user.remove(&user);
-        self.mark_loaded(user);
-        for p in pending {
-            match p {
-                Pending::Serve(st) => self.serve_user_stanza(now, st),
-                Pending::Outbound(payload) => self.on_outbound(now, &payload),
-                Pending::Flush(full) => self.flush_offline(now, &full),
-            }
-        }
-        true
-    }
-
-    /// A stanza for a ring JID this node is responsible for: a user's
-    /// (once their records are here) or the services'.
-    pub(super) fn serve(&mut self, now: Instant, st: Element) {
-        let user = st
-            .attr("to")
-            .and_then(|t| Jid::new(t).ok())
-            .filter(|j| self.is_user(j))
-            .map(|j| j.to_bare());
-        if let Some(user) = user
-            && !self.user_ready(now, &user, || Pending::Serve(st.clone()))
-        {
-            return;
-        }
-        self.serve_user_stanza(now, st);
-    }
-
-    fn serve_user_stanza(&mut self, now: Instant, st: Element) {
-        if self.home_handles(now, &st) {
-            // Roster IQs, subscriptions, probes, account disco.
-        } else if self.is_for_online_user(&st) {
-            self.deliver_home(now, st);
-        } else if self.try_keep_offline(now, &st) {
-            // Kept for the user's next session.
-        } else {
-            self.run_services(now, st);
-        }
-    }
-
-    /// This node's copy of a record's value (`None`: absent or deleted).
-    pub(super) fn local_value(&self, name: &str) -> Option<Vec<u8>> {
-        match self.records.store().get(name) {
-            Ok(Some(r)) if !r.deleted => Some(r.value),
-            _ => None,
-        }
-    }
-
-    /// At the home node: keeps a message for a user with no available
-    /// session, when it is worth keeping, the account exists and the queue
-    /// has room. False: the caller answers the sender.
-    pub(super) fn try_keep_offline(&mut self, now: Instant, st: &Element) -> bool {
-        if !offline::worth_keeping(st) {
-            return false;
-        }
-        let Some(Ok(to)) = st.attr("to").map(Jid::new) else {
-            return false;
-        };
-        if !self.is_user(&to) {
-            return false;
-        }
-        let bare = to.to_bare();
-        // The home node holds a copy of the account (keyed alike).
-        if self.local_value(&Account::record_name(&bare)).is_none() {
-            return false;
-        }
-        let name = OfflineQueue::record_name(bare.as_str());
-        let mut queue = OfflineQueue::decode(self.local_value(&name).as_deref());
-        let max = self.settings.c2s.max_offline;
-        if !queue.push(st, super::services::unix_now(), max) {
-            return false;
-        }
-        let op = RecordOp::Put {
-            name,
-            value: queue.encode(),
-        };
-        match self.records.write_local(now, &self.node, &op, LOCAL_WRITE) {
-            LocalWrite::Waiting | LocalWrite::Done => true,
-            LocalWrite::Refused(why) => {
-                tracing::debug!(%bare, "offline message not kept: {why}");
-                false
-            }
-        }
-    }
-
-    /// A session of a user whose home this is became available: the
-    /// messages kept for the user go to it, with their delay stamps.
-    fn flush_offline(&mut self, now: Instant, full: &FullJid) {
-        let name = OfflineQueue::record_name(full.to_bare().as_str());
-        let queue = OfflineQueue::decode(self.local_value(&name).as_deref());
-        if queue.is_empty() {
-            return;
-        }
-        let op = RecordOp::Delete { name };
-        if let LocalWrite::Refused(why) =
-            self.records.write_local(now, &self.node, &op, LOCAL_WRITE)
-        {
-            tracing::warn!("cannot clear an offline queue: {why}");
-            return;
-        }
-        for st in queue.deliver(full.as_str(), full.domain().as_str()) {
-            self.deliver_home(now, st);
         }
     }
 

@@ -8,6 +8,7 @@
 //! to its writer as a single write.
 
 mod c2s;
+mod home;
 mod presence;
 mod records;
 mod services;

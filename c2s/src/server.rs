@@ -37,6 +37,8 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 
 /// Stanzas waiting in one session's inbox.
 pub const SESSION_INBOX: usize = 256;
+/// Bytes of each connection's read buffer.
+const READ_BUFFER: usize = 2048;
 /// Elements read in a row before a connection's task yields.
 const YIELD_EVERY: u32 = 32;
 
@@ -286,7 +288,9 @@ impl Connection {
             } else {
                 self.cfg.limits.unauthenticated()
             };
-            let reader = XmlStreamReader::new(BufReader::new(r), limits);
+            // A small read buffer: an idle session costs its buffers, and
+            // stanzas larger than this are simply read in more calls.
+            let reader = XmlStreamReader::new(BufReader::with_capacity(READ_BUFFER, r), limits);
             let next = self
                 .document(&mut machine, reader, &writer, &mut waiting)
                 .await;

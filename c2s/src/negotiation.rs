@@ -57,6 +57,9 @@ pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 /// RFC 3921 session establishment (still sent by some clients).
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 
+/// Roster versioning (XEP-0237) stream feature.
+pub const NS_ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+
 /// Longest resource accepted from a client, in bytes.
 pub const MAX_RESOURCE_BYTES: usize = 256;
 
@@ -346,7 +349,9 @@ impl C2sStream {
         self.send_header();
         let features = if self.user.is_some() {
             self.phase = Phase::PreBind;
-            format!("<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session>")
+            format!(
+                "<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session><ver xmlns='{NS_ROSTER_VER}'/>"
+            )
         } else if !self.tls && self.cfg.require_tls && self.cfg.tls_available {
             self.phase = Phase::PreTls;
             format!("<starttls xmlns='{NS_TLS}'><required/></starttls>")

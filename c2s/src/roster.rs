@@ -83,6 +83,9 @@ pub struct Roster {
     pub items: Vec<Item>,
     /// Bare JIDs whose subscription requests wait for an answer.
     pub pending_in: Vec<String>,
+    /// Roster version (XEP-0237): one more with every change.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// What a roster operation asks the home node to do.
@@ -191,8 +194,28 @@ impl Roster {
         iq
     }
 
-    /// A roster IQ from one of `user`'s sessions.
+    /// A change counts: the version goes up and the pushes carry it.
+    fn versioned(&mut self, mut fx: Effects) -> Effects {
+        if fx.changed {
+            self.version += 1;
+            let ver = self.version.to_string();
+            for push in &mut fx.pushes {
+                if let Some(q) = push.get_child_mut("query", NS_ROSTER) {
+                    set_attr(q, "ver", &ver);
+                }
+            }
+        }
+        fx
+    }
+
+    /// A roster IQ from one of `user`'s sessions. A get naming the
+    /// current version (XEP-0237) is answered with an empty result.
     pub fn handle_iq(&mut self, user: &BareJid, iq: &Element) -> Effects {
+        let fx = self.handle_iq_unversioned(user, iq);
+        self.versioned(fx)
+    }
+
+    fn handle_iq_unversioned(&mut self, user: &BareJid, iq: &Element) -> Effects {
         let mut fx = Effects::default();
         let err = |c| ring_services::stanza::error_reply(iq, c, None);
         let Some(query) = iq.get_child("query", NS_ROSTER) else {
@@ -201,7 +224,12 @@ impl Roster {
         };
         match iq.attr("type") {
             Some("get") => {
+                if query.attr("ver") == Some(self.version.to_string().as_str()) {
+                    fx.reply = Some(ring_services::stanza::iq_result(iq, None));
+                    return fx;
+                }
                 let mut q = Element::bare("query", NS_ROSTER);
+                set_attr(&mut q, "ver", &self.version.to_string());
                 for i in &self.items {
                     q.append_child(i.to_xml());
                 }
@@ -290,6 +318,11 @@ impl Roster {
     /// A subscription presence `user` sends to a contact (RFC 6121 §3,
     /// the user's server's part). `send` holds it when it is to go on.
     pub fn outbound(&mut self, user: &BareJid, st: &Element) -> Effects {
+        let fx = self.outbound_unversioned(user, st);
+        self.versioned(fx)
+    }
+
+    fn outbound_unversioned(&mut self, user: &BareJid, st: &Element) -> Effects {
         let mut fx = Effects::default();
         let Some(contact) = bare_of(st, "to") else {
             return fx;
@@ -372,6 +405,11 @@ impl Roster {
     /// A subscription presence a contact sends to `user` (RFC 6121 §3,
     /// the contact's server's part). `deliver`: the user's sessions see it.
     pub fn inbound(&mut self, user: &BareJid, st: &Element) -> Effects {
+        let fx = self.inbound_unversioned(user, st);
+        self.versioned(fx)
+    }
+
+    fn inbound_unversioned(&mut self, user: &BareJid, st: &Element) -> Effects {
         let mut fx = Effects::default();
         let Some(contact) = bare_of(st, "from") else {
             return fx;

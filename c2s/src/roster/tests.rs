@@ -217,3 +217,40 @@ fn roster_sets_a_client_may_get_wrong() {
     );
     assert_eq!(Roster::decode(Some(&r.encode())), r);
 }
+
+#[test]
+fn versions_count_changes_and_an_unchanged_roster_is_not_sent_again() {
+    let alice = jid("alice@ring.test");
+    let mut r = Roster::default();
+    let get = |ver: &str| {
+        el(&format!(
+            "<iq xmlns='jabber:client' type='get' id='g'><query xmlns='jabber:iq:roster' ver='{ver}'/></iq>"
+        ))
+    };
+    let set = el(
+        "<iq xmlns='jabber:client' type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='bob@b.test'/></query></iq>",
+    );
+    let fx = r.handle_iq(&alice, &set);
+    assert_eq!(r.version, 1);
+    let push_ver = fx.pushes[0]
+        .get_child("query", NS_ROSTER)
+        .and_then(|q| q.attr("ver"))
+        .map(str::to_string);
+    assert_eq!(push_ver.as_deref(), Some("1"));
+    // The client has version 1: nothing to send.
+    let reply = r.handle_iq(&alice, &get("1")).reply.expect("reply");
+    assert_eq!(reply.attr("type"), Some("result"));
+    assert!(reply.get_child("query", NS_ROSTER).is_none());
+    // An older version: the whole roster, with its version.
+    let reply = r.handle_iq(&alice, &get("0")).reply.expect("reply");
+    let q = reply.get_child("query", NS_ROSTER).expect("query");
+    assert_eq!(q.attr("ver"), Some("1"));
+    assert_eq!(q.children().count(), 1);
+    // A get changes nothing.
+    assert_eq!(r.version, 1);
+    r.outbound(
+        &alice,
+        &sub("subscribe", "alice@ring.test/pc", "bob@b.test"),
+    );
+    assert_eq!(r.version, 2);
+}

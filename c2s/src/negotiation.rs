@@ -60,6 +60,9 @@ pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
 /// Roster versioning (XEP-0237) stream feature.
 pub const NS_ROSTER_VER: &str = "urn:xmpp:features:rosterver";
 
+/// Subscription pre-approval (RFC 6121 §3.4) stream feature.
+pub const NS_PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
+
 /// Longest resource accepted from a client, in bytes.
 pub const MAX_RESOURCE_BYTES: usize = 256;
 
@@ -350,7 +353,7 @@ impl C2sStream {
         let features = if self.user.is_some() {
             self.phase = Phase::PreBind;
             format!(
-                "<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session><ver xmlns='{NS_ROSTER_VER}'/>"
+                "<bind xmlns='{NS_BIND}'/><session xmlns='{NS_SESSION}'><optional/></session><ver xmlns='{NS_ROSTER_VER}'/><sub xmlns='{NS_PRE_APPROVAL}'/>"
             )
         } else if !self.tls && self.cfg.require_tls && self.cfg.tls_available {
             self.phase = Phase::PreTls;

@@ -45,6 +45,10 @@ pub struct Item {
     pub from: bool,
     /// A subscription request to the contact is unanswered.
     pub ask: bool,
+    /// The user approved the contact's subscription before it was asked
+    /// for (RFC 6121 §3.4): a request from the contact is answered at once.
+    #[serde(default)]
+    pub approved: bool,
 }
 
 impl Item {
@@ -66,6 +70,9 @@ impl Item {
         }
         if self.ask {
             set_attr(&mut el, "ask", "subscribe");
+        }
+        if self.approved {
+            set_attr(&mut el, "approved", "true");
         }
         for g in &self.groups {
             let mut group = Element::bare("group", NS_ROSTER);
@@ -354,8 +361,28 @@ impl Roster {
                 fx.send.push(forward);
             }
             Some("subscribed") => {
-                // Approves a waiting request (no pre-approval otherwise).
                 let Some(pos) = self.pending_in.iter().position(|p| *p == c) else {
+                    // Nothing asked: a pre-approval (RFC 6121 §3.4), kept
+                    // on the item, not sent.
+                    if self.shares_with(&c) {
+                        return fx;
+                    }
+                    if self.item(&c).is_none() {
+                        if self.items.len() >= MAX_ITEMS {
+                            return fx;
+                        }
+                        self.items.push(Item {
+                            jid: c.clone(),
+                            ..Item::default()
+                        });
+                    }
+                    if let Some(i) = self.item_mut(&c)
+                        && !i.approved
+                    {
+                        i.approved = true;
+                        fx.pushes.push(Roster::push(i, false));
+                        fx.changed = true;
+                    }
                     return fx;
                 };
                 self.pending_in.remove(pos);
@@ -419,6 +446,13 @@ impl Roster {
             Some("subscribe") => {
                 if self.shares_with(&c) {
                     // Already approved: answer for the user.
+                    fx.send.push(presence("subscribed", user.as_str(), &c));
+                } else if let Some(i) = self.item_mut(&c).filter(|i| i.approved) {
+                    // Pre-approved: approved now, for the user.
+                    i.approved = false;
+                    i.from = true;
+                    fx.pushes.push(Roster::push(i, false));
+                    fx.changed = true;
                     fx.send.push(presence("subscribed", user.as_str(), &c));
                 } else if !self.pending_in.contains(&c) {
                     if self.pending_in.len() >= MAX_PENDING {

@@ -137,12 +137,23 @@ fn denials_and_cancellations() {
     assert!(b.pending_in.is_empty());
     relay(&fx, &alice, &mut a);
     assert_eq!(subscription_of(&a, "bob@ring.test"), ("none", false));
-    // An approval nobody asked for is not sent (no pre-approval).
+    // An approval nobody asked for is a pre-approval: kept, not sent;
+    // carol's request is then answered at once, for bob.
     let fx = b.outbound(
         &bob,
         &sub("subscribed", "bob@ring.test/x", "carol@ring.test"),
     );
-    assert!(fx.send.is_empty() && !fx.changed);
+    assert!(fx.send.is_empty() && fx.changed);
+    assert!(
+        b.items
+            .iter()
+            .any(|i| i.jid == "carol@ring.test" && i.approved && !i.from)
+    );
+    let fx = b.inbound(&bob, &sub("subscribe", "carol@ring.test", "bob@ring.test"));
+    assert!(!fx.deliver);
+    assert_eq!(fx.send[0].attr("type"), Some("subscribed"));
+    assert_eq!(subscription_of(&b, "carol@ring.test"), ("from", false));
+    assert!(b.pending_in.is_empty());
     // A 'subscribed' nobody asked for changes nothing.
     let fx = a.inbound(
         &alice,

@@ -861,3 +861,42 @@ async fn failed_logins_are_limited_per_address_across_connections() {
     assert!(second.got.contains("policy-violation"), "{}", second.got);
     drop(c);
 }
+
+#[test]
+fn ring_users_talk_in_a_ring_room_and_a_dropped_client_leaves_it() {
+    let (c, c2s) = server(&[]);
+    for (u, p) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, out) = user(&c, "add", &format!("{u}@ring.test"), p);
+        assert!(ok, "{out}");
+    }
+    let room = "lobby@conference.ring.test";
+    let mut alice = Client::start(
+        "muc",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &[room, "alice", "20", "-", "bob"],
+    );
+    assert_eq!(alice.next()["joined"], true);
+    let mut bob = Client::start(
+        "muc",
+        "bob@ring.test",
+        "pw-b",
+        &c2s,
+        &[room, "bob", "20", "hello room", "-"],
+    );
+    assert_eq!(bob.next()["joined"], true);
+    // bob's client dies without a word (SIGKILL): his connection ends,
+    // and the room hears he is gone from the server.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(bob);
+    let v = alice.next();
+    assert_eq!(v["messages"][0]["body"], "hello room", "{v}");
+    assert_eq!(v["messages"][0]["from"], "bob", "{v}");
+    assert!(
+        v["left"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|n| n == "bob")),
+        "bob is still an occupant: {v}"
+    );
+}

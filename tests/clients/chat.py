@@ -19,6 +19,11 @@ does one scripted thing, then prints one JSON line with what happened.
       like friend (without asking CONTACT), then prints {"online": true}
       once CONTACT is seen online and, at once when CONTACT's presence goes
       unavailable (or after SECONDS), {"offline": bool}
+  chat.py muc JID PASSWORD HOST PORT ROOM NICK SECONDS SAY WAITFOR
+      join ROOM as NICK, print {"joined": true}, say SAY (unless "-"),
+      then wait (at most SECONDS) until a groupchat message from someone
+      else arrived and the occupant WAITFOR (unless "-") left; prints
+      {"messages": [...], "left": [nicks]}
   chat.py query JID PASSWORD HOST PORT CONTACT
       log in and ask the server: disco#info of the domain and of CONTACT's
       account, the software version, a ping; prints what came back
@@ -33,6 +38,7 @@ import asyncio
 import json
 import ssl
 import sys
+import xml.etree.ElementTree as ET
 
 import slixmpp
 
@@ -63,6 +69,11 @@ class Client(slixmpp.ClientXMPP):
         self.saw = False
         self.online_at = None
         self.offline_at = None
+        self.left = []
+        self.joined = False
+        if mode == "muc":
+            self.add_event_handler("presence", self.on_muc_presence)
+
         if mode == "watch":
             self.auto_authorize = True
             self.auto_subscribe = True
@@ -92,6 +103,11 @@ class Client(slixmpp.ClientXMPP):
             priority = int(self.args[2]) if len(self.args) > 2 else 0
             self.send_presence(ppriority=priority)
             out({"ready": True, "jid": str(self.boundjid)})
+        elif self.mode == "muc":
+            self.send_presence()
+            p = self.make_presence(pto="%s/%s" % (self.args[0], self.args[1]))
+            p.append(ET.Element("{http://jabber.org/protocol/muc}x"))
+            p.send()
         elif self.mode == "watch":
             await self.get_roster()
             self.send_presence()
@@ -149,6 +165,40 @@ class Client(slixmpp.ClientXMPP):
             self.offline_at = asyncio.get_event_loop().time()
             self.done.set_result(None)
 
+    def on_muc_presence(self, pres):
+        room, nick = self.args[0], self.args[1]
+        if pres["from"].bare != room:
+            return
+        x = pres.xml.find("{http://jabber.org/protocol/muc#user}x")
+        codes = [] if x is None else [s.get("code") for s in x.findall("{http://jabber.org/protocol/muc#user}status")]
+        if pres["type"] == "unavailable":
+            self.left.append(pres["from"].resource)
+            self.check_muc()
+        elif "110" in codes and not self.joined:
+            self.joined = True
+            if "201" in codes:
+                # A new room: accept the default configuration (an instant
+                # room, XEP-0045 §10.1.2), which unlocks it for others.
+                iq = self.make_iq_set(ito=room)
+                q = ET.Element("{http://jabber.org/protocol/muc#owner}query")
+                ET.SubElement(q, "{jabber:x:data}x", {"type": "submit"})
+                iq.append(q)
+                iq.send()
+            out({"joined": True})
+            if self.args[3] != "-":
+                self.send_message(mto=room, mbody=self.args[3], mtype="groupchat")
+
+    def on_groupchat(self, msg):
+        nick = msg["from"].resource
+        if nick != self.args[1] and msg["body"]:
+            self.received.append({"from": nick, "body": msg["body"]})
+            self.check_muc()
+
+    def check_muc(self):
+        wait_for = self.args[4]
+        if self.received and (wait_for == "-" or wait_for in self.left) and not self.done.done():
+            self.done.set_result(None)
+
     def on_available(self, pres):
         if self.mode == "friend" and pres["from"].bare == self.args[0]:
             self.saw = True
@@ -175,6 +225,9 @@ class Client(slixmpp.ClientXMPP):
             self.done.set_result(None)
 
     def on_message(self, msg):
+        if self.mode == "muc" and msg["type"] == "groupchat":
+            self.on_groupchat(msg)
+            return
         if msg["type"] == "error":
             if self.mode == "send" and not self.done.done():
                 out({"ok": False, "error": msg["error"]["condition"]})
@@ -200,6 +253,8 @@ async def main():
     c = Client(jid, password, mode, args)
     c.connect(host=host, port=int(port))
     timeout = float(args[1]) if mode in ("recv", "friend", "watch") else 20.0
+    if mode == "muc":
+        timeout = float(args[2])
     try:
         await asyncio.wait_for(c.done, timeout)
     except asyncio.TimeoutError:
@@ -212,6 +267,8 @@ async def main():
         out({"saw": c.saw, "roster": c.subscriptions()})
     elif mode == "watch":
         out({"offline": c.offline_at is not None})
+    elif mode == "muc":
+        out({"messages": c.received, "left": c.left})
     elif not c.done.done():
         out({"ok": False, "error": "timeout"})
     c.disconnect()

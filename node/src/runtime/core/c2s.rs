@@ -59,7 +59,14 @@ pub(crate) struct Clients {
     /// when each listed session has had no lease here.
     pub(super) presence_cursor: Option<String>,
     pub(super) orphans: HashMap<FullJid, Instant>,
+    /// As access node: where each session sent directed presence (RFC
+    /// 6121 §4.6), told when the session goes unavailable or ends (a MUC
+    /// room, typically: a client that drops is not left as an occupant).
+    directed: HashMap<FullJid, std::collections::BTreeSet<String>>,
 }
+
+/// Directed-presence targets remembered per session.
+const MAX_DIRECTED: usize = 256;
 
 /// Users whose records are remembered as held; past it the set starts
 /// over (a user's next stanza loads again).
@@ -94,6 +101,7 @@ impl Clients {
             next_load: LOAD_TOKEN_BASE,
             presence_cursor: None,
             orphans: HashMap::new(),
+            directed: HashMap::new(),
         }
     }
 
@@ -158,6 +166,7 @@ impl Core {
                 if self.clients.table.unbind(&full, id) {
                     self.clients.handles.remove(&id);
                     self.send_lease(now, &full, false, 0, true);
+                    self.undirect(&full);
                 }
             }
         }
@@ -276,7 +285,33 @@ impl Core {
         if roster::is_subscription(&st) {
             return self.send_to_home(now, &from, &st, false);
         }
+        if st.name() == "presence"
+            && let Some(to) = st.attr("to")
+        {
+            let targets = self.clients.directed.entry(from.clone()).or_default();
+            match st.attr("type") {
+                None if targets.len() < MAX_DIRECTED => {
+                    targets.insert(to.to_string());
+                }
+                Some("unavailable") => {
+                    targets.remove(to);
+                }
+                _ => {}
+            }
+        }
         self.send_from_ring(st);
+    }
+
+    /// `full` went unavailable or ended: whoever got its directed presence
+    /// gets unavailable presence.
+    fn undirect(&mut self, full: &FullJid) {
+        for to in self.clients.directed.remove(full).unwrap_or_default() {
+            let mut p = Element::bare("presence", stanza::NS_CLIENT);
+            set_attr(&mut p, "type", "unavailable");
+            set_attr(&mut p, "from", full.as_str());
+            set_attr(&mut p, "to", &to);
+            self.send_from_ring(p);
+        }
     }
 
     /// A session's broadcast presence: its availability and priority here
@@ -292,6 +327,9 @@ impl Core {
             .and_then(|p| p.text().trim().parse::<i8>().ok())
             .unwrap_or(0);
         self.send_lease(now, from, available, priority, false);
+        if st.attr("type") == Some("unavailable") {
+            self.undirect(from);
+        }
         self.send_to_home(now, from, &st, available && !was_available);
     }
 

@@ -900,3 +900,32 @@ fn ring_users_talk_in_a_ring_room_and_a_dropped_client_leaves_it() {
         "bob is still an occupant: {v}"
     );
 }
+
+#[test]
+fn ring_users_publish_and_subscribe_on_a_ring_pubsub_node() {
+    let (c, c2s) = server(&[]);
+    for (u, p) in [("alice", "pw-a"), ("bob", "pw-b")] {
+        let (ok, out) = user(&c, "add", &format!("{u}@ring.test"), p);
+        assert!(ok, "{out}");
+    }
+    let v = Client::run(
+        "ps",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["create", "news", "10"],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let mut bob = Client::start("ps", "bob@ring.test", "pw-b", &c2s, &["sub", "news", "15"]);
+    assert_eq!(bob.next()["subscribed"], true);
+    let v = Client::run(
+        "ps",
+        "alice@ring.test",
+        "pw-a",
+        &c2s,
+        &["pub", "news", "10"],
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let v = bob.next();
+    assert_eq!(v["items"], serde_json::json!(["hello subscribers"]), "{v}");
+}

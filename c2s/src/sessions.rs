@@ -430,6 +430,11 @@ mod tests {
                 "<message xmlns='jabber:client' to='alice@ring.test'/>",
                 s(&[phone.clone(), laptop.clone()]),
             ),
+            // headlines to the bare JID: every non-negative session
+            (
+                "<message xmlns='jabber:client' to='alice@ring.test' type='headline'/>",
+                s(&[phone.clone(), laptop.clone()]),
+            ),
             // another full JID: chat falls back to the bare JID
             (
                 "<message xmlns='jabber:client' to='alice@ring.test/gone' type='chat'/>",

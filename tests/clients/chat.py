@@ -24,6 +24,10 @@ does one scripted thing, then prints one JSON line with what happened.
       then wait (at most SECONDS) until a groupchat message from someone
       else arrived and the occupant WAITFOR (unless "-") left; prints
       {"messages": [...], "left": [nicks]}
+  chat.py ps JID PASSWORD HOST PORT ACTION NODE SECONDS
+      PubSub at pubsub.<domain>: ACTION create (the node), pub (an item
+      "hello subscribers") or sub (subscribe, print {"subscribed": true},
+      then wait for one notification); prints {"ok": bool, "items": [...]}
   chat.py query JID PASSWORD HOST PORT CONTACT
       log in and ask the server: disco#info of the domain and of CONTACT's
       account, the software version, a ping; prints what came back
@@ -41,6 +45,8 @@ import sys
 import xml.etree.ElementTree as ET
 
 import slixmpp
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 
 def out(obj):
@@ -71,6 +77,14 @@ class Client(slixmpp.ClientXMPP):
         self.offline_at = None
         self.left = []
         self.joined = False
+        if mode == "ps":
+            # Headline messages with a PubSub event: slixmpp raises no
+            # 'message' event for them without its XEP-0060 plugin.
+            self.register_handler(Callback(
+                "pubsub event",
+                MatchXPath("{jabber:client}message/{http://jabber.org/protocol/pubsub#event}event"),
+                self.on_message,
+            ))
         if mode == "muc":
             self.add_event_handler("presence", self.on_muc_presence)
 
@@ -108,6 +122,33 @@ class Client(slixmpp.ClientXMPP):
             p = self.make_presence(pto="%s/%s" % (self.args[0], self.args[1]))
             p.append(ET.Element("{http://jabber.org/protocol/muc}x"))
             p.send()
+        elif self.mode == "ps":
+            # Notifications go to the bare JID: available sessions only.
+            self.send_presence()
+            action, node = self.args[0], self.args[1]
+            ns = "http://jabber.org/protocol/pubsub"
+            iq = self.make_iq_set(ito="pubsub." + self.boundjid.domain)
+            ps = ET.Element("{%s}pubsub" % ns)
+            if action == "create":
+                ET.SubElement(ps, "{%s}create" % ns, {"node": node})
+            elif action == "sub":
+                ET.SubElement(ps, "{%s}subscribe" % ns, {"node": node, "jid": self.boundjid.bare})
+            else:
+                pub = ET.SubElement(ps, "{%s}publish" % ns, {"node": node})
+                item = ET.SubElement(pub, "{%s}item" % ns, {"id": "1"})
+                entry = ET.SubElement(item, "{urn:example:news}entry")
+                entry.text = "hello subscribers"
+            iq.append(ps)
+            try:
+                await iq.send(timeout=10)
+                ok = True
+            except Exception as e:
+                ok = str(e)
+            if action == "sub" and ok is True:
+                out({"subscribed": True})
+            else:
+                out({"ok": ok})
+                self.done.set_result(None)
         elif self.mode == "watch":
             await self.get_roster()
             self.send_presence()
@@ -225,6 +266,13 @@ class Client(slixmpp.ClientXMPP):
             self.done.set_result(None)
 
     def on_message(self, msg):
+        ev = msg.xml.find("{http://jabber.org/protocol/pubsub#event}event")
+        if self.mode == "ps" and ev is not None:
+            for e in ev.iter("{urn:example:news}entry"):
+                self.received.append(e.text)
+            if self.received and not self.done.done():
+                self.done.set_result(None)
+            return
         if self.mode == "muc" and msg["type"] == "groupchat":
             self.on_groupchat(msg)
             return
@@ -255,6 +303,8 @@ async def main():
     timeout = float(args[1]) if mode in ("recv", "friend", "watch") else 20.0
     if mode == "muc":
         timeout = float(args[2])
+    if mode == "ps":
+        timeout = float(args[2])
     try:
         await asyncio.wait_for(c.done, timeout)
     except asyncio.TimeoutError:
@@ -269,6 +319,8 @@ async def main():
         out({"offline": c.offline_at is not None})
     elif mode == "muc":
         out({"messages": c.received, "left": c.left})
+    elif mode == "ps" and args[0] == "sub":
+        out({"items": c.received})
     elif not c.done.done():
         out({"ok": False, "error": "timeout"})
     c.disconnect()

@@ -379,7 +379,14 @@ impl Core {
     /// At the home node: delivers `st` as the session table says, or
     /// answers its sender.
     pub(super) fn deliver_home(&mut self, now: Instant, st: Element) {
-        match self.clients.table.deliver(&st) {
+        let delivery = self.clients.table.deliver(&st);
+        tracing::debug!(
+            to = st.attr("to"),
+            kind = st.name(),
+            ?delivery,
+            "home delivery"
+        );
+        match delivery {
             Delivery::Sessions(targets) => {
                 for (full, place) in targets {
                     let mut copy = st.clone();

@@ -102,6 +102,11 @@ impl Core {
     }
 
     fn serve_user_stanza(&mut self, now: Instant, st: Element) {
+        tracing::debug!(
+            to = st.attr("to"),
+            kind = st.name(),
+            "serving a stanza for a user"
+        );
         if self.home_handles(now, &st) {
             // Roster IQs, subscriptions, probes, account disco.
         } else if self.is_for_online_user(&st) {

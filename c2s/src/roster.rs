@@ -150,6 +150,22 @@ impl Roster {
         self.items.iter_mut().find(|i| i.jid == jid)
     }
 
+    /// The item of `jid`, added (with no subscription) when missing;
+    /// `None` when the roster is full.
+    fn item_or_new(&mut self, jid: &str) -> Option<&mut Item> {
+        match self.items.iter().position(|i| i.jid == jid) {
+            Some(pos) => self.items.get_mut(pos),
+            None if self.items.len() >= MAX_ITEMS => None,
+            None => {
+                self.items.push(Item {
+                    jid: jid.to_string(),
+                    ..Item::default()
+                });
+                self.items.last_mut()
+            }
+        }
+    }
+
     /// Contacts that receive the user's presence (`from` or `both`).
     pub fn presence_subscribers(&self) -> Vec<String> {
         self.items
@@ -299,21 +315,9 @@ impl Roster {
         {
             return Err(DefinedCondition::NotAcceptable);
         }
-        let item = match self.item_mut(&jid) {
-            Some(i) => i,
-            None => {
-                if self.items.len() >= MAX_ITEMS {
-                    return Err(DefinedCondition::ResourceConstraint);
-                }
-                self.items.push(Item {
-                    jid: jid.clone(),
-                    ..Item::default()
-                });
-                self.items
-                    .last_mut()
-                    .ok_or(DefinedCondition::InternalServerError)?
-            }
-        };
+        let item = self
+            .item_or_new(&jid)
+            .ok_or(DefinedCondition::ResourceConstraint)?;
         item.name = name;
         item.groups = groups;
         let pushed = Roster::push(item, false);
@@ -341,19 +345,10 @@ impl Roster {
         let forward = presence(st.attr("type").unwrap_or_default(), user.as_str(), &c);
         match st.attr("type") {
             Some("subscribe") => {
-                if self.item(&c).is_none() {
-                    if self.items.len() >= MAX_ITEMS {
-                        return fx;
-                    }
-                    self.items.push(Item {
-                        jid: c.clone(),
-                        ..Item::default()
-                    });
-                }
-                if let Some(i) = self.item_mut(&c)
-                    && !i.to
-                    && !i.ask
-                {
+                let Some(i) = self.item_or_new(&c) else {
+                    return fx;
+                };
+                if !i.to && !i.ask {
                     i.ask = true;
                     fx.pushes.push(Roster::push(i, false));
                     fx.changed = true;
@@ -367,16 +362,7 @@ impl Roster {
                     if self.shares_with(&c) {
                         return fx;
                     }
-                    if self.item(&c).is_none() {
-                        if self.items.len() >= MAX_ITEMS {
-                            return fx;
-                        }
-                        self.items.push(Item {
-                            jid: c.clone(),
-                            ..Item::default()
-                        });
-                    }
-                    if let Some(i) = self.item_mut(&c)
+                    if let Some(i) = self.item_or_new(&c)
                         && !i.approved
                     {
                         i.approved = true;
@@ -387,13 +373,7 @@ impl Roster {
                 };
                 self.pending_in.remove(pos);
                 fx.changed = true;
-                if self.item(&c).is_none() && self.items.len() < MAX_ITEMS {
-                    self.items.push(Item {
-                        jid: c.clone(),
-                        ..Item::default()
-                    });
-                }
-                if let Some(i) = self.item_mut(&c) {
+                if let Some(i) = self.item_or_new(&c) {
                     i.from = true;
                     fx.pushes.push(Roster::push(i, false));
                 }

@@ -442,12 +442,10 @@ fn main() {
             .zip(salted)
             .enumerate()
             .map(|(i, ((jid, pw), salted))| Login {
-                // The two users of a pair on different access nodes.
-                addr: c2s[(i / 2 + i % 2) % ACCESS_NODES].clone(),
-                jid: jid.clone(),
-                password: pw.clone(),
                 salted_sha256: salted,
                 presence: true,
+                // The two users of a pair on different access nodes.
+                ..Login::new(&c2s[(i / 2 + i % 2) % ACCESS_NODES], jid, pw)
             })
             .collect(),
         pids: ring
@@ -461,11 +459,8 @@ fn main() {
         logins: names
             .iter()
             .map(|u| Login {
-                addr: prosody.c2s(),
-                jid: format!("{u}@a.test"),
-                password: pw.clone(),
-                salted_sha256: None,
                 presence: true,
+                ..Login::new(&prosody.c2s(), &format!("{u}@a.test"), &pw)
             })
             .collect(),
         pids: prosody.pid().into_iter().collect(),

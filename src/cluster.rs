@@ -254,6 +254,7 @@ fn placeholder() -> Ready {
         listen: Vec::new(),
         admin: String::new(),
         c2s: None,
+        c2s_tls: None,
         pid: 0,
         role: String::new(),
     }

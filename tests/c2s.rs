@@ -102,10 +102,112 @@ fn a_real_client_logs_in_and_wrong_or_unknown_credentials_are_not_authorized() {
     assert_eq!(v["error"], "not-authorized", "{v}");
     let v = Client::run("login", "alice@ring.test", "battery staple", &c2s, &[]);
     assert_eq!(v["ok"], true, "{v}");
+    let (ok, out) = user(&c, "add", "bob@ring.test", "pw-b");
+    assert!(ok, "{out}");
+    assert_eq!(
+        list(&c, &[]),
+        (true, "alice@ring.test\nbob@ring.test\n".into())
+    );
     let (ok, out) = user(&c, "delete", "alice@ring.test", "");
     assert!(ok, "{out}");
     let v = Client::run("login", "alice@ring.test", "battery staple", &c2s, &[]);
     assert_eq!(v["error"], "not-authorized", "{v}");
+    // The deleted account is no longer listed; a domain filters; a domain
+    // that is not one is a usage error.
+    assert_eq!(list(&c, &[]), (true, "bob@ring.test\n".into()));
+    assert_eq!(list(&c, &["other.test"]), (true, String::new()));
+    let (ok, out) = list(&c, &["not a domain"]);
+    assert!(!ok && out.contains("is not a domain"), "{out}");
+}
+
+/// `xmpp-ring user list --admin A ARGS...`: exit status and output.
+fn list(c: &Cluster, extra: &[&str]) -> (bool, String) {
+    let out = Command::new(EXE)
+        .args(["user", "list", "--admin", c.admin(0)])
+        .args(extra)
+        .output()
+        .expect("xmpp-ring user list");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn direct_tls_and_channel_binding_log_in_and_a_foreign_alpn_is_refused() {
+    let tls_listen = format!(
+        "127.0.0.1:{}",
+        support::prosody::free_port(Ipv4Addr::LOCALHOST)
+    );
+    let (c, c2s) = server(&["--c2s-tls-listen", &tls_listen]);
+    assert_eq!(
+        c.nodes[0].ready.c2s_tls.as_deref(),
+        Some(tls_listen.as_str())
+    );
+    let (ok, out) = user(&c, "add", "alice@ring.test", "pw-a");
+    assert!(ok, "{out}");
+
+    // slixmpp with TLS from the first byte (XEP-0368), STARTTLS disabled.
+    let tls_port = tls_listen.clone();
+    let v = tokio::task::spawn_blocking(move || {
+        Client::run(
+            "login",
+            "alice@ring.test",
+            "pw-a",
+            &tls_port,
+            &["direct-tls"],
+        )
+    })
+    .await
+    .expect("client");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["jid"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("alice@ring.test/"),
+        "{v}"
+    );
+    // slixmpp sees -PLUS offered but has no tls-exporter under TLS 1.3
+    // (Python's ssl lacks it): it falls back to plain SCRAM, which a server
+    // offering -PLUS must still accept from a client that sent `n`.
+    assert_eq!(v["mech"], "SCRAM-SHA-256", "{v}");
+
+    // SCRAM-SHA-256-PLUS bound to the connection with tls-exporter (the
+    // `sasl` crate's client), on both ports.
+    let tls = support::c2s_client::tls_config();
+    for (addr, direct_tls) in [(&c2s, false), (&tls_listen, true)] {
+        let login = support::c2s_client::Login {
+            direct_tls,
+            channel_binding: true,
+            ..support::c2s_client::Login::new(addr, "alice@ring.test", "pw-a")
+        };
+        let s = support::c2s_client::C2sClient::login(&login, tls.clone())
+            .await
+            .unwrap_or_else(|e| panic!("direct TLS {direct_tls}: {e}"));
+        assert_eq!(s.mechanism, "SCRAM-SHA-256-PLUS");
+        assert!(s.full_jid.starts_with("alice@ring.test/"), "{}", s.full_jid);
+        s.close().await;
+    }
+
+    // A client that speaks another protocol over TLS (ALPN h2) is refused
+    // in the handshake (RFC 7301), before any XMPP.
+    let mut h2 = (*tls).clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(&tls_listen)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("ring.test").expect("name");
+    let r = tokio_rustls::TlsConnector::from(std::sync::Arc::new(h2))
+        .connect(name, tcp)
+        .await;
+    let Err(e) = r else {
+        panic!("a foreign ALPN must not get a TLS session");
+    };
+    assert!(
+        e.to_string().contains("NoApplicationProtocol")
+            || e.to_string().contains("no_application_protocol"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -306,6 +408,18 @@ fn users_on_different_access_nodes_chat_and_survive_the_death_of_a_home_node() {
         let (ok, out) = user(&c, "add", u, p);
         assert!(ok, "{out}");
     }
+    // Listed once each when every node is asked (each account is held by
+    // its three replicas).
+    let mut every = Command::new(EXE);
+    every.args(["user", "list", "--format", "json"]);
+    for i in 0..c.nodes.len() {
+        every.args(["--admin", c.admin(i)]);
+    }
+    let out = every.output().expect("user list");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut want = vec![alice.clone(), "bob@ring.test".to_string()];
+    want.sort();
+    assert_eq!(v["users"], serde_json::json!(want), "{v}");
     // alice on the first access node, bob on the second.
     let mut a = Client::start("recv", &alice, "pw-a", &c2s[0], &["2", "40", "0", "pc"]);
     ready(&mut a);

@@ -30,7 +30,10 @@
 mod tests;
 
 use crate::account::Account;
-use crate::scram::{ClientFirst, ScramError, ScramExchange, ScramHash, decoy_keys};
+use crate::scram::{
+    ChannelBinding, ClientFirst, Gs2Flag, ScramError, ScramExchange, ScramHash, TLS_EXPORTER,
+    decoy_keys,
+};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use jid::{BareJid, FullJid, Jid};
@@ -52,6 +55,9 @@ use xmpp_parsers::stanza_error::DefinedCondition;
 pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 /// SASL namespace.
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+/// SASL channel binding type advertisement (XEP-0440).
+pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// Resource binding namespace.
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 /// RFC 3921 session establishment (still sent by some clients).
@@ -141,8 +147,8 @@ pub enum C2sOutput {
 #[derive(Debug)]
 enum Sasl {
     /// `<auth mechanism='SCRAM-…'/>` came without its first message; an
-    /// empty challenge asked for it.
-    AwaitFirst(ScramHash),
+    /// empty challenge asked for it. `bool`: a `-PLUS` mechanism.
+    AwaitFirst(ScramHash, bool),
     /// Waiting for the account (SCRAM).
     LookupScram(ScramHash, ClientFirst, BareJid),
     /// Waiting for the account (PLAIN).
@@ -186,6 +192,8 @@ pub struct C2sStream {
     header_sent: bool,
     seen_header: bool,
     tls: bool,
+    /// The TLS connection's `tls-exporter` data: `-PLUS` is offered.
+    binding: Option<ChannelBinding>,
     /// The domain the client addressed.
     domain: Option<Domain>,
     /// The authenticated user.
@@ -213,6 +221,7 @@ impl C2sStream {
             header_sent: false,
             seen_header: false,
             tls: false,
+            binding: None,
             domain: None,
             user: None,
             session: None,
@@ -319,8 +328,12 @@ impl C2sStream {
     }
 
     /// TLS is up (after [`C2sOutput::StartTls`]).
-    pub fn handle_tls(&mut self, now: Instant) {
+    /// TLS is up (after STARTTLS, or from the start on a direct-TLS port);
+    /// `binding`: the connection's `tls-exporter` channel binding data,
+    /// when it has one (TLS 1.3), which makes `-PLUS` mechanisms available.
+    pub fn handle_tls(&mut self, now: Instant, binding: Option<ChannelBinding>) {
         self.tls = true;
+        self.binding = binding;
         self.idle_deadline = now + self.cfg.idle_timeout;
     }
 
@@ -375,6 +388,13 @@ impl C2sStream {
                 f.push_str(&format!("<mechanism>{m}</mechanism>"));
             }
             f.push_str("</mechanisms>");
+            if self.binding.is_some() {
+                // XEP-0440: which channel binding types the -PLUS
+                // mechanisms accept.
+                f.push_str(&format!(
+                    "<sasl-channel-binding xmlns='{NS_SASL_CB}'><channel-binding type='{TLS_EXPORTER}'/></sasl-channel-binding>"
+                ));
+            }
             f
         };
         self.write(format!("<stream:features>{features}</stream:features>"));
@@ -382,7 +402,11 @@ impl C2sStream {
 
     /// The mechanisms offered now, strongest first.
     fn mechanisms(&self) -> Vec<&'static str> {
-        let mut m = vec!["SCRAM-SHA-256", "SCRAM-SHA-1"];
+        let mut m = Vec::with_capacity(5);
+        if self.binding.is_some() {
+            m.extend(["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"]);
+        }
+        m.extend(["SCRAM-SHA-256", "SCRAM-SHA-1"]);
         if self.tls {
             m.push("PLAIN");
         }
@@ -447,8 +471,10 @@ impl C2sStream {
     fn on_auth(&mut self, el: &Element) {
         let mech = el.attr("mechanism").unwrap_or_default();
         let hash = match mech {
-            "SCRAM-SHA-256" => Some(ScramHash::Sha256),
-            "SCRAM-SHA-1" => Some(ScramHash::Sha1),
+            "SCRAM-SHA-256" => Some((ScramHash::Sha256, false)),
+            "SCRAM-SHA-1" => Some((ScramHash::Sha1, false)),
+            "SCRAM-SHA-256-PLUS" if self.binding.is_some() => Some((ScramHash::Sha256, true)),
+            "SCRAM-SHA-1-PLUS" if self.binding.is_some() => Some((ScramHash::Sha1, true)),
             "PLAIN" if self.tls => None,
             "PLAIN" => return self.sasl_failure("encryption-required", true),
             _ => return self.sasl_failure("invalid-mechanism", true),
@@ -457,23 +483,35 @@ impl C2sStream {
             return self.sasl_failure("incorrect-encoding", true);
         };
         match hash {
-            Some(h) if data.is_empty() => {
+            Some((h, plus)) if data.is_empty() => {
                 self.write(format!("<challenge xmlns='{NS_SASL}'/>"));
-                self.phase = Phase::Sasl(Sasl::AwaitFirst(h));
+                self.phase = Phase::Sasl(Sasl::AwaitFirst(h, plus));
             }
-            Some(h) => self.on_client_first(h, &data),
+            Some((h, plus)) => self.on_client_first(h, plus, &data),
             None => self.on_plain(&data),
         }
     }
 
-    fn on_client_first(&mut self, hash: ScramHash, data: &[u8]) {
+    fn on_client_first(&mut self, hash: ScramHash, plus: bool, data: &[u8]) {
         let first = match ClientFirst::parse(data) {
             Ok(f) => f,
-            Err(ScramError::Malformed(_) | ScramError::ChannelBinding) => {
-                return self.sasl_failure("malformed-request", true);
-            }
+            Err(ScramError::Malformed(_)) => return self.sasl_failure("malformed-request", true),
             Err(ScramError::NotAuthorized) => return self.sasl_failure("not-authorized", true),
         };
+        // RFC 5802 §6 and RFC 9266: a -PLUS mechanism binds with
+        // tls-exporter and nothing else; a plain one does not bind, and
+        // `y` (the client could have bound) while -PLUS was offered means
+        // the offer was stripped on the way.
+        match (&first.flag, plus) {
+            (Gs2Flag::Uses(t), true) if t == TLS_EXPORTER => {}
+            (Gs2Flag::Uses(_), _) | (Gs2Flag::No | Gs2Flag::ClientSupports, true) => {
+                return self.sasl_failure("malformed-request", true);
+            }
+            (Gs2Flag::ClientSupports, false) if self.binding.is_some() => {
+                return self.sasl_failure("not-authorized", true);
+            }
+            (Gs2Flag::No | Gs2Flag::ClientSupports, false) => {}
+        }
         let Some(user) = self.user_of(&first.username) else {
             return self.sasl_failure("not-authorized", true);
         };
@@ -544,7 +582,12 @@ impl C2sStream {
                 };
                 let nonce_bytes: [u8; 18] = self.rng.random();
                 let nonce = B64.encode(nonce_bytes);
-                let (exchange, server_first) = ScramExchange::new(hash, keys, first, &nonce);
+                let cb_data = match (&first.flag, &self.binding) {
+                    (Gs2Flag::Uses(_), Some(b)) => b.0.clone(),
+                    _ => Vec::new(),
+                };
+                let (exchange, server_first) =
+                    ScramExchange::new(hash, keys, first, &nonce, &cb_data);
                 self.write(format!(
                     "<challenge xmlns='{NS_SASL}'>{}</challenge>",
                     B64.encode(server_first)
@@ -564,7 +607,7 @@ impl C2sStream {
             return self.sasl_failure("incorrect-encoding", true);
         };
         match sasl {
-            Sasl::AwaitFirst(hash) => self.on_client_first(hash, &data),
+            Sasl::AwaitFirst(hash, plus) => self.on_client_first(hash, plus, &data),
             Sasl::Scram {
                 exchange,
                 user,

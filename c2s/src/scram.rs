@@ -140,19 +140,50 @@ pub enum ScramError {
     /// The message does not follow the grammar.
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    /// The client asked for channel binding, which is not offered.
-    #[error("channel binding is not supported")]
-    ChannelBinding,
     /// The client's proof is wrong (or the user does not exist).
     #[error("authentication failed")]
     NotAuthorized,
 }
 
+/// The label of the `tls-exporter` channel binding (RFC 9266 §2).
+pub const TLS_EXPORTER_LABEL: &[u8] = b"EXPORTER-Channel-Binding";
+
+/// The one channel binding type offered.
+pub const TLS_EXPORTER: &str = "tls-exporter";
+
+/// A connection's channel binding data (for `tls-exporter`, 32 bytes the
+/// TLS layer exported; see `server::tls_exporter`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelBinding(pub Vec<u8>);
+
+impl std::fmt::Debug for ChannelBinding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key material: never in logs.
+        f.write_str("ChannelBinding(..)")
+    }
+}
+
+/// The GS2 channel binding flag of a client's first message (RFC 5802 §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gs2Flag {
+    /// `n`: the client does not support channel binding.
+    No,
+    /// `y`: the client supports it but thinks the server does not; if the
+    /// server did offer it, someone removed the `-PLUS` mechanisms on the
+    /// way (a downgrade), and the exchange must fail.
+    ClientSupports,
+    /// `p=NAME`: the client binds to the channel with this type.
+    Uses(String),
+}
+
 /// The client's first message, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientFirst {
-    /// The GS2 header as sent (`n,,` or `y,,`, with any authzid).
+    /// The GS2 header as sent (`n,,`, `y,,` or `p=tls-exporter,,`, with any
+    /// authzid).
     pub gs2_header: String,
+    /// Its channel binding flag.
+    pub flag: Gs2Flag,
     /// The authorization identity, if the client sent one.
     pub authzid: Option<String>,
     /// The user name, with `=2C` and `=3D` decoded.
@@ -178,11 +209,22 @@ impl ClientFirst {
         let flag = parts.next().unwrap_or_default();
         let authz = parts.next().ok_or(ScramError::Malformed("no GS2 header"))?;
         let bare = parts.next().ok_or(ScramError::Malformed("no GS2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
-            _ => return Err(ScramError::Malformed("bad channel binding flag")),
-        }
+        let gs2_flag = match flag {
+            "n" => Gs2Flag::No,
+            "y" => Gs2Flag::ClientSupports,
+            f => match f.strip_prefix("p=") {
+                // cb-name = 1*(ALPHA / DIGIT / "." / "-")
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+                {
+                    Gs2Flag::Uses(name.to_string())
+                }
+                _ => return Err(ScramError::Malformed("bad channel binding flag")),
+            },
+        };
         let authzid = match authz {
             "" => None,
             a => Some(decode_saslname(
@@ -209,6 +251,7 @@ impl ClientFirst {
         }
         Ok(ClientFirst {
             gs2_header: format!("{flag},{authz},"),
+            flag: gs2_flag,
             authzid,
             username,
             client_nonce: nonce.to_string(),
@@ -248,17 +291,23 @@ pub struct ScramExchange {
     first: ClientFirst,
     server_first: String,
     nonce: String,
+    /// The channel binding data the client must echo after its GS2
+    /// header (empty without binding).
+    cb_data: Vec<u8>,
 }
 
 impl ScramExchange {
     /// Answers `first` for an account with `keys`; `server_nonce` must be
-    /// fresh and unpredictable (printable, no `,`). Returns the exchange and
-    /// the server-first message.
+    /// fresh and unpredictable (printable, no `,`); `cb_data`: the
+    /// connection's channel binding data when `first` binds to it (the
+    /// caller checked the type), else empty. Returns the exchange and the
+    /// server-first message.
     pub fn new(
         hash: ScramHash,
         keys: StoredKeys,
         first: ClientFirst,
         server_nonce: &str,
+        cb_data: &[u8],
     ) -> (ScramExchange, String) {
         let nonce = format!("{}{}", first.client_nonce, server_nonce);
         let server_first = format!(
@@ -274,6 +323,7 @@ impl ScramExchange {
                 first,
                 server_first,
                 nonce,
+                cb_data: cb_data.to_vec(),
             },
             sf,
         )
@@ -306,7 +356,14 @@ impl ScramExchange {
         let cbind = B64
             .decode(cbind)
             .map_err(|_| ScramError::Malformed("channel binding not base64"))?;
-        if cbind != self.first.gs2_header.as_bytes() {
+        // c= is the GS2 header followed by the channel binding data: a
+        // proof made on another TLS connection (a man in the middle's)
+        // carries other data and fails here.
+        let header = self.first.gs2_header.as_bytes();
+        if cbind.len() != header.len() + self.cb_data.len()
+            || &cbind[..header.len()] != header
+            || !constant_time_eq(&cbind[header.len()..], &self.cb_data)
+        {
             return Err(ScramError::NotAuthorized);
         }
         if nonce != self.nonce {

@@ -12,12 +12,19 @@
 //!   deliveries, which the node bounces;
 //! * every write finishes within the write timeout or the connection ends.
 //!
+//! Two listeners may feed it ([`Listeners`]): the usual one, where TLS
+//! starts with STARTTLS inside the stream, and a direct-TLS one (XEP-0368,
+//! `xmpps-client`), where the TLS handshake (ALPN `xmpp-client`) comes
+//! before the first byte of XML. Both share every bound above: a second
+//! port is not a second allowance.
+//!
 //! Shutdown (mini-redis style): [`run`] stops accepting when `shutdown`
 //! flips, every connection ends its stream with `system-shutdown`, and
 //! `run` returns once they all have.
 
 use crate::account::Account;
 use crate::negotiation::{C2sConfig, C2sOutput, C2sStream};
+use crate::scram::{ChannelBinding, TLS_EXPORTER_LABEL};
 use jid::{BareJid, FullJid};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -49,6 +56,9 @@ pub struct ServerConfig {
     pub machine: Arc<C2sConfig>,
     /// The certificate for STARTTLS (`None`: TLS is unavailable).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The same certificate for direct TLS, with ALPN `xmpp-client`
+    /// (XEP-0368); see [`direct_tls_config`].
+    pub direct_tls: Option<Arc<rustls::ServerConfig>>,
     /// Parser limits once bound (before: [`Limits::unauthenticated`]).
     pub limits: Limits,
     /// Per source address.
@@ -170,10 +180,54 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The ALPN protocol of direct-TLS client connections (XEP-0368).
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
+
+/// The direct-TLS variant of a STARTTLS server configuration: the same
+/// certificate, ALPN `xmpp-client`. A client that offers ALPN without it
+/// is refused in the handshake (RFC 7301); one that offers none is served.
+pub fn direct_tls_config(starttls: &rustls::ServerConfig) -> Arc<rustls::ServerConfig> {
+    let mut c = starttls.clone();
+    c.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+    Arc::new(c)
+}
+
+/// The `tls-exporter` channel binding of a connection (RFC 9266): 32 bytes
+/// exported with the label `EXPORTER-Channel-Binding` and no context. Only
+/// under TLS 1.3: with TLS 1.2 the exporter is unique to the connection
+/// only with the extended master secret, which cannot be relied on, so no
+/// `-PLUS` mechanism is offered there.
+pub fn tls_exporter(conn: &rustls::ServerConnection) -> Option<ChannelBinding> {
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material([0u8; 32], TLS_EXPORTER_LABEL, None)
+        .ok()
+        .map(|b| ChannelBinding(b.to_vec()))
+}
+
+/// Where clients connect.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Plain TCP; TLS by STARTTLS (port 5222).
+    pub starttls: Option<TcpListener>,
+    /// TLS from the first byte (XEP-0368, port 5223); needs
+    /// [`ServerConfig::direct_tls`].
+    pub direct_tls: Option<TcpListener>,
+}
+
+/// Accepts from `l`, or never (an absent listener).
+async fn accept(l: Option<&TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Accepts client connections until `shutdown` is true, then waits for
 /// the open ones to end.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     cfg: Arc<ServerConfig>,
     events: mpsc::Sender<C2sEvent>,
     stats: Arc<C2sStats>,
@@ -189,16 +243,18 @@ pub async fn run(
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let next_id = AtomicU64::new(1);
     loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("c2s accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let (r, direct) = tokio::select! {
+            r = accept(listeners.starttls.as_ref()) => (r, false),
+            r = accept(listeners.direct_tls.as_ref()) => (r, true),
             _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("c2s accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let Ok(ip_permit) = per_ip.acquire(peer.ip(), Instant::now()) else {
             bump(&stats.refused);
@@ -223,7 +279,7 @@ pub async fn run(
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             conn.stats.open.fetch_add(1, Ordering::Relaxed);
-            conn.serve(Box::new(tcp)).await;
+            conn.serve(Box::new(tcp), direct).await;
             conn.stats.open.fetch_sub(1, Ordering::Relaxed);
             drop((permit, ip_permit, running));
         });
@@ -270,7 +326,8 @@ struct Waiting {
 }
 
 impl Connection {
-    async fn serve(&self, io: BoxIo) {
+    /// Serves one connection; `direct`: TLS from the first byte.
+    async fn serve(&self, io: BoxIo, direct: bool) {
         let mut machine = C2sStream::new(self.cfg.machine.clone(), Instant::now(), rand::random());
         let (inbox_tx, inbox) = mpsc::channel(SESSION_INBOX);
         let mut waiting = Waiting {
@@ -280,6 +337,13 @@ impl Connection {
             inbox,
         };
         let mut io = io;
+        if direct {
+            let Some((tls, binding)) = self.handshake(self.cfg.direct_tls.clone(), io).await else {
+                return;
+            };
+            machine.handle_tls(Instant::now(), binding);
+            io = tls;
+        }
         loop {
             let (r, w) = tokio::io::split(io);
             let writer = Writer::spawn(w, self.cfg.write_queue_bytes, self.cfg.write_timeout);
@@ -310,24 +374,11 @@ impl Connection {
                 io = plain;
                 continue;
             }
-            let Some(tls_cfg) = self.cfg.tls.clone() else {
+            let Some((tls, binding)) = self.handshake(self.cfg.tls.clone(), plain).await else {
                 break;
             };
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls_cfg);
-            match tokio::time::timeout(self.cfg.handshake_timeout, acceptor.accept(plain)).await {
-                Ok(Ok(tls)) => {
-                    machine.handle_tls(Instant::now());
-                    io = Box::new(tls);
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %self.peer, "c2s TLS handshake failed: {e}");
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %self.peer, "c2s TLS handshake timed out");
-                    break;
-                }
-            }
+            machine.handle_tls(Instant::now(), binding);
+            io = tls;
         }
         if let Some(full) = machine.session() {
             let _ = self
@@ -337,6 +388,32 @@ impl Connection {
                     id: self.id,
                 })
                 .await;
+        }
+    }
+
+    /// The server side of a TLS handshake, bounded in time, and the
+    /// connection's `tls-exporter` channel binding; `None` when it failed
+    /// (the connection is then simply dropped: there is no stream to send
+    /// an error in).
+    async fn handshake(
+        &self,
+        cfg: Option<Arc<rustls::ServerConfig>>,
+        io: BoxIo,
+    ) -> Option<(BoxIo, Option<ChannelBinding>)> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(cfg?);
+        match tokio::time::timeout(self.cfg.handshake_timeout, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => {
+                let binding = tls_exporter(tls.get_ref().1);
+                Some((Box::new(tls), binding))
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, "c2s TLS handshake failed: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "c2s TLS handshake timed out");
+                None
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! The admin HTTP server. Reads are `GET`: `/status`, `/metrics`,
-//! `/trace?jid=J`, `/record?op=get`. Whatever changes state is `POST`
+//! `/trace?jid=J`, `/record?op=get`, `/records?prefix=P`. Whatever changes state is `POST`
 //! only (`/record?op=put|delete`, `/send`, `/load`), so a link or an image
 //! tag in a browser cannot trigger it. It binds to loopback by default
 //! (see [`crate::config`]); beyond loopback (or with `admin_token`) every
@@ -7,7 +7,7 @@
 //! `admin.token` in the data directory. It only ever talks to the core
 //! task through its inbox.
 
-use crate::api::{LoadReport, RecordReport, StatusReport, TraceReport};
+use crate::api::{LoadReport, RecordList, RecordReport, StatusReport, TraceReport};
 use crate::control::{Command, LoadSpec};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -196,6 +196,44 @@ async fn record_get(State(s): State<AppState>, Query(q): Query<RecordQuery>) -> 
     }
 }
 
+/// Most names in one page of `GET /records`.
+pub const MAX_LIST: usize = 1000;
+
+#[derive(Deserialize)]
+struct ListQuery {
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /records?prefix=P[&after=A][&limit=N]`: one page of the live
+/// records this node holds (as one of their replicas) whose names start
+/// with `P`, in name order; `next` is the `after` of the next page.
+async fn records_list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    if q.prefix.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "prefix must not be empty");
+    }
+    let limit = q.limit.unwrap_or(MAX_LIST);
+    if limit == 0 || limit > MAX_LIST {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be 1..={MAX_LIST}"),
+        );
+    }
+    let (prefix, after) = (q.prefix, q.after);
+    match ask::<RecordList>(&s.inbox, |reply| Command::ListRecords {
+        prefix,
+        after,
+        limit,
+        reply,
+    })
+    .await
+    {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e,
+    }
+}
+
 /// `POST /record?op=put&name=N` with the value as the body (values of any
 /// size up to the record limit, and any bytes), or
 /// `POST /record?op=delete&name=N`.
@@ -254,6 +292,7 @@ pub(crate) async fn serve(
         .route("/load", post(load))
         .route("/send", post(send))
         .route("/record", get(record_get).post(record_post))
+        .route("/records", get(records_list))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorise,

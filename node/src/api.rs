@@ -93,6 +93,19 @@ pub struct RecordsReport {
     pub refused: u64,
 }
 
+/// The answer to `GET /records?prefix=P`: one page of names.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordList {
+    /// Live records of this node with the prefix, in name order.
+    pub names: Vec<String>,
+    /// Where the next page starts (`after=`); `None`: this was the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Why the store could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The answer to `GET /record?op=get` and `POST /record?op=put|delete`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecordReport {

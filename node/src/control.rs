@@ -26,6 +26,13 @@ pub(crate) enum Command {
         local: bool,
         reply: oneshot::Sender<crate::api::RecordReport>,
     },
+    /// One page of this node's own live records with a name prefix.
+    ListRecords {
+        prefix: String,
+        after: Option<String>,
+        limit: usize,
+        reply: oneshot::Sender<crate::api::RecordList>,
+    },
     /// Sends a stanza from the ring (operators and tests).
     Send {
         stanza: xmpp_parsers::minidom::Element,

@@ -232,6 +232,43 @@ impl<B: Backend> Store<B> {
         names
     }
 
+    /// One page of this node's live records (tombstones skipped) whose
+    /// names start with `prefix`: at most `n` names after `after`
+    /// (exclusive), and the cursor of the next page (`None`: no more).
+    /// At most `4n + 16` names are looked at, so a page costs a bounded
+    /// number of reads even among many tombstones (the page is then short,
+    /// and the cursor says where to go on).
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        n: usize,
+    ) -> Result<(Vec<String>, Option<String>), StoreError> {
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut names = Vec::new();
+        let mut looked = 0usize;
+        let mut last = None;
+        for name in self
+            .sizes
+            .range::<str, _>((start, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+        {
+            if names.len() == n || looked == 4 * n + 16 {
+                return Ok((names, last));
+            }
+            looked += 1;
+            last = Some(name.clone());
+            if self.get(name)?.is_some_and(|r| !r.deleted) {
+                names.push(name.clone());
+            }
+        }
+        Ok((names, None))
+    }
+
     /// This node's copy of `name`, tombstones included.
     pub fn get(&self, name: &str) -> Result<Option<Record>, StoreError> {
         if !self.sizes.contains_key(name) {
@@ -365,6 +402,50 @@ mod tests {
         assert_eq!(s.names_after(None, 10), vec!["k1", "k2"]);
         assert_eq!(s.names_after(Some("k1"), 10), vec!["k2"]);
         assert!(s.counter_base() > base, "a new life counts from further on");
+    }
+
+    #[test]
+    fn lists_page_through_live_names_of_a_prefix() {
+        let mut s = store(StoreLimits::default());
+        for i in 0..10 {
+            s.apply(&format!("account:u{i}@r"), &rec(1, "v")).unwrap();
+        }
+        // Deleted accounts and other prefixes are not listed.
+        let tomb = Record {
+            version: 2,
+            deleted: true,
+            value: vec![],
+            write: None,
+        };
+        s.apply("account:u3@r", &tomb).unwrap();
+        s.apply("account", &rec(1, "v")).unwrap();
+        s.apply("accounts:x", &rec(1, "v")).unwrap();
+        s.apply("roster:u1@r", &rec(1, "v")).unwrap();
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let (names, next) = s.list("account:", after.as_deref(), 4).unwrap();
+            assert!(names.len() <= 4);
+            all.extend(names);
+            pages += 1;
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let want: Vec<String> = (0..10)
+            .filter(|i| *i != 3)
+            .map(|i| format!("account:u{i}@r"))
+            .collect();
+        assert_eq!(all, want);
+        assert_eq!(pages, 3);
+        // A cursor before the prefix starts at the prefix.
+        assert_eq!(
+            s.list("account:", Some("a"), 1).unwrap().0,
+            ["account:u0@r"]
+        );
+        assert_eq!(s.list("nothing:", None, 5).unwrap(), (vec![], None));
     }
 
     #[test]

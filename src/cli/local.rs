@@ -70,6 +70,10 @@ pub struct LocalArgs {
     /// port is taken when this one is busy).
     #[arg(long, default_value_t = 5222)]
     pub c2s_port: u16,
+    /// Port for XMPP clients with direct TLS (XEP-0368) on 127.0.0.1 (a
+    /// free port is taken when this one is busy).
+    #[arg(long, default_value_t = 5223)]
+    pub c2s_tls_port: u16,
     /// Output format of the summary printed once the ring has converged.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -99,6 +103,8 @@ fn start_node(
             format!("127.0.0.1:{port}"),
             "--c2s-listen".into(),
             format!("127.0.0.1:{}", free_port(args.c2s_port)?),
+            "--c2s-tls-listen".into(),
+            format!("127.0.0.1:{}", free_port(args.c2s_tls_port)?),
         ]);
     }
     if let Some(k) = args.k {
@@ -256,6 +262,9 @@ fn summary_text(
             s,
             "\nlog in with any XMPP client (server {c2s}, STARTTLS with a self-signed certificate):"
         );
+        if let Some(tls) = readies.iter().find_map(|r| r.c2s_tls.as_deref()) {
+            let _ = writeln!(s, "  (or direct TLS, XEP-0368, at {tls})");
+        }
         for (jid, password) in users {
             let _ = writeln!(s, "  {jid:<24} password {password}");
         }
@@ -357,9 +366,10 @@ pub fn run(args: &LocalArgs) -> Result<String, CliError> {
                 .map(|(j, p)| serde_json::json!({"jid": j, "password": p}))
                 .collect();
             let c2s = readies.iter().find_map(|r| r.c2s.clone());
+            let c2s_tls = readies.iter().find_map(|r| r.c2s_tls.clone());
             serde_json::to_string(&serde_json::json!({
                 "nodes": readies, "traces": traces, "dir": cluster.dir(),
-                "c2s": c2s, "users": users,
+                "c2s": c2s, "c2s_tls": c2s_tls, "users": users,
             }))
             .map_err(|e| CliError::Failed(e.to_string()))?
                 + "\n"

@@ -1,13 +1,18 @@
-//! `xmpp-ring user add|passwd|delete`: ring users' accounts, through any
-//! node's admin HTTP. The password is read from a file or stdin, never
+//! `xmpp-ring user add|passwd|delete|list`: ring users' accounts, through
+//! any node's admin HTTP. The password is read from a file or stdin, never
 //! from the command line (where `ps` would show it), and never leaves this
 //! process: the salted SCRAM keys are derived here and only they are
 //! stored, as the record `account:<bare JID>` at the user's home node.
+//!
+//! `list` asks each node it is given for the accounts it holds (each
+//! account is held by its home node and the next `record_replicas - 1`
+//! nodes), merges them and prints each once: on a one-node server, or
+//! given every node of a ring, that is every account.
 
 use super::{CliError, Format};
 use crate::client::{self, url_encode};
 use clap::{Args, Subcommand};
-use node::api::RecordReport;
+use node::api::{RecordList, RecordReport};
 use ring_c2s::account::{self, Account, DEFAULT_ITERATIONS};
 use std::io::Read;
 use std::path::PathBuf;
@@ -56,6 +61,80 @@ pub enum UserCommand {
         #[command(flatten)]
         target: UserTarget,
     },
+    /// List the accounts the given nodes hold (give every node of a ring
+    /// to list them all).
+    List(ListArgs),
+}
+
+/// `xmpp-ring user list`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// A node's admin address (host:port or http://host:port); repeat for
+    /// more nodes.
+    #[arg(long, required = true)]
+    pub admin: Vec<String>,
+    /// The nodes' admin bearer token (their `admin.token`).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Only users of this domain.
+    pub domain: Option<String>,
+}
+
+/// Runs `user list`.
+fn list(args: &ListArgs) -> Result<String, CliError> {
+    let timeout = Duration::from_secs(15);
+    let domain = match &args.domain {
+        Some(d) => Some(
+            xmpp_addr::Domain::parse(d)
+                .map_err(|e| CliError::Usage(format!("{d:?} is not a domain: {e}")))?,
+        ),
+        None => None,
+    };
+    super::admin_client::use_token_file(args.admin_token_file.as_deref())?;
+    let mut users = std::collections::BTreeSet::new();
+    for admin in &args.admin {
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/records?prefix={}", url_encode(account::ACCOUNT_PREFIX));
+            if let Some(a) = &after {
+                path.push_str(&format!("&after={}", url_encode(a)));
+            }
+            let page: RecordList = client::get_json(admin, &path, timeout)?;
+            if let Some(e) = page.error {
+                return Err(CliError::Failed(format!("{admin}: {e}")));
+            }
+            for name in page.names {
+                // Names that are not a user's account (none are written,
+                // but the store is the ring's) are skipped, not printed.
+                let Some(user) = name
+                    .strip_prefix(account::ACCOUNT_PREFIX)
+                    .and_then(|j| account::user_jid(j).ok())
+                else {
+                    continue;
+                };
+                if domain
+                    .as_ref()
+                    .is_none_or(|d| user.domain().as_str() == d.as_str())
+                {
+                    users.insert(user.to_string());
+                }
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+    Ok(match args.format {
+        Format::Json => format!(
+            "{}\n",
+            serde_json::json!({"users": users, "nodes": args.admin.len()})
+        ),
+        Format::Text => users.iter().map(|u| format!("{u}\n")).collect(),
+    })
 }
 
 /// Reads the password: the first line of `file`, or of stdin.
@@ -83,16 +162,23 @@ fn read_password(file: Option<&std::path::Path>) -> Result<String, CliError> {
 /// Runs a user operation.
 pub fn run(cmd: &UserCommand) -> Result<String, CliError> {
     let timeout = Duration::from_secs(15);
-    let (target, password_file) = match cmd {
+    /// What happens to the one account.
+    enum Op {
+        Add,
+        Passwd,
+        Delete,
+    }
+    let (target, password_file, op) = match cmd {
+        UserCommand::List(args) => return list(args),
         UserCommand::Add {
             target,
             password_file,
-        }
-        | UserCommand::Passwd {
+        } => (target, password_file.as_deref(), Op::Add),
+        UserCommand::Passwd {
             target,
             password_file,
-        } => (target, Some(password_file.as_deref())),
-        UserCommand::Delete { target } => (target, None),
+        } => (target, password_file.as_deref(), Op::Passwd),
+        UserCommand::Delete { target } => (target, None, Op::Delete),
     };
     let jid = account::user_jid(&target.jid).map_err(|e| CliError::Usage(e.to_string()))?;
     super::admin_client::use_token_file(target.admin_token_file.as_deref())?;
@@ -104,19 +190,19 @@ pub fn run(cmd: &UserCommand) -> Result<String, CliError> {
             "cannot read {jid}'s account: {e}"
         )));
     }
-    let (op, report): (&str, RecordReport) = match (cmd, current.found) {
-        (UserCommand::Add { .. }, true) => {
+    let (op, report): (&str, RecordReport) = match (op, current.found) {
+        (Op::Add, true) => {
             return Err(CliError::Failed(format!("{jid} already exists")));
         }
-        (UserCommand::Passwd { .. } | UserCommand::Delete { .. }, false) => {
+        (Op::Passwd | Op::Delete, false) => {
             return Err(CliError::Failed(format!("{jid}: no such user")));
         }
-        (UserCommand::Delete { .. }, true) => (
+        (Op::Delete, true) => (
             "deleted",
             client::post_json(&target.admin, &path("delete"), b"", timeout)?,
         ),
-        (UserCommand::Add { .. } | UserCommand::Passwd { .. }, _) => {
-            let password = read_password(password_file.flatten())?;
+        (Op::Add | Op::Passwd, _) => {
+            let password = read_password(password_file)?;
             let account = Account::new(&jid, &password, DEFAULT_ITERATIONS, &mut rand::rng())
                 .map_err(|e| CliError::Usage(e.to_string()))?;
             let verb = if current.found {

@@ -2,9 +2,10 @@
 """A real XMPP client (slixmpp) for the c2s tests: logs in as one user and
 does one scripted thing, then prints one JSON line with what happened.
 
-  chat.py login JID PASSWORD HOST PORT
-      log in (STARTTLS, SASL, bind) and out; {"ok": true, "jid": full JID}
-      or {"ok": false, "error": condition}
+  chat.py login JID PASSWORD HOST PORT [direct-tls]
+      log in (STARTTLS, SASL, bind) and out; {"ok": true, "jid": full JID,
+      "mech": the SASL mechanism used} or {"ok": false, "error": condition};
+      with direct-tls, TLS from the first byte (XEP-0368) and no STARTTLS
   chat.py recv JID PASSWORD HOST PORT COUNT SECONDS [PRIORITY] [RESOURCE]
       log in, send presence, print {"ready": true, "jid": ...} as soon as
       it is online, then wait for COUNT chat messages (or a stream error)
@@ -111,7 +112,9 @@ class Client(slixmpp.ClientXMPP):
 
     async def start(self, _event):
         if self.mode == "login":
-            out({"ok": True, "jid": str(self.boundjid)})
+            mech = self.plugin["feature_mechanisms"].mech
+            out({"ok": True, "jid": str(self.boundjid),
+                 "mech": None if mech is None else mech.name})
             self.done.set_result(None)
         elif self.mode == "recv":
             priority = int(self.args[2]) if len(self.args) > 2 else 0
@@ -299,6 +302,13 @@ async def main():
     if mode == "recv" and len(args) > 3:
         jid = f"{jid}/{args[3]}"
     c = Client(jid, password, mode, args)
+    if mode == "login" and args[:1] == ["direct-tls"]:
+        c.enable_direct_tls = True
+        c.enable_starttls = False
+        c.enable_plaintext = False
+    else:
+        # The tests' ports speak STARTTLS: no direct-TLS attempt first.
+        c.enable_direct_tls = False
     c.connect(host=host, port=int(port))
     timeout = float(args[1]) if mode in ("recv", "friend", "watch") else 20.0
     if mode == "muc":

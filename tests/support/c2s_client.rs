@@ -1,7 +1,9 @@
 //! A c2s client for the benchmarks, on the project's stream codec: STARTTLS
 //! (any certificate: the servers' are self-signed or from a test CA), SASL
 //! SCRAM with xmpp-rs's `sasl` crate (SCRAM-SHA-256 when offered, else
-//! SCRAM-SHA-1), resource binding, initial presence. The salted password
+//! SCRAM-SHA-1; SCRAM-SHA-256-PLUS with `tls-exporter` when asked for),
+//! resource binding, initial presence; or direct TLS (XEP-0368) instead of
+//! STARTTLS. The salted password
 //! may be given precomputed, as real clients cache it, so that the load
 //! generator does not spend its CPU on PBKDF2 at every login.
 
@@ -9,8 +11,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use sasl::client::Mechanism;
 use sasl::client::mechanisms::Scram;
-use sasl::common::Credentials;
 use sasl::common::scram::{Sha1, Sha256};
+use sasl::common::{ChannelBinding, Credentials};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
@@ -29,6 +31,8 @@ pub struct C2sClient {
     pub incoming: mpsc::UnboundedReceiver<Element>,
     /// The bound full JID.
     pub full_jid: String,
+    /// The SASL mechanism that authenticated.
+    pub mechanism: String,
 }
 
 /// How to log in.
@@ -44,6 +48,26 @@ pub struct Login {
     pub salted_sha256: Option<(Vec<u8>, u32, Vec<u8>)>,
     /// Send initial presence after binding.
     pub presence: bool,
+    /// TLS from the first byte (XEP-0368) instead of STARTTLS.
+    pub direct_tls: bool,
+    /// Insist on SCRAM-SHA-256-PLUS with the connection's `tls-exporter`
+    /// data (fail when it is not offered).
+    pub channel_binding: bool,
+}
+
+impl Login {
+    /// STARTTLS and SCRAM without channel binding.
+    pub fn new(addr: &str, jid: &str, password: &str) -> Login {
+        Login {
+            addr: addr.into(),
+            jid: jid.into(),
+            password: password.into(),
+            salted_sha256: None,
+            presence: false,
+            direct_tls: false,
+            channel_binding: false,
+        }
+    }
 }
 
 fn header(domain: &str) -> String {
@@ -163,27 +187,44 @@ impl C2sClient {
             .await
             .map_err(|e| format!("connect {}: {e}", l.addr))?;
         let _ = tcp.set_nodelay(true);
-        let io: BoxIo = Box::new(tcp);
-        let (r, mut w) = tokio::io::split(io);
-        let mut reader: Reader = XmlStreamReader::new(BufReader::new(r), Limits::default());
-        send(&mut w, header(domain)).await?;
-        let _features = element(&mut reader).await?;
-        send(
-            &mut w,
-            text("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
-        )
-        .await?;
-        let proceed = element(&mut reader).await?;
-        if proceed.name() != "proceed" {
-            return Err(format!("no STARTTLS: {proceed:?}"));
-        }
-        let plain = reader.into_inner().into_inner().unsplit(w);
+        let plain: BoxIo = if l.direct_tls {
+            Box::new(tcp)
+        } else {
+            let io: BoxIo = Box::new(tcp);
+            let (r, mut w) = tokio::io::split(io);
+            let mut reader: Reader = XmlStreamReader::new(BufReader::new(r), Limits::default());
+            send(&mut w, header(domain)).await?;
+            let _features = element(&mut reader).await?;
+            send(
+                &mut w,
+                text("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+            )
+            .await?;
+            let proceed = element(&mut reader).await?;
+            if proceed.name() != "proceed" {
+                return Err(format!("no STARTTLS: {proceed:?}"));
+            }
+            reader.into_inner().into_inner().unsplit(w)
+        };
         let name = rustls::pki_types::ServerName::try_from(domain.to_string())
             .map_err(|e| e.to_string())?;
-        let tls = tokio_rustls::TlsConnector::from(tls)
+        let tls_config = if l.direct_tls {
+            let mut c = (*tls).clone();
+            c.alpn_protocols = vec![b"xmpp-client".to_vec()];
+            Arc::new(c)
+        } else {
+            tls
+        };
+        let tls = tokio_rustls::TlsConnector::from(tls_config)
             .connect(name, plain)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
+        // RFC 9266: 32 bytes exported under this label, no context.
+        let exporter = tls
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .map_err(|e| format!("exporter: {e}"))?;
         let io: BoxIo = Box::new(tls);
         let (r, mut w) = tokio::io::split(io);
         let mut reader: Reader = XmlStreamReader::new(BufReader::new(r), Limits::default());
@@ -195,7 +236,19 @@ impl C2sClient {
                 .any(|c| c.name() == "mechanisms" && c.children().any(|x| x.text().trim() == m))
         };
         let creds = || Credentials::default().with_username(user);
-        let mut mech: Box<dyn Mechanism + Send> = if offers("SCRAM-SHA-256") {
+        let mut mech: Box<dyn Mechanism + Send> = if l.channel_binding {
+            if !offers("SCRAM-SHA-256-PLUS") {
+                return Err(format!("no SCRAM-SHA-256-PLUS offered: {features:?}"));
+            }
+            Box::new(
+                Scram::<Sha256>::from_credentials(
+                    creds()
+                        .with_password(l.password.clone())
+                        .with_channel_binding(ChannelBinding::TlsExporter(exporter.to_vec())),
+                )
+                .map_err(|e| format!("{e:?}"))?,
+            )
+        } else if offers("SCRAM-SHA-256") {
             match &l.salted_sha256 {
                 Some(cached) => Box::new(CachedScram::new(user, cached.clone())),
                 None => Box::new(
@@ -209,11 +262,7 @@ impl C2sClient {
                     .map_err(|e| format!("{e:?}"))?,
             )
         };
-        let name = if offers("SCRAM-SHA-256") {
-            "SCRAM-SHA-256"
-        } else {
-            "SCRAM-SHA-1"
-        };
+        let name = mech.name().to_string();
         send(
             &mut w,
             format!(
@@ -280,6 +329,7 @@ impl C2sClient {
             writer: w,
             incoming,
             full_jid,
+            mechanism: name,
         })
     }
 

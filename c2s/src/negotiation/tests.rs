@@ -80,15 +80,22 @@ impl Client {
 
     /// Header and STARTTLS, as every client starts.
     fn start_tls(&mut self) {
+        self.start_tls_with(None);
+    }
+
+    /// Header and STARTTLS, on a connection with this channel binding
+    /// data; returns the features after TLS.
+    fn start_tls_with(&mut self, binding: Option<ChannelBinding>) -> String {
         let (w, _) = self.header();
         assert!(w.contains("<starttls"), "{w}");
         let (w, o) = self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
         assert!(w.contains("<proceed"), "{w}");
         assert_eq!(o, vec![C2sOutput::StartTls]);
-        self.m.handle_tls(self.now);
+        self.m.handle_tls(self.now, binding);
         let (w, _) = self.header();
         assert!(w.contains("<mechanism>SCRAM-SHA-256</mechanism>"), "{w}");
         assert!(w.contains("<mechanism>PLAIN</mechanism>"), "{w}");
+        w
     }
 
     /// A SCRAM login with the `sasl` crate's client; returns what the last
@@ -222,6 +229,143 @@ fn scram_sha_1_logs_in_and_the_client_verifies_the_server() {
             user_jid("alice@ring.test").expect("jid")
         )]
     );
+}
+
+/// The `sasl` crate's SCRAM-SHA-256 client for alice, with `binding`.
+fn alice_client(binding: sasl::common::ChannelBinding) -> Scram<Sha256> {
+    Scram::<Sha256>::from_credentials(
+        Credentials::default()
+            .with_username("alice")
+            .with_password("secret")
+            .with_channel_binding(binding),
+    )
+    .expect("client")
+}
+
+#[test]
+fn plus_mechanisms_bind_to_the_tls_connection() {
+    use sasl::common::ChannelBinding as Cb;
+    let data = vec![9u8; 32];
+    // With binding data, -PLUS comes first and XEP-0440 names the type.
+    let mut c = Client::new(cfg());
+    let w = c.start_tls_with(Some(ChannelBinding(data.clone())));
+    let plus = w
+        .find("<mechanism>SCRAM-SHA-256-PLUS</mechanism>")
+        .expect("-PLUS offered");
+    assert!(
+        plus < w
+            .find("<mechanism>SCRAM-SHA-256</mechanism>")
+            .expect("plain SCRAM")
+    );
+    assert!(w.contains("<mechanism>SCRAM-SHA-1-PLUS</mechanism>"), "{w}");
+    assert!(
+        w.contains("<sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>"),
+        "{w}"
+    );
+    let (w, o, _) = c.scram(
+        alice_client(Cb::TlsExporter(data.clone())),
+        "SCRAM-SHA-256-PLUS",
+        Some(alice()),
+    );
+    assert!(w.contains("<success"), "{w}");
+    assert!(o.contains(&C2sOutput::Restart));
+
+    // A client on another TLS connection (a man in the middle's) has other
+    // data: the right password does not help.
+    let mut c = Client::new(cfg());
+    c.start_tls_with(Some(ChannelBinding(data.clone())));
+    let (w, o, _) = c.scram(
+        alice_client(Cb::TlsExporter(vec![1u8; 32])),
+        "SCRAM-SHA-256-PLUS",
+        Some(alice()),
+    );
+    assert!(w.contains("<not-authorized/>"), "{w}");
+    assert_eq!(o, vec![C2sOutput::AuthFailed]);
+
+    // `y`: the client could bind but saw no -PLUS; it was offered, so the
+    // offer was stripped on the way: refused.
+    let mut c = Client::new(cfg());
+    c.start_tls_with(Some(ChannelBinding(data.clone())));
+    let (w, o) = c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{}</auth>",
+        B64.encode("y,,n=alice,r=abc")
+    ));
+    assert!(w.contains("<not-authorized/>"), "{w}");
+    assert_eq!(o, vec![C2sOutput::AuthFailed]);
+    // Without binding data (TLS 1.2), `y` is fine and -PLUS is neither
+    // offered nor accepted.
+    let mut c = Client::new(cfg());
+    let w = c.start_tls_with(None);
+    assert!(
+        !w.contains("PLUS") && !w.contains("sasl-channel-binding"),
+        "{w}"
+    );
+    let (w, o, _) = c.scram(
+        alice_client(Cb::Unsupported),
+        "SCRAM-SHA-256",
+        Some(alice()),
+    );
+    assert!(w.contains("<success"), "{w}");
+    assert!(o.contains(&C2sOutput::Restart));
+    let mut c = Client::new(cfg());
+    c.start_tls_with(None);
+    let (w, _) = c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256-PLUS'>{}</auth>",
+        B64.encode("p=tls-exporter,,n=alice,r=abc")
+    ));
+    assert!(w.contains("<invalid-mechanism/>"), "{w}");
+}
+
+#[test]
+fn plus_gs2_flags_table() {
+    // (mechanism, client-first, failure)
+    let table: &[(&str, &str, &str)] = &[
+        // -PLUS without binding, or with another type
+        (
+            "SCRAM-SHA-256-PLUS",
+            "n,,n=alice,r=abc",
+            "malformed-request",
+        ),
+        (
+            "SCRAM-SHA-256-PLUS",
+            "y,,n=alice,r=abc",
+            "malformed-request",
+        ),
+        (
+            "SCRAM-SHA-1-PLUS",
+            "p=tls-unique,,n=alice,r=abc",
+            "malformed-request",
+        ),
+        // binding asked for with a plain mechanism
+        (
+            "SCRAM-SHA-256",
+            "p=tls-exporter,,n=alice,r=abc",
+            "malformed-request",
+        ),
+    ];
+    for (mech, first, cond) in table {
+        let mut c = Client::new(cfg());
+        c.start_tls_with(Some(ChannelBinding(vec![9u8; 32])));
+        let (w, o) = c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mech}'>{}</auth>",
+            B64.encode(first)
+        ));
+        assert_eq!(
+            w,
+            format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{cond}/></failure>"),
+            "{mech} {first}"
+        );
+        assert_eq!(o, vec![C2sOutput::AuthFailed], "{mech} {first}");
+    }
+}
+
+#[test]
+fn a_direct_tls_connection_starts_with_sasl() {
+    let mut c = Client::new(cfg());
+    c.m.handle_tls(c.now, None);
+    let (w, _) = c.header();
+    assert!(!w.contains("starttls"), "{w}");
+    assert!(w.contains("<mechanism>PLAIN</mechanism>"), "{w}");
 }
 
 #[test]

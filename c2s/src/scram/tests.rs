@@ -41,7 +41,7 @@ fn keys(v: &Vector) -> StoredKeys {
 
 fn start(v: &Vector) -> (ScramExchange, String) {
     let first = ClientFirst::parse(v.client_first.as_bytes()).expect("client-first");
-    ScramExchange::new(v.hash, keys(v), first, v.server_nonce)
+    ScramExchange::new(v.hash, keys(v), first, v.server_nonce, b"")
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn the_wrong_password_cannot_authenticate() {
     let salt = B64.decode(v.salt).expect("salt");
     let other = StoredKeys::derive(v.hash, b"pencil2", &salt, 4096);
     let first = ClientFirst::parse(v.client_first.as_bytes()).expect("first");
-    let (ex, _) = ScramExchange::new(v.hash, other, first, v.server_nonce);
+    let (ex, _) = ScramExchange::new(v.hash, other, first, v.server_nonce, b"");
     assert_eq!(
         ex.finish(v.client_final.as_bytes()),
         Err(ScramError::NotAuthorized)
@@ -126,7 +126,14 @@ fn client_first_table() {
         assert_eq!(f.client_nonce, "abc");
     }
     let bad: &[(&[u8], ScramError)] = &[
-        (b"p=tls-unique,,n=user,r=abc", ScramError::ChannelBinding),
+        (
+            b"p=,,n=user,r=abc",
+            ScramError::Malformed("bad channel binding flag"),
+        ),
+        (
+            b"p=tls_exporter,,n=user,r=abc",
+            ScramError::Malformed("bad channel binding flag"),
+        ),
         (
             b"x,,n=user,r=abc",
             ScramError::Malformed("bad channel binding flag"),
@@ -173,6 +180,91 @@ fn client_first_table() {
     }
     let long = format!("n,,n=user,r={}", "a".repeat(MAX_MESSAGE));
     assert!(ClientFirst::parse(long.as_bytes()).is_err());
+}
+
+#[test]
+fn gs2_flags_table() {
+    let table: &[(&str, Gs2Flag, &str)] = &[
+        ("n,,n=u,r=abc", Gs2Flag::No, "n,,"),
+        ("y,,n=u,r=abc", Gs2Flag::ClientSupports, "y,,"),
+        (
+            "p=tls-exporter,,n=u,r=abc",
+            Gs2Flag::Uses("tls-exporter".into()),
+            "p=tls-exporter,,",
+        ),
+        (
+            "p=tls-unique,a=u@ring.test,n=u,r=abc",
+            Gs2Flag::Uses("tls-unique".into()),
+            "p=tls-unique,a=u@ring.test,",
+        ),
+    ];
+    for (msg, flag, header) in table {
+        let f = ClientFirst::parse(msg.as_bytes()).expect(msg);
+        assert_eq!(&f.flag, flag, "{msg}");
+        assert_eq!(f.gs2_header, *header, "{msg}");
+    }
+}
+
+/// The client's side of SCRAM, from the RFC's definitions: the final
+/// message for `first` (without its GS2 header: `bare`), the server's
+/// first message and the `c=` data.
+fn client_final(hash: ScramHash, bare: &str, server_first: &str, cbind: &[u8]) -> String {
+    let attrs: std::collections::HashMap<&str, &str> = server_first
+        .split(',')
+        .filter_map(|a| a.split_once('='))
+        .collect();
+    let salt = B64.decode(attrs["s"]).expect("salt");
+    let iterations: u32 = attrs["i"].parse().expect("iterations");
+    let salted = hash.salted_password(b"pencil", &salt, iterations);
+    let client_key = hash.hmac(&salted, b"Client Key");
+    let stored = hash.hash(&client_key);
+    let without_proof = format!("c={},r={}", B64.encode(cbind), attrs["r"]);
+    let auth = format!("{bare},{server_first},{without_proof}");
+    let sig = hash.hmac(&stored, auth.as_bytes());
+    let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(k, s)| k ^ s).collect();
+    format!("{without_proof},p={}", B64.encode(proof))
+}
+
+#[test]
+fn a_channel_bound_exchange_needs_this_connections_binding_data() {
+    let v = RFC7677;
+    let binding = [7u8; 32];
+    let first_msg = "p=tls-exporter,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+    let bare = "n=user,r=rOprNGfwEbeRWgbNEkqO";
+    let start = || {
+        let first = ClientFirst::parse(first_msg.as_bytes()).expect("first");
+        ScramExchange::new(v.hash, keys(&v), first, v.server_nonce, &binding)
+    };
+    let with = |data: &[u8]| {
+        let mut c = b"p=tls-exporter,,".to_vec();
+        c.extend_from_slice(data);
+        c
+    };
+    // The client bound to this connection: accepted.
+    let (ex, sf) = start();
+    let msg = client_final(v.hash, bare, &sf, &with(&binding));
+    assert!(ex.finish(msg.as_bytes()).is_ok());
+    // A man in the middle relays a proof made on his own connection to
+    // the client: other binding data, refused even though the password
+    // is right.
+    let (ex, sf) = start();
+    let msg = client_final(v.hash, bare, &sf, &with(&[8u8; 32]));
+    assert_eq!(ex.finish(msg.as_bytes()), Err(ScramError::NotAuthorized));
+    // The header alone, or the data cut short: refused.
+    for cbind in [with(&[]), with(&binding[..31])] {
+        let (ex, sf) = start();
+        let msg = client_final(v.hash, bare, &sf, &cbind);
+        assert_eq!(ex.finish(msg.as_bytes()), Err(ScramError::NotAuthorized));
+    }
+    // Without binding, extra data after the header is refused too.
+    let first = ClientFirst::parse(b"n,,n=user,r=abc").expect("first");
+    let (ex, sf) = ScramExchange::new(v.hash, keys(&v), first, "xyz", b"");
+    let mut cbind = b"n,,".to_vec();
+    cbind.extend_from_slice(&binding);
+    let msg = client_final(v.hash, "n=user,r=abc", &sf, &cbind);
+    assert_eq!(ex.finish(msg.as_bytes()), Err(ScramError::NotAuthorized));
+    let msg = client_final(v.hash, "n=user,r=abc", &sf, b"n,,");
+    assert!(ex.finish(msg.as_bytes()).is_ok());
 }
 
 #[test]

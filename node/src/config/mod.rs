@@ -69,6 +69,11 @@ pub struct RawConfig {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_listen: Option<String>,
+    /// Clients: direct-TLS listen address (host:port; XEP-0368, TLS from
+    /// the first byte, usually port 5223) [default: none].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_tls_listen: Option<String>,
     /// Clients: require STARTTLS before authentication [default: true].
     /// PLAIN is never offered without TLS.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]

@@ -91,8 +91,18 @@ impl RawConfig {
             ),
             None => None,
         };
-        if c2s_listen.is_some() && domains.is_empty() {
-            return Err(err("domain", "a node with c2s_listen needs a domain"));
+        let c2s_tls_listen = match self.c2s_tls_listen {
+            Some(s) => Some(
+                s.parse::<SocketAddr>()
+                    .map_err(|e| err("c2s_tls_listen", format!("{s:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        if (c2s_listen.is_some() || c2s_tls_listen.is_some()) && domains.is_empty() {
+            return Err(err(
+                "domain",
+                "a node with c2s_listen or c2s_tls_listen needs a domain",
+            ));
         }
         if role == Role::Edge && s2s_listen.is_none() {
             return Err(err("s2s_listen", "an edge needs its s2s listen address"));
@@ -342,6 +352,7 @@ impl RawConfig {
         )?;
         let c2s = C2sSettings {
             listen: c2s_listen,
+            tls_listen: c2s_tls_listen,
             require_tls: self.c2s_require_tls.unwrap_or(true),
             max_connections: c2s_max_connections,
             max_connections_per_ip: ranged(
@@ -496,8 +507,11 @@ pub struct NodeSettings {
 /// Validated c2s settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct C2sSettings {
-    /// Where clients connect; `None`: no client logins on this node.
+    /// Where clients connect (STARTTLS); `None`: not there.
     pub listen: Option<SocketAddr>,
+    /// Where clients connect with direct TLS (XEP-0368); `None`: not
+    /// there. Neither address: no client logins on this node.
+    pub tls_listen: Option<SocketAddr>,
     /// STARTTLS before authentication.
     pub require_tls: bool,
     /// Connections at once.

@@ -1,5 +1,5 @@
-//! Starting the client (c2s) listener of a node started with
-//! `c2s_listen`: the certificate (the edge's, or generated on first start
+//! Starting the client (c2s) listeners of a node started with
+//! `c2s_listen` and/or `c2s_tls_listen`: the certificate (the edge's, or generated on first start
 //! for the node's domains), the decoy secret that makes unknown users look
 //! like known ones, the bounds from the configuration, and a task that
 //! feeds the listener's events to the core.
@@ -8,7 +8,7 @@ use super::Input;
 use crate::config::NodeSettings;
 use crate::error::NodeError;
 use rand::RngExt;
-use ring_c2s::server::{self, C2sStats, ServerConfig};
+use ring_c2s::server::{self, C2sStats, Listeners, ServerConfig};
 use ring_c2s::{C2sConfig, server::C2sEvent};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +21,10 @@ const DECOY_SECRET: &str = "c2s-decoy.secret";
 
 /// A running listener.
 pub(crate) struct C2sRunning {
-    /// Where it listens.
-    pub addr: SocketAddr,
+    /// Where it listens for STARTTLS connections.
+    pub addr: Option<SocketAddr>,
+    /// Where it listens for direct-TLS connections.
+    pub tls_addr: Option<SocketAddr>,
     /// Ends once every connection has (after the stop signal).
     pub task: JoinHandle<()>,
     /// Its counters.
@@ -47,7 +49,6 @@ pub(crate) async fn start(
     stop: watch::Receiver<bool>,
 ) -> Result<C2sRunning, NodeError> {
     let c = &settings.c2s;
-    let listen = c.listen.ok_or(NodeError::Config("c2s_listen is not set"))?;
     let identity = super::edge_setup::identity(settings)?;
     let tls = xmpp_edge::tls::server_config(&identity)?;
     let mut machine = C2sConfig::new(settings.served.clone(), decoy_secret(settings)?);
@@ -60,6 +61,7 @@ pub(crate) async fn start(
     };
     let cfg = Arc::new(ServerConfig {
         machine: Arc::new(machine),
+        direct_tls: Some(server::direct_tls_config(&tls)),
         tls: Some(tls),
         limits,
         per_source: SourceLimits {
@@ -77,16 +79,12 @@ pub(crate) async fn start(
         write_timeout: settings.edge.write_timeout,
         handshake_timeout: Duration::from_secs(10),
     });
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| NodeError::Listen {
-            addr: listen.to_string(),
-            why: e.to_string(),
-        })?;
-    let addr = listener.local_addr().map_err(|e| NodeError::Listen {
-        addr: listen.to_string(),
-        why: e.to_string(),
-    })?;
+    let (starttls, addr) = bind(c.listen).await?;
+    let (direct_tls, tls_addr) = bind(c.tls_listen).await?;
+    let listeners = Listeners {
+        starttls,
+        direct_tls,
+    };
     let (tx, mut rx) = mpsc::channel::<C2sEvent>(1024);
     tokio::spawn(async move {
         while let Some(ev) = rx.recv().await {
@@ -96,7 +94,29 @@ pub(crate) async fn start(
         }
     });
     let stats = Arc::new(C2sStats::default());
-    let task = tokio::spawn(server::run(listener, cfg, tx, stats.clone(), stop));
-    tracing::info!(%addr, "listening for clients");
-    Ok(C2sRunning { addr, task, stats })
+    let task = tokio::spawn(server::run(listeners, cfg, tx, stats.clone(), stop));
+    tracing::info!(starttls = ?addr, direct_tls = ?tls_addr, "listening for clients");
+    Ok(C2sRunning {
+        addr,
+        tls_addr,
+        task,
+        stats,
+    })
+}
+
+/// Binds one listener, when its address is set; returns it and the
+/// address it got (port 0 asks for a free one).
+async fn bind(
+    listen: Option<SocketAddr>,
+) -> Result<(Option<tokio::net::TcpListener>, Option<SocketAddr>), NodeError> {
+    let Some(listen) = listen else {
+        return Ok((None, None));
+    };
+    let why = |e: std::io::Error| NodeError::Listen {
+        addr: listen.to_string(),
+        why: e.to_string(),
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(why)?;
+    let addr = listener.local_addr().map_err(why)?;
+    Ok((Some(listener), Some(addr)))
 }

@@ -94,6 +94,9 @@ pub struct Ready {
     /// Client (c2s) address, when the node listens for clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub c2s: Option<String>,
+    /// Direct-TLS client address (XEP-0368), when the node has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub c2s_tls: Option<String>,
     /// Process id.
     pub pid: u32,
     /// Role.
@@ -225,16 +228,18 @@ pub async fn run(
         _ => None,
     };
     let (c2s_stop_tx, c2s_stop_rx) = tokio::sync::watch::channel(false);
-    let c2s = match settings.c2s.listen {
-        Some(_) => Some(c2s_setup::start(&settings, inbox_tx.clone(), c2s_stop_rx).await?),
-        None => None,
+    let c2s = if settings.c2s.listen.is_some() || settings.c2s.tls_listen.is_some() {
+        Some(c2s_setup::start(&settings, inbox_tx.clone(), c2s_stop_rx).await?)
+    } else {
+        None
     };
     let ready = Ready {
         node_id: me_id.to_hex(),
         peer_id: peer_id.to_string(),
         listen: vec![format!("{first_addr}/p2p/{peer_id}")],
         admin: admin_addr.to_string(),
-        c2s: c2s.as_ref().map(|c| c.addr.to_string()),
+        c2s: c2s.as_ref().and_then(|c| c.addr).map(|a| a.to_string()),
+        c2s_tls: c2s.as_ref().and_then(|c| c.tls_addr).map(|a| a.to_string()),
         pid: std::process::id(),
         role: settings.role.to_string(),
     };

@@ -400,6 +400,25 @@ impl Core {
                 self.load = Some(run);
             }
             Command::Record { op, local, reply } => self.record_request(now, op, local, reply),
+            Command::ListRecords {
+                prefix,
+                after,
+                limit,
+                reply,
+            } => {
+                let page = self.records.store().list(&prefix, after.as_deref(), limit);
+                let _ = reply.send(match page {
+                    Ok((names, next)) => crate::api::RecordList {
+                        names,
+                        next,
+                        error: None,
+                    },
+                    Err(e) => crate::api::RecordList {
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    },
+                });
+            }
             Command::Send { stanza, reply } => {
                 let from_ours = stanza
                     .attr("from")

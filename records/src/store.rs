@@ -249,18 +249,17 @@ impl<B: Backend> Store<B> {
             _ => Bound::Included(prefix),
         };
         let mut names = Vec::new();
-        let mut looked = 0usize;
         let mut last = None;
-        for name in self
+        for (looked, name) in self
             .sizes
             .range::<str, _>((start, Bound::Unbounded))
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(prefix))
+            .enumerate()
         {
             if names.len() == n || looked == 4 * n + 16 {
                 return Ok((names, last));
             }
-            looked += 1;
             last = Some(name.clone());
             if self.get(name)?.is_some_and(|r| !r.deleted) {
                 names.push(name.clone());

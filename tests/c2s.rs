@@ -210,6 +210,66 @@ async fn direct_tls_and_channel_binding_log_in_and_a_foreign_alpn_is_refused() {
     );
 }
 
+#[tokio::test]
+async fn in_band_registration_is_off_by_default() {
+    let (c, c2s) = server(&[]);
+    let port: u16 = c2s
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    let mut raw = raw_tls((Ipv4Addr::LOCALHOST, port)).await;
+    assert!(!raw.got.contains("iq-register"), "{}", raw.got);
+    raw.write("<iq type='set' id='r1'><query xmlns='jabber:iq:register'><username>carol</username><password>pw</password></query></iq>").await;
+    assert!(
+        raw.read_until("<service-unavailable", support::T).await,
+        "{}",
+        raw.got
+    );
+    let out = Command::new(EXE)
+        .args(["user", "list", "--admin", c.admin(0)])
+        .output()
+        .expect("user list");
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn in_band_registration_when_switched_on_and_users_manage_their_own_account() {
+    let (c, c2s) = server(&["--c2s-register", "--c2s-registrations-per-ip", "2"]);
+    // slixmpp registers (the server announces it), then logs in.
+    let v = Client::run("register", "carol@ring.test", "pw-c", &c2s, &[]);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["jid"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("carol@ring.test/"),
+        "{v}"
+    );
+    assert_eq!(list(&c, &[]), (true, "carol@ring.test\n".into()));
+    // The name is taken now.
+    let v = Client::run("register", "carol@ring.test", "other", &c2s, &[]);
+    assert_eq!(v["error"], "conflict", "{v}");
+    // Two registrations per hour from this address were allowed (the
+    // conflict counted): the third is refused.
+    let v = Client::run("register", "dave@ring.test", "pw-d", &c2s, &[]);
+    assert_eq!(v["error"], "resource-constraint", "{v}");
+
+    // carol changes her password in-band: the old one stops working.
+    let v = Client::run("passwd", "carol@ring.test", "pw-c", &c2s, &["pw-new"]);
+    assert_eq!(v["ok"], true, "{v}");
+    let v = Client::run("login", "carol@ring.test", "pw-c", &c2s, &[]);
+    assert_eq!(v["error"], "not-authorized", "{v}");
+    let v = Client::run("login", "carol@ring.test", "pw-new", &c2s, &[]);
+    assert_eq!(v["ok"], true, "{v}");
+    // ... and removes her account: answered, then the stream ends.
+    let mut gone = Client::start("unregister", "carol@ring.test", "pw-new", &c2s, &[]);
+    assert_eq!(gone.next()["ok"], true);
+    assert_eq!(gone.next()["stream_error"], "not-authorized");
+    let v = Client::run("login", "carol@ring.test", "pw-new", &c2s, &[]);
+    assert_eq!(v["error"], "not-authorized", "{v}");
+    assert_eq!(list(&c, &[]), (true, String::new()));
+}
+
 #[test]
 fn clients_chat_to_bare_and_full_jids_by_priority() {
     let (c, c2s) = server(&[]);

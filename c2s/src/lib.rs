@@ -13,7 +13,9 @@
 //! * [`online`]: a user's available sessions as the home node stores them.
 //! * [`roster`]: rosters and presence subscriptions (RFC 6121 §2–3).
 //! * [`negotiation`]: one client stream, from its header to a bound
-//!   session (STARTTLS, SASL, resource binding, stamping `from`).
+//!   session (STARTTLS or direct TLS, SASL with `-PLUS` channel binding,
+//!   resource binding, stamping `from`), and in-band registration.
+//! * [`register`]: XEP-0077 requests and the registration form.
 //! * [`lease`]: what an access node tells a user's home node about a
 //!   session.
 //! * [`sessions`]: a node's sessions and where a stanza for a user goes
@@ -29,6 +31,7 @@ pub mod lease;
 pub mod negotiation;
 pub mod offline;
 pub mod online;
+pub mod register;
 pub mod roster;
 pub mod scram;
 pub mod server;

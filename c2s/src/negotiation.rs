@@ -26,10 +26,12 @@
 //!   `from` (a different `from` is `invalid-from`), and a `to` that is not
 //!   a JID is answered with `jid-malformed`.
 
+mod registration;
 #[cfg(test)]
 mod tests;
 
 use crate::account::Account;
+use crate::register::NS_REGISTER_FEATURE;
 use crate::scram::{
     ChannelBinding, ClientFirst, Gs2Flag, ScramError, ScramExchange, ScramHash, TLS_EXPORTER,
     decoy_keys,
@@ -92,6 +94,9 @@ pub struct C2sConfig {
     pub max_auth_failures: u32,
     /// Makes the decoy salts of unknown users (see [`decoy_keys`]).
     pub decoy_secret: Vec<u8>,
+    /// In-band registration of new accounts (XEP-0077) before
+    /// authentication, inside TLS. Off by default.
+    pub registration: bool,
 }
 
 impl C2sConfig {
@@ -107,7 +112,50 @@ impl C2sConfig {
             idle_timeout: Duration::from_secs(600),
             max_auth_failures: 3,
             decoy_secret,
+            registration: false,
         }
+    }
+}
+
+/// What an account lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The account.
+    Found(Account),
+    /// There is no such account.
+    NotFound,
+    /// The record store could not say (unreachable, or a corrupt record):
+    /// nobody logs in with it and nobody registers over it.
+    Unavailable,
+}
+
+/// A change to an account, asked of the driver with
+/// [`C2sOutput::WriteAccount`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum AccountChange {
+    /// A new account with this password (in-band registration; the lookup
+    /// found none).
+    Create {
+        /// The password.
+        password: String,
+    },
+    /// The user's own account, with a new password.
+    SetPassword {
+        /// The password.
+        password: String,
+    },
+    /// Delete the user's own account.
+    Remove,
+}
+
+impl std::fmt::Debug for AccountChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Passwords never reach a log.
+        f.write_str(match self {
+            AccountChange::Create { .. } => "Create",
+            AccountChange::SetPassword { .. } => "SetPassword",
+            AccountChange::Remove => "Remove",
+        })
     }
 }
 
@@ -124,6 +172,19 @@ pub enum C2sOutput {
     /// Fetch the account of this user and answer with
     /// [`C2sStream::handle_account`].
     LookupAccount(BareJid),
+    /// An in-band registration for this user is asked for: check the
+    /// source's registration rate and answer with
+    /// [`C2sStream::handle_registration_allowed`] (before anything is
+    /// looked up, so that the rate also bounds probing for taken names).
+    RegistrationAttempt(BareJid),
+    /// Store this change to `user`'s account (derive the keys of a new
+    /// password first) and answer with [`C2sStream::handle_account_written`].
+    WriteAccount {
+        /// Whose account.
+        user: BareJid,
+        /// What changes.
+        change: AccountChange,
+    },
     /// The user proved who they are (for counters; the driver may allow
     /// the larger read limits).
     Authenticated(BareJid),
@@ -178,10 +239,25 @@ enum Phase {
     PreBind,
     /// A bind request waits for the driver (`iq id`).
     Binding(String),
+    /// An in-band registration waits for the driver.
+    Register(Registering),
     /// A session: stanzas flow.
     Bound(FullJid),
     /// Done.
     Closed,
+}
+
+/// Where an in-band registration is. The IQ is kept as its addressing
+/// only ([`registration::skeleton`]), never with the password.
+#[derive(Debug)]
+enum Registering {
+    /// Whether the source may register now (the IQ, the user, the
+    /// password).
+    Allowing(Element, BareJid, String),
+    /// Whether the name is free (the IQ, the user, the password).
+    Lookup(Element, BareJid, String),
+    /// The new account is being stored.
+    Writing(Element),
 }
 
 /// One client connection's negotiation and session state.
@@ -202,6 +278,11 @@ pub struct C2sStream {
     /// the driver can unregister the session).
     session: Option<FullJid>,
     failures: u32,
+    /// An account was registered on this stream (one per stream).
+    registered: bool,
+    /// A bound session's change to its account in flight: the IQ (its
+    /// addressing) and whether it removes the account.
+    account_write: Option<(Element, bool)>,
     /// Until the first header; then until bound.
     deadline: Option<Instant>,
     idle_deadline: Instant,
@@ -226,6 +307,8 @@ impl C2sStream {
             user: None,
             session: None,
             failures: 0,
+            registered: false,
+            account_write: None,
             out: VecDeque::new(),
         }
     }
@@ -388,6 +471,9 @@ impl C2sStream {
                 f.push_str(&format!("<mechanism>{m}</mechanism>"));
             }
             f.push_str("</mechanisms>");
+            if self.cfg.registration && self.tls {
+                f.push_str(&format!("<register xmlns='{NS_REGISTER_FEATURE}'/>"));
+            }
             if self.binding.is_some() {
                 // XEP-0440: which channel binding types the -PLUS
                 // mechanisms accept.
@@ -436,6 +522,12 @@ impl C2sStream {
                 self.new_document();
             }
             (Phase::PreAuth | Phase::Sasl(_), NS_SASL) => self.on_sasl(el),
+            (Phase::PreAuth, NS_CLIENT) if crate::register::query(&el).is_some() => {
+                self.on_register(el)
+            }
+            (Phase::Register(_), _) => {
+                self.fail(Condition::PolicyViolation, "element while registering")
+            }
             (Phase::PreAuth | Phase::Sasl(_), _) => {
                 self.fail(Condition::NotAuthorized, "not authenticated")
             }
@@ -547,9 +639,18 @@ impl C2sStream {
         self.phase = Phase::Sasl(Sasl::LookupPlain(passwd.to_string(), user));
     }
 
-    /// The account asked for with [`C2sOutput::LookupAccount`] (`None`: no
-    /// such user, or the store could not be reached).
-    pub fn handle_account(&mut self, user: &BareJid, account: Option<Account>) {
+    /// The account asked for with [`C2sOutput::LookupAccount`].
+    pub fn handle_account(&mut self, user: &BareJid, lookup: Lookup) {
+        if let Phase::Register(Registering::Lookup(_, u, _)) = &self.phase
+            && u == user
+        {
+            return self.on_register_lookup(lookup);
+        }
+        let unavailable = lookup == Lookup::Unavailable;
+        let account = match lookup {
+            Lookup::Found(a) => Some(a),
+            Lookup::NotFound | Lookup::Unavailable => None,
+        };
         let sasl = match &self.phase {
             Phase::Sasl(Sasl::LookupScram(_, _, u) | Sasl::LookupPlain(_, u)) if u == user => {
                 match std::mem::replace(&mut self.phase, Phase::PreAuth) {
@@ -561,6 +662,11 @@ impl C2sStream {
             _ => return,
         };
         let account = account.filter(|a| a.jid == user.as_str());
+        if unavailable {
+            // RFC 6120 §6.5.12: the store did not answer; not the client's
+            // fault, and not counted against it.
+            return self.sasl_failure("temporary-auth-failure", false);
+        }
         match sasl {
             Sasl::LookupPlain(password, user) => {
                 if account.is_some_and(|a| a.check_password(&password)) {
@@ -761,6 +867,9 @@ impl C2sStream {
                 self.write_stanza(&reply);
             }
             return;
+        }
+        if self.is_own_registration(&el, &full) {
+            return self.on_bound_register(el, full);
         }
         self.out.push_back(C2sOutput::Stanza(el));
     }

@@ -22,8 +22,8 @@
 //! flips, every connection ends its stream with `system-shutdown`, and
 //! `run` returns once they all have.
 
-use crate::account::Account;
-use crate::negotiation::{C2sConfig, C2sOutput, C2sStream};
+use crate::account::{Account, DEFAULT_ITERATIONS};
+use crate::negotiation::{AccountChange, C2sConfig, C2sOutput, C2sStream, Lookup};
 use crate::scram::{ChannelBinding, TLS_EXPORTER_LABEL};
 use jid::{BareJid, FullJid};
 use std::future::Future;
@@ -68,6 +68,9 @@ pub struct ServerConfig {
     /// every later failure from that address closes its connection at once,
     /// until the bucket refills.
     pub failed_logins: SourceLimits,
+    /// In-band registrations per source address (a token bucket; past it
+    /// a registration is answered `resource-constraint`).
+    pub registrations: SourceLimits,
     /// Connections at once.
     pub max_connections: usize,
     /// Bytes queued for one client before it stops being read.
@@ -81,12 +84,22 @@ pub struct ServerConfig {
 /// What a client connection asks of the node.
 #[derive(Debug)]
 pub enum C2sEvent {
-    /// Fetch `user`'s account (`None`: no such user, or unreachable).
+    /// Fetch `user`'s account.
     LookupAccount {
         /// The user.
         user: BareJid,
         /// Where the answer goes.
-        reply: oneshot::Sender<Option<Account>>,
+        reply: oneshot::Sender<Lookup>,
+    },
+    /// Store `user`'s account (`None`: delete it); answer once the record
+    /// store has, or with the stanza error to give the client.
+    WriteAccount {
+        /// The user.
+        user: BareJid,
+        /// The new account record (keys already derived).
+        account: Option<Account>,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<(), DefinedCondition>>,
     },
     /// Register a session; answer with its full JID or a stanza error
     /// condition. A session already bound to the same full JID is the
@@ -168,6 +181,10 @@ pub struct C2sStats {
     pub auth_failed: AtomicU64,
     /// Connections closed for their address's failed logins.
     pub auth_throttled: AtomicU64,
+    /// Accounts created by in-band registration.
+    pub registered: AtomicU64,
+    /// Registrations refused for their address's rate.
+    pub registrations_throttled: AtomicU64,
     /// Sessions bound.
     pub bound: AtomicU64,
     /// Stanzas from clients.
@@ -239,6 +256,10 @@ pub async fn run(
         max_open: usize::MAX,
         ..cfg.failed_logins
     });
+    let registrations = IpLimiter::new(SourceLimits {
+        max_open: usize::MAX,
+        ..cfg.registrations
+    });
     // Every connection holds a clone; `run` returns when all are gone.
     let (running, mut all_done) = mpsc::channel::<()>(1);
     let next_id = AtomicU64::new(1);
@@ -274,6 +295,7 @@ pub async fn run(
             id: next_id.fetch_add(1, Ordering::Relaxed),
             peer,
             failures: failures.clone(),
+            registrations: registrations.clone(),
         };
         let running = running.clone();
         tokio::spawn(async move {
@@ -286,6 +308,42 @@ pub async fn run(
     }
     drop(running);
     let _ = all_done.recv().await;
+}
+
+/// Derives the keys of a new password off the connection's task (PBKDF2
+/// is deliberately slow), then asks the node to store the account.
+async fn write_account(
+    events: mpsc::Sender<C2sEvent>,
+    user: BareJid,
+    change: AccountChange,
+) -> Result<(), DefinedCondition> {
+    let account = match change {
+        AccountChange::Create { password } | AccountChange::SetPassword { password } => {
+            let u = user.clone();
+            let derived = tokio::task::spawn_blocking(move || {
+                Account::new(&u, &password, DEFAULT_ITERATIONS, &mut rand::rng())
+            })
+            .await;
+            match derived {
+                Ok(Ok(a)) => Some(a),
+                Ok(Err(_)) => return Err(DefinedCondition::NotAcceptable),
+                Err(_) => return Err(DefinedCondition::InternalServerError),
+            }
+        }
+        AccountChange::Remove => None,
+    };
+    let (reply, answer) = oneshot::channel();
+    let ev = C2sEvent::WriteAccount {
+        user,
+        account,
+        reply,
+    };
+    if events.send(ev).await.is_err() {
+        return Err(DefinedCondition::InternalServerError);
+    }
+    answer
+        .await
+        .unwrap_or(Err(DefinedCondition::InternalServerError))
 }
 
 type Reader = XmlStreamReader<BufReader<ReadHalf<BoxIo>>>;
@@ -315,11 +373,14 @@ struct Connection {
     peer: SocketAddr,
     /// Failed logins per address (shared by every connection).
     failures: Arc<IpLimiter>,
+    /// Registrations per address (shared by every connection).
+    registrations: Arc<IpLimiter>,
 }
 
 /// Requests to the node in flight, and the session's inbox.
 struct Waiting {
-    lookup: Pending<(BareJid, Option<Account>)>,
+    lookup: Pending<(BareJid, Lookup)>,
+    write: Pending<Result<(), DefinedCondition>>,
     bind: Pending<Result<FullJid, DefinedCondition>>,
     inbox_tx: mpsc::Sender<ToSession>,
     inbox: mpsc::Receiver<ToSession>,
@@ -332,6 +393,7 @@ impl Connection {
         let (inbox_tx, inbox) = mpsc::channel(SESSION_INBOX);
         let mut waiting = Waiting {
             lookup: None,
+            write: None,
             bind: None,
             inbox_tx,
             inbox,
@@ -456,8 +518,32 @@ impl Connection {
                             machine.handle_shutdown();
                             continue;
                         }
-                        waiting.lookup =
-                            Some(Box::pin(async move { (user, rx.await.ok().flatten()) }));
+                        waiting.lookup = Some(Box::pin(async move {
+                            (user, rx.await.unwrap_or(Lookup::Unavailable))
+                        }));
+                    }
+                    C2sOutput::RegistrationAttempt(user) => {
+                        // The permit is not kept: only the rate counts.
+                        let allowed = self
+                            .registrations
+                            .acquire(self.peer.ip(), Instant::now())
+                            .is_ok();
+                        if !allowed {
+                            bump(&self.stats.registrations_throttled);
+                            tracing::debug!(%user, peer = %self.peer, "registration rate reached");
+                        }
+                        machine.handle_registration_allowed(allowed);
+                    }
+                    C2sOutput::WriteAccount { user, change } => {
+                        let create = matches!(change, AccountChange::Create { .. });
+                        let (events, stats) = (self.events.clone(), self.stats.clone());
+                        waiting.write = Some(Box::pin(async move {
+                            let r = write_account(events, user, change).await;
+                            if create && r.is_ok() {
+                                bump(&stats.registered);
+                            }
+                            r
+                        }));
                     }
                     C2sOutput::Authenticated(user) => {
                         bump(&self.stats.auth_ok);
@@ -566,6 +652,10 @@ impl Connection {
                 (user, account) = async { match waiting.lookup.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                     waiting.lookup = None;
                     machine.handle_account(&user, account);
+                }
+                result = async { match waiting.write.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
+                    waiting.write = None;
+                    machine.handle_account_written(result);
                 }
                 result = async { match waiting.bind.as_mut() { Some(f) => f.await, None => std::future::pending().await } } => {
                     waiting.bind = None;

@@ -196,6 +196,10 @@ pub fn export_c2s(s: &ring_c2s::server::C2sStats, sessions: usize, known: usize)
     counter!("xmpp_ring_c2s_auth_total", "result" => "failed")
         .absolute(s.auth_failed.load(Relaxed));
     counter!("xmpp_ring_c2s_auth_throttled_total").absolute(s.auth_throttled.load(Relaxed));
+    counter!("xmpp_ring_c2s_registrations_total", "result" => "ok")
+        .absolute(s.registered.load(Relaxed));
+    counter!("xmpp_ring_c2s_registrations_total", "result" => "throttled")
+        .absolute(s.registrations_throttled.load(Relaxed));
     counter!("xmpp_ring_c2s_binds_total").absolute(s.bound.load(Relaxed));
     counter!("xmpp_ring_c2s_stanzas_in_total").absolute(s.stanzas_in.load(Relaxed));
 }

@@ -32,6 +32,16 @@ does one scripted thing, then prints one JSON line with what happened.
   chat.py query JID PASSWORD HOST PORT CONTACT
       log in and ask the server: disco#info of the domain and of CONTACT's
       account, the software version, a ping; prints what came back
+  chat.py register JID PASSWORD HOST PORT
+      in-band registration (XEP-0077) of JID with PASSWORD before logging
+      in, then the login with them; {"ok": true, "jid": ...} or {"ok":
+      false, "error": condition}
+  chat.py passwd JID PASSWORD HOST PORT NEW
+      log in and change the password to NEW in-band; {"ok": true} or the
+      error condition
+  chat.py unregister JID PASSWORD HOST PORT
+      log in and remove the account in-band; {"ok": true, "stream_error":
+      condition the server closed the stream with}
   chat.py send JID PASSWORD HOST PORT TO BODY
       log in, send one chat message, print {"ok": true}; an error reply
       within two seconds is printed as {"ok": false, "error": condition}
@@ -46,6 +56,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import slixmpp
+from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -88,6 +99,11 @@ class Client(slixmpp.ClientXMPP):
             ))
         if mode == "muc":
             self.add_event_handler("presence", self.on_muc_presence)
+        if mode in ("register", "passwd", "unregister"):
+            self.register_plugin("xep_0077")
+            self.plugin["xep_0077"].create_account = mode == "register"
+            if mode == "register":
+                self.add_event_handler("register", self.on_register)
 
         if mode == "watch":
             self.auto_authorize = True
@@ -100,6 +116,33 @@ class Client(slixmpp.ClientXMPP):
             self.add_event_handler("presence_available", self.on_available)
             self.add_event_handler("roster_update", self.on_roster)
 
+    async def on_register(self, _form):
+        iq = self.Iq()
+        iq["type"] = "set"
+        iq["register"]["username"] = self.boundjid.user
+        iq["register"]["password"] = self.password
+        try:
+            await iq.send(timeout=10)
+        except IqError as e:
+            self.failed = e.iq["error"]["condition"]
+            self.done.set_result(None)
+            self.disconnect()
+        except IqTimeout:
+            self.failed = "timeout"
+            self.done.set_result(None)
+            self.disconnect()
+
+    async def account_change(self, change):
+        try:
+            await change(timeout=10)
+        except IqError as e:
+            self.failed = e.iq["error"]["condition"]
+            self.done.set_result(None)
+            return
+        out({"ok": True})
+        if self.mode == "passwd":
+            self.done.set_result(None)
+
     def on_failed_auth(self, stanza):
         cond = "not-authorized"
         try:
@@ -111,7 +154,15 @@ class Client(slixmpp.ClientXMPP):
             self.done.set_result(None)
 
     async def start(self, _event):
-        if self.mode == "login":
+        if self.mode == "register":
+            out({"ok": True, "jid": str(self.boundjid)})
+            self.done.set_result(None)
+        elif self.mode == "passwd":
+            await self.account_change(
+                lambda **kw: self.plugin["xep_0077"].change_password(self.args[0], **kw))
+        elif self.mode == "unregister":
+            await self.account_change(self.plugin["xep_0077"].cancel_registration)
+        elif self.mode == "login":
             mech = self.plugin["feature_mechanisms"].mech
             out({"ok": True, "jid": str(self.boundjid),
                  "mech": None if mech is None else mech.name})
@@ -331,6 +382,8 @@ async def main():
         out({"messages": c.received, "left": c.left})
     elif mode == "ps" and args[0] == "sub":
         out({"items": c.received})
+    elif mode == "unregister":
+        out({"stream_error": c.stream_error})
     elif not c.done.done():
         out({"ok": False, "error": "timeout"})
     c.disconnect()

@@ -11,12 +11,12 @@ use sasl::common::scram::{Sha1, Sha256};
 
 const T0_SECS: u64 = 0;
 
-fn cfg() -> Arc<C2sConfig> {
+pub(super) fn cfg() -> Arc<C2sConfig> {
     let served = Served::new(&["ring.test"]).expect("served");
     Arc::new(C2sConfig::new(served, b"decoy secret".to_vec()))
 }
 
-fn header(to: Option<&str>) -> StreamHeader {
+pub(super) fn header(to: Option<&str>) -> StreamHeader {
     StreamHeader {
         to: to.map(str::to_string),
         version: Some("1.0".into()),
@@ -25,24 +25,24 @@ fn header(to: Option<&str>) -> StreamHeader {
     }
 }
 
-fn el(xml: &str) -> Element {
+pub(super) fn el(xml: &str) -> Element {
     xml.parse().expect("test XML")
 }
 
-fn alice() -> Account {
+pub(super) fn alice() -> Account {
     let jid = user_jid("alice@ring.test").expect("jid");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
     Account::new(&jid, "secret", 4096, &mut rng).expect("account")
 }
 
 /// A machine and a clock.
-struct Client {
-    m: C2sStream,
-    now: Instant,
+pub(super) struct Client {
+    pub(super) m: C2sStream,
+    pub(super) now: Instant,
 }
 
 impl Client {
-    fn new(cfg: Arc<C2sConfig>) -> Client {
+    pub(super) fn new(cfg: Arc<C2sConfig>) -> Client {
         let now = Instant::now() + Duration::from_secs(T0_SECS);
         Client {
             m: C2sStream::new(cfg, now, 42),
@@ -50,13 +50,13 @@ impl Client {
         }
     }
 
-    fn outputs(&mut self) -> Vec<C2sOutput> {
+    pub(super) fn outputs(&mut self) -> Vec<C2sOutput> {
         std::iter::from_fn(|| self.m.poll_output()).collect()
     }
 
     /// Everything written since the last call, concatenated, and the other
     /// outputs.
-    fn take(&mut self) -> (String, Vec<C2sOutput>) {
+    pub(super) fn take(&mut self) -> (String, Vec<C2sOutput>) {
         let mut written = String::new();
         let mut rest = Vec::new();
         for o in self.outputs() {
@@ -68,24 +68,24 @@ impl Client {
         (written, rest)
     }
 
-    fn send(&mut self, xml: &str) -> (String, Vec<C2sOutput>) {
+    pub(super) fn send(&mut self, xml: &str) -> (String, Vec<C2sOutput>) {
         self.m.handle_element(self.now, el(xml));
         self.take()
     }
 
-    fn header(&mut self) -> (String, Vec<C2sOutput>) {
+    pub(super) fn header(&mut self) -> (String, Vec<C2sOutput>) {
         self.m.handle_header(self.now, header(Some("ring.test")));
         self.take()
     }
 
     /// Header and STARTTLS, as every client starts.
-    fn start_tls(&mut self) {
+    pub(super) fn start_tls(&mut self) {
         self.start_tls_with(None);
     }
 
     /// Header and STARTTLS, on a connection with this channel binding
     /// data; returns the features after TLS.
-    fn start_tls_with(&mut self, binding: Option<ChannelBinding>) -> String {
+    pub(super) fn start_tls_with(&mut self, binding: Option<ChannelBinding>) -> String {
         let (w, _) = self.header();
         assert!(w.contains("<starttls"), "{w}");
         let (w, o) = self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
@@ -100,7 +100,7 @@ impl Client {
 
     /// A SCRAM login with the `sasl` crate's client; returns what the last
     /// server message was and the outputs.
-    fn scram<M: Mechanism>(
+    pub(super) fn scram<M: Mechanism>(
         &mut self,
         mut client: M,
         mech: &str,
@@ -115,7 +115,8 @@ impl Client {
             [C2sOutput::LookupAccount(u)] => u.clone(),
             other => panic!("expected a lookup, got {other:?}"),
         };
-        self.m.handle_account(&user, account);
+        self.m
+            .handle_account(&user, account.map_or(Lookup::NotFound, Lookup::Found));
         let (w, _) = self.take();
         let challenge = text_of(&w, "challenge");
         let resp = client
@@ -129,7 +130,7 @@ impl Client {
     }
 
     /// A whole login to a bound session.
-    fn login(&mut self, resource: Option<&str>) -> FullJid {
+    pub(super) fn login(&mut self, resource: Option<&str>) -> FullJid {
         self.start_tls();
         let client = Scram::<Sha256>::from_credentials(
             Credentials::default()
@@ -163,7 +164,7 @@ impl Client {
 }
 
 /// The text of the first `<name ...>text</name>` in `xml`.
-fn text_of(xml: &str, name: &str) -> String {
+pub(super) fn text_of(xml: &str, name: &str) -> String {
     let start = xml.find(&format!("<{name}")).expect("element present");
     let open_end = start + xml[start..].find('>').expect("open tag ends");
     let close = xml[open_end..]
@@ -172,7 +173,7 @@ fn text_of(xml: &str, name: &str) -> String {
     xml[open_end + 1..open_end + close].to_string()
 }
 
-fn closed_with(outputs: &[C2sOutput]) -> Option<Option<Condition>> {
+pub(super) fn closed_with(outputs: &[C2sOutput]) -> Option<Option<Condition>> {
     outputs.iter().find_map(|o| match o {
         C2sOutput::Close { error } => Some(*error),
         _ => None,
@@ -426,12 +427,18 @@ fn plain_works_inside_tls_only() {
     c.start_tls();
     let (_, o) = c.send(&plain("alice", "wrong"));
     assert!(matches!(o.as_slice(), [C2sOutput::LookupAccount(_)]));
-    c.m.handle_account(&user_jid("alice@ring.test").expect("jid"), Some(alice()));
+    c.m.handle_account(
+        &user_jid("alice@ring.test").expect("jid"),
+        Lookup::Found(alice()),
+    );
     let (w, _) = c.take();
     assert!(w.contains("<not-authorized/>"), "{w}");
     let (_, o) = c.send(&plain("alice", "secret"));
     assert!(matches!(o.as_slice(), [C2sOutput::LookupAccount(_)]));
-    c.m.handle_account(&user_jid("alice@ring.test").expect("jid"), Some(alice()));
+    c.m.handle_account(
+        &user_jid("alice@ring.test").expect("jid"),
+        Lookup::Found(alice()),
+    );
     let (w, o) = c.take();
     assert!(w.starts_with("<success"), "{w}");
     assert!(o.contains(&C2sOutput::Restart));
@@ -627,12 +634,18 @@ fn a_stale_or_foreign_account_answer_is_ignored() {
         "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{plain}</auth>"
     ));
     // An answer for another user does nothing.
-    c.m.handle_account(&user_jid("bob@ring.test").expect("jid"), Some(alice()));
+    c.m.handle_account(
+        &user_jid("bob@ring.test").expect("jid"),
+        Lookup::Found(alice()),
+    );
     assert_eq!(c.take(), (String::new(), vec![]));
     // An account record that names someone else is no account of alice's.
     let mut bob = alice();
     bob.jid = "bob@ring.test".into();
-    c.m.handle_account(&user_jid("alice@ring.test").expect("jid"), Some(bob));
+    c.m.handle_account(
+        &user_jid("alice@ring.test").expect("jid"),
+        Lookup::Found(bob),
+    );
     let (w, _) = c.take();
     assert!(w.contains("<not-authorized/>"), "{w}");
 }
@@ -749,4 +762,24 @@ fn a_replaced_or_shut_down_stream_says_why() {
     c.m.handle_shutdown();
     let (w, _) = c.take();
     assert!(w.contains("<system-shutdown"), "{w}");
+}
+
+#[test]
+fn a_store_that_cannot_answer_is_a_temporary_failure_not_counted() {
+    for _ in 0..5 {
+        let mut c = Client::new(cfg());
+        c.start_tls();
+        let (_, o) = c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            B64.encode("\0alice\0secret")
+        ));
+        assert!(matches!(o.as_slice(), [C2sOutput::LookupAccount(_)]));
+        c.m.handle_account(
+            &user_jid("alice@ring.test").expect("jid"),
+            Lookup::Unavailable,
+        );
+        let (w, o) = c.take();
+        assert!(w.contains("<temporary-auth-failure/>"), "{w}");
+        assert!(!o.contains(&C2sOutput::AuthFailed), "{o:?}");
+    }
 }

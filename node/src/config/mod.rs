@@ -113,6 +113,16 @@ pub struct RawConfig {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_max_resources: Option<usize>,
+    /// Clients: in-band registration (XEP-0077) of new accounts by anyone
+    /// who can connect, inside TLS [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_register: Option<bool>,
+    /// Clients: in-band registrations per hour from one address (as many
+    /// at once) [default: 5].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub c2s_registrations_per_ip: Option<u32>,
     /// Admin HTTP address [default: 127.0.0.1:0, a free port]. Beyond
     /// loopback, every request needs the bearer token of `admin.token` in
     /// the data directory.

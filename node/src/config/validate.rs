@@ -381,6 +381,13 @@ impl RawConfig {
             )?),
             max_resources: ranged("c2s_max_resources", self.c2s_max_resources, 10, 1..=1000)?,
             max_offline: ranged("c2s_max_offline", self.c2s_max_offline, 100, 0..=100_000)?,
+            register: self.c2s_register.unwrap_or(false),
+            registrations_per_ip: ranged(
+                "c2s_registrations_per_ip",
+                self.c2s_registrations_per_ip,
+                5,
+                1..=1_000_000,
+            )?,
         };
         Ok(NodeSettings {
             c2s,
@@ -528,6 +535,10 @@ pub struct C2sSettings {
     pub max_resources: usize,
     /// Messages kept per user with no available session.
     pub max_offline: usize,
+    /// In-band registration (XEP-0077).
+    pub register: bool,
+    /// In-band registrations per hour per source address.
+    pub registrations_per_ip: u32,
 }
 
 /// Quotas of the ring's services, enforced by each service JID's registry

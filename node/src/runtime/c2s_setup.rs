@@ -54,6 +54,7 @@ pub(crate) async fn start(
     let mut machine = C2sConfig::new(settings.served.clone(), decoy_secret(settings)?);
     machine.require_tls = c.require_tls;
     machine.auth_timeout = c.auth_timeout;
+    machine.registration = c.register;
     let limits = xmpp_edge::xml::Limits {
         max_stanza: settings.edge.max_stanza_bytes,
         max_nodes: settings.edge.max_stanza_nodes,
@@ -73,6 +74,11 @@ pub(crate) async fn start(
             max_open: usize::MAX,
             rate: f64::from(c.failed_logins_per_ip) / 60.0,
             burst: f64::from(c.failed_logins_per_ip),
+        },
+        registrations: SourceLimits {
+            max_open: usize::MAX,
+            rate: f64::from(c.registrations_per_ip) / 3600.0,
+            burst: f64::from(c.registrations_per_ip),
         },
         max_connections: c.max_connections,
         write_queue_bytes: settings.edge.write_queue_bytes,

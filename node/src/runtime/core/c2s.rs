@@ -25,6 +25,7 @@ use dht::{EnvelopeKind, Key, NodeId};
 use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
 use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
+use ring_c2s::negotiation::Lookup;
 use ring_c2s::roster;
 use ring_c2s::server::{C2sEvent, C2sStats, Session};
 use ring_c2s::sessions::{Delivery, Place, SessionTable};
@@ -134,14 +135,45 @@ impl Core {
                 };
                 self.record_request(now, op, false, tx);
                 // The record store answers with a report; the connection
-                // wants an account (or none: unknown, corrupt, unreachable).
+                // wants an account, none, or "could not tell" (unreachable
+                // or corrupt: nobody logs in with it or registers over it).
                 tokio::spawn(async move {
-                    let account = rx
-                        .await
-                        .ok()
-                        .and_then(|r| r.value)
-                        .and_then(|v| Account::decode(v.as_bytes()).ok());
-                    let _ = reply.send(account);
+                    let lookup = match rx.await {
+                        Ok(r) if r.error.is_none() && !r.found => Lookup::NotFound,
+                        Ok(r) if r.error.is_none() => r
+                            .value
+                            .and_then(|v| Account::decode(v.as_bytes()).ok())
+                            .map_or(Lookup::Unavailable, Lookup::Found),
+                        _ => Lookup::Unavailable,
+                    };
+                    let _ = reply.send(lookup);
+                });
+            }
+            C2sEvent::WriteAccount {
+                user,
+                account,
+                reply,
+            } => {
+                let name = Account::record_name(&user);
+                let op = match account {
+                    Some(a) => RecordOp::Put {
+                        name,
+                        value: a.encode(),
+                    },
+                    None => RecordOp::Delete { name },
+                };
+                let (tx, rx) = oneshot::channel::<RecordReport>();
+                self.record_request(now, op, false, tx);
+                tokio::spawn(async move {
+                    let r = match rx.await {
+                        Ok(r) if r.ok && r.error.is_none() => Ok(()),
+                        Ok(r) => {
+                            tracing::warn!(%user, error = ?r.error, "account write failed");
+                            Err(DefinedCondition::ResourceConstraint)
+                        }
+                        Err(_) => Err(DefinedCondition::InternalServerError),
+                    };
+                    let _ = reply.send(r);
                 });
             }
             C2sEvent::Bind {

@@ -92,12 +92,16 @@ pub enum C2sEvent {
         reply: oneshot::Sender<Lookup>,
     },
     /// Store `user`'s account (`None`: delete it); answer once the record
-    /// store has, or with the stanza error to give the client.
+    /// store has, or with the stanza error to give the client (`conflict`
+    /// when `create` and the account exists).
     WriteAccount {
         /// The user.
         user: BareJid,
         /// The new account record (keys already derived).
         account: Option<Account>,
+        /// Only if no account exists (a registration): decided by the
+        /// record's coordinator, so two at once cannot both succeed.
+        create: bool,
         /// Where the answer goes.
         reply: oneshot::Sender<Result<(), DefinedCondition>>,
     },
@@ -317,6 +321,7 @@ async fn write_account(
     user: BareJid,
     change: AccountChange,
 ) -> Result<(), DefinedCondition> {
+    let create = matches!(change, AccountChange::Create { .. });
     let account = match change {
         AccountChange::Create { password } | AccountChange::SetPassword { password } => {
             let u = user.clone();
@@ -336,6 +341,7 @@ async fn write_account(
     let ev = C2sEvent::WriteAccount {
         user,
         account,
+        create,
         reply,
     };
     if events.send(ev).await.is_err() {

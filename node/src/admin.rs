@@ -235,8 +235,10 @@ async fn records_list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> 
 }
 
 /// `POST /record?op=put&name=N` with the value as the body (values of any
-/// size up to the record limit, and any bytes), or
-/// `POST /record?op=delete&name=N`.
+/// size up to the record limit, and any bytes), `POST
+/// /record?op=create&name=N` (the same, only if no live record has the
+/// name: the answer has `replicas` when it was written, the existing
+/// `value` when not), or `POST /record?op=delete&name=N`.
 async fn record_post(
     State(s): State<AppState>,
     Query(q): Query<RecordQuery>,
@@ -254,10 +256,19 @@ async fn record_post(
             name: q.name,
             value: body.to_vec(),
         },
+        "create" => RecordOp::Create {
+            name: q.name,
+            value: body.to_vec(),
+        },
         "delete" if body.is_empty() => RecordOp::Delete { name: q.name },
         "delete" => return error(StatusCode::BAD_REQUEST, "delete takes no body"),
         "get" => return error(StatusCode::BAD_REQUEST, "get is a GET"),
-        _ => return error(StatusCode::BAD_REQUEST, "op must be put, get or delete"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "op must be put, create, get or delete",
+            );
+        }
     };
     match ask::<RecordReport>(&s.inbox, |reply| Command::Record {
         op,

@@ -206,13 +206,28 @@ pub enum RecordOp {
         /// Record name.
         name: String,
     },
+    /// Write a value only if no live record has the name (a tombstone does
+    /// not count): the coordinator, which every write of the name goes
+    /// through, decides, so two creations of one name cannot both succeed.
+    /// Answered `Written` when created, `Found` (with the existing value)
+    /// when not.
+    Create {
+        /// Record name.
+        name: String,
+        /// Value.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 impl RecordOp {
     /// The record's name.
     pub fn name(&self) -> &str {
         match self {
-            RecordOp::Put { name, .. } | RecordOp::Get { name } | RecordOp::Delete { name } => name,
+            RecordOp::Put { name, .. }
+            | RecordOp::Create { name, .. }
+            | RecordOp::Get { name }
+            | RecordOp::Delete { name } => name,
         }
     }
 }

@@ -260,7 +260,7 @@ fn client_may_not(op: &RecordOp) -> Option<&'static str> {
 /// The outcome the limits give `op` before it is sent anywhere.
 fn check_limits<B: Backend>(store: &Store<B>, op: &RecordOp) -> Result<(), StoreError> {
     let probe = match op {
-        RecordOp::Put { value, .. } => Record {
+        RecordOp::Put { value, .. } | RecordOp::Create { value, .. } => Record {
             version: 0,
             deleted: false,
             value: value.clone(),
@@ -772,6 +772,13 @@ impl<B: Backend> Replicator<B> {
                 replicas,
             };
         }
+        // A creation of a name that is taken writes nothing.
+        if let (RecordOp::Create { .. }, Some(c)) = (op, current.as_ref().filter(|c| !c.deleted)) {
+            return RecordOutcome::Found {
+                version: c.version,
+                value: c.value.clone(),
+            };
+        }
         let record = match op {
             RecordOp::Get { .. } => {
                 return match current {
@@ -791,7 +798,7 @@ impl<B: Backend> Replicator<B> {
                     return RecordOutcome::Refused(format!("record {name:?} has no versions left"));
                 };
                 match op {
-                    RecordOp::Put { value, .. } => Record {
+                    RecordOp::Put { value, .. } | RecordOp::Create { value, .. } => Record {
                         version,
                         deleted: false,
                         value: value.clone(),

@@ -184,46 +184,50 @@ pub fn run(cmd: &UserCommand) -> Result<String, CliError> {
     super::admin_client::use_token_file(target.admin_token_file.as_deref())?;
     let name = Account::record_name(&jid);
     let path = |op: &str| format!("/record?op={op}&name={}", url_encode(&name));
-    let current: RecordReport = client::get_json(&target.admin, &path("get"), timeout)?;
-    if let Some(e) = current.error {
-        return Err(CliError::Failed(format!(
-            "cannot read {jid}'s account: {e}"
-        )));
-    }
-    let (op, report): (&str, RecordReport) = match (op, current.found) {
-        (Op::Add, true) => {
-            return Err(CliError::Failed(format!("{jid} already exists")));
+    if !matches!(op, Op::Add) {
+        let current: RecordReport = client::get_json(&target.admin, &path("get"), timeout)?;
+        if let Some(e) = current.error {
+            return Err(CliError::Failed(format!(
+                "cannot read {jid}'s account: {e}"
+            )));
         }
-        (Op::Passwd | Op::Delete, false) => {
+        if !current.found {
             return Err(CliError::Failed(format!("{jid}: no such user")));
         }
-        (Op::Delete, true) => (
-            "deleted",
-            client::post_json(&target.admin, &path("delete"), b"", timeout)?,
-        ),
-        (Op::Add | Op::Passwd, _) => {
+    }
+    let body = match op {
+        Op::Delete => Vec::new(),
+        Op::Add | Op::Passwd => {
             let password = read_password(password_file)?;
-            let account = Account::new(&jid, &password, DEFAULT_ITERATIONS, &mut rand::rng())
-                .map_err(|e| CliError::Usage(e.to_string()))?;
-            let verb = if current.found {
-                "password changed"
-            } else {
-                "added"
-            };
-            (
-                verb,
-                client::post_json(&target.admin, &path("put"), &account.encode(), timeout)?,
-            )
+            Account::new(&jid, &password, DEFAULT_ITERATIONS, &mut rand::rng())
+                .map_err(|e| CliError::Usage(e.to_string()))?
+                .encode()
         }
     };
+    // An account is created only if the name is free, decided by the
+    // record's coordinator: two `add`s at once cannot both succeed.
+    let (write, verb) = match op {
+        Op::Add => ("create", "added"),
+        Op::Passwd => ("put", "password changed"),
+        Op::Delete => ("delete", "deleted"),
+    };
+    let report: RecordReport = client::post_json(&target.admin, &path(write), &body, timeout)?;
     if let Some(e) = &report.error {
         return Err(CliError::Failed(format!("{jid}: {e}")));
     }
-    Ok(match target.format {
+    if matches!(op, Op::Add) && report.replicas.is_none() {
+        return Err(CliError::Failed(format!("{jid} already exists")));
+    }
+    Ok(done(target.format, jid.as_str(), verb, report.version))
+}
+
+/// What a done operation prints.
+fn done(format: Format, jid: &str, op: &str, version: Option<u64>) -> String {
+    match format {
         Format::Json => format!(
             "{}\n",
-            serde_json::json!({"jid": jid.to_string(), "result": op, "version": report.version})
+            serde_json::json!({"jid": jid, "result": op, "version": version})
         ),
         Format::Text => format!("{jid}: {op}\n"),
-    })
+    }
 }

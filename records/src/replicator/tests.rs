@@ -311,6 +311,50 @@ fn conflicting_writes_end_the_same_everywhere() {
 }
 
 #[test]
+fn of_two_creations_of_one_name_exactly_one_succeeds() {
+    let mut net = Net::new(&[10, 20, 30, 40, 50]);
+    let create = |value: &str| RecordOp::Create {
+        name: "account:carol@ring.test".into(),
+        value: value.as_bytes().to_vec(),
+    };
+    // Two sign-ups at once through different nodes.
+    net.request(1, create("first"), 1);
+    net.request(3, create("second"), 2);
+    net.advance(Duration::from_secs(3));
+    let a = &net.answers[&(1, 1)].outcome;
+    let b = &net.answers[&(3, 2)].outcome;
+    let created: Vec<&str> = [(a, "first"), (b, "second")]
+        .into_iter()
+        .filter(|(o, _)| matches!(o, Ok(RecordOutcome::Written { .. })))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(created.len(), 1, "{a:?} {b:?}");
+    // The other was told what is there, and nothing overwrote it.
+    let loser = if created[0] == "first" { b } else { a };
+    match loser {
+        Ok(RecordOutcome::Found { value, .. }) => assert_eq!(value, created[0].as_bytes()),
+        other => panic!("{other:?}"),
+    }
+    let copies = net.copies("account:carol@ring.test");
+    assert!(copies.iter().all(|(_, r)| r.value == created[0].as_bytes()));
+    // Deleted, the name is free again.
+    net.request(
+        0,
+        RecordOp::Delete {
+            name: "account:carol@ring.test".into(),
+        },
+        3,
+    );
+    net.advance(Duration::from_secs(3));
+    net.request(2, create("third"), 4);
+    net.advance(Duration::from_secs(3));
+    assert!(matches!(
+        net.answers[&(2, 4)].outcome,
+        Ok(RecordOutcome::Written { .. })
+    ));
+}
+
+#[test]
 fn a_retried_write_makes_no_second_version() {
     let mut net = Net::new(&[10, 20, 30, 40, 50]);
     // The first reply is lost: the client sends the request again.

@@ -152,10 +152,15 @@ impl Core {
             C2sEvent::WriteAccount {
                 user,
                 account,
+                create,
                 reply,
             } => {
                 let name = Account::record_name(&user);
                 let op = match account {
+                    Some(a) if create => RecordOp::Create {
+                        name,
+                        value: a.encode(),
+                    },
                     Some(a) => RecordOp::Put {
                         name,
                         value: a.encode(),
@@ -166,6 +171,11 @@ impl Core {
                 self.record_request(now, op, false, tx);
                 tokio::spawn(async move {
                     let r = match rx.await {
+                        // A creation that found the account: the name is
+                        // taken (written ones report their replicas).
+                        Ok(r) if create && r.ok && r.replicas.is_none() => {
+                            Err(DefinedCondition::Conflict)
+                        }
                         Ok(r) if r.ok && r.error.is_none() => Ok(()),
                         Ok(r) => {
                             tracing::warn!(%user, error = ?r.error, "account write failed");

@@ -25,6 +25,7 @@ fn report(op: &RecordOp, outcome: Result<RecordOutcome, RequestError>) -> Record
     let mut r = RecordReport {
         op: match op {
             RecordOp::Put { .. } => "put",
+            RecordOp::Create { .. } => "create",
             RecordOp::Get { .. } => "get",
             RecordOp::Delete { .. } => "delete",
         }

@@ -39,6 +39,9 @@ use xmpp_ring::cluster::Cluster;
 mod support;
 
 mod common {
+    // Shared with the federation bench, whose half (the ring's users) this
+    // bench does not use.
+    #[allow(dead_code)]
     pub mod federation;
 }
 

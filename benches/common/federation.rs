@@ -1,7 +1,9 @@
 //! Federation load: ten c2s users on one Prosody send chat messages to ten
 //! targets, either users on a second Prosody (the yardstick: Prosody's own
-//! s2s) or JIDs served by a ring (through its edge). Shared by the
-//! `federation` and `ring_throughput` benches.
+//! s2s) or users of a ring, logged in to the ring's edge (the message goes
+//! Prosody → edge over s2s → the user's home node → the edge, the user's
+//! access node → the client). Shared by the `federation` and
+//! `ring_throughput` benches.
 //!
 //! Both servers speak STARTTLS + dialback with certificates the other side
 //! does not trust (`s2s_secure_auth = false`), as in
@@ -9,19 +11,20 @@
 //! two cores, so the CPU of each (clients included) is reported beside each
 //! rate.
 
+use crate::support::c2s_client::{C2sClient, Login, tls_config};
 use crate::support::client::XmppClient;
 use crate::support::cpu::Cpu;
 use crate::support::dns::DnsServer;
 use crate::support::prosody::{Prosody, ProsodyOptions};
-use crate::support::{prosody_with_own_ca, ring_with_edge};
-use node::api::StatusReport;
+use crate::support::{prosody_with_own_ca, ring_with_edge_args};
+use node::api::RecordReport;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
-use xmpp_ring::client::get_json;
+use xmpp_ring::client::{post_json, url_encode};
 use xmpp_ring::cluster::Cluster;
 
 pub const USERS: usize = 10;
@@ -68,8 +71,19 @@ pub fn world(ring_apps: usize) -> World {
     };
     let a = start("a.test", A_IP, "s");
     let b = start("b.test", B_IP, "r");
-    let ring = (ring_apps > 0)
-        .then(|| ring_with_edge(dir.path(), &dns, ring_apps, EDGE_IP, &["ring.test"]));
+    let ring = (ring_apps > 0).then(|| {
+        let c2s = format!("{EDGE_IP}:{}", crate::support::prosody::free_port(EDGE_IP));
+        let ring = ring_with_edge_args(
+            dir.path(),
+            &dns,
+            ring_apps,
+            EDGE_IP,
+            &["ring.test"],
+            &["--c2s-listen", &c2s],
+        );
+        add_ring_users(&ring);
+        ring
+    });
     World {
         a,
         b,
@@ -77,6 +91,59 @@ pub fn world(ring_apps: usize) -> World {
         _dns: dns,
         _dir: dir,
     }
+}
+
+/// Creates the accounts u0..u9@ring.test (password "pw") through the
+/// first node's admin interface.
+fn add_ring_users(ring: &Cluster) {
+    for i in 0..USERS {
+        let jid = ring_c2s::account::user_jid(&format!("u{i}@ring.test")).expect("jid");
+        let account = ring_c2s::Account::new(
+            &jid,
+            "pw",
+            ring_c2s::account::DEFAULT_ITERATIONS,
+            &mut rand::rng(),
+        )
+        .expect("account");
+        let path = format!(
+            "/record?op=create&name={}",
+            url_encode(&ring_c2s::Account::record_name(&jid))
+        );
+        let r: RecordReport =
+            post_json(ring.admin(0), &path, &account.encode(), crate::support::T).expect("create");
+        assert!(r.replicas.is_some(), "{jid} not created: {r:?}");
+    }
+}
+
+/// The edge's client address.
+fn ring_c2s_addr(ring: &Cluster) -> String {
+    ring.nodes
+        .iter()
+        .find_map(|n| n.ready.c2s.clone())
+        .expect("the edge listens for clients")
+}
+
+/// Logs u0..u9@ring.test in to the edge (STARTTLS, SCRAM-SHA-256, bind,
+/// available presence: a message to a bare JID goes to available sessions).
+pub async fn ring_receivers(w: &World) -> Vec<C2sClient> {
+    let ring = w.ring.as_ref().expect("a world with a ring");
+    let addr = ring_c2s_addr(ring);
+    let tls = tls_config();
+    let mut out = Vec::new();
+    for i in 0..USERS {
+        let login = Login {
+            presence: true,
+            ..Login::new(&addr, &format!("u{i}@ring.test"), "pw")
+        };
+        out.push(
+            C2sClient::login(&login, tls.clone())
+                .await
+                .expect("ring user logs in"),
+        );
+    }
+    // The leases reach the home nodes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    out
 }
 
 fn my_pid() -> u32 {
@@ -202,8 +269,6 @@ pub struct Run {
     pub duplicates: u64,
     pub elapsed_s: f64,
     pub cpu_us_per_msg: Value,
-    /// Error replies that came back to the senders (ring runs).
-    pub errors_back: Option<u64>,
 }
 
 impl Run {
@@ -220,7 +285,6 @@ impl Run {
             "elapsed_s": self.elapsed_s,
             "msgs_per_s": self.rate(),
             "cpu_us_per_msg": self.cpu_us_per_msg,
-            "errors_back_to_senders": self.errors_back,
         })
     }
 }
@@ -264,30 +328,62 @@ pub async fn prosody_to_prosody(
         duplicates: dups,
         elapsed_s,
         cpu_us_per_msg: cpu.per(distinct),
-        errors_back: None,
     };
     (run, senders, receivers)
 }
 
-/// Sum of `stanzas_handled` over the ring's nodes.
-fn ring_handled(ring: &Cluster) -> u64 {
-    (0..ring.nodes.len())
-        .filter_map(|i| get_json::<StatusReport>(ring.admin(i), "/status", crate::support::T).ok())
-        .map(|s| s.counters.stanzas_handled)
-        .sum()
+/// Counts messages tagged `tag` at the ring's clients until `want`
+/// arrived or `deadline`; returns (distinct ids, duplicates, clients).
+fn count_at_ring(
+    receivers: Vec<C2sClient>,
+    tag: &str,
+    want: u64,
+    deadline: tokio::time::Instant,
+    arrived: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<(HashSet<String>, u64, C2sClient)>> {
+    receivers
+        .into_iter()
+        .map(|mut c| {
+            let tag = format!("{tag}-");
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                let mut seen = HashSet::new();
+                let mut dups = 0;
+                while arrived.load(Relaxed) < want && tokio::time::Instant::now() < deadline {
+                    let wait = tokio::time::timeout(Duration::from_millis(200), c.incoming.recv());
+                    let m = match wait.await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(_) => continue,
+                    };
+                    let Some(id) = m
+                        .attr("id")
+                        .filter(|id| m.name() == "message" && id.starts_with(&tag))
+                    else {
+                        continue;
+                    };
+                    if seen.insert(id.to_string()) {
+                        arrived.fetch_add(1, Relaxed);
+                    } else {
+                        dups += 1;
+                    }
+                }
+                (seen, dups, c)
+            })
+        })
+        .collect()
 }
 
-/// Prosody → ring: `total` messages from the senders to u0..u9@ring.test,
-/// counted at the responsible nodes (`stanzas_handled` in `/status`). The
-/// ring answers each with `service-unavailable` (no service holds those
-/// JIDs yet), so the return path is loaded as well.
+/// Prosody → ring users: `total` messages from the senders to
+/// u0..u9@ring.test, counted at the ring's receiving clients.
 pub async fn prosody_to_ring(
     w: &World,
     senders: Vec<XmppClient>,
+    receivers: Vec<C2sClient>,
     tag: &str,
     total: u64,
     payload: usize,
-) -> (Run, Vec<XmppClient>) {
+) -> (Run, Vec<XmppClient>, Vec<C2sClient>) {
     let ring = w.ring.as_ref().expect("a world with a ring");
     let targets: Arc<Vec<String>> =
         Arc::new((0..USERS).map(|i| format!("u{i}@ring.test")).collect());
@@ -296,7 +392,10 @@ pub async fn prosody_to_ring(
         .iter()
         .filter_map(|n| n.child.as_ref().map(|c| c.id()))
         .collect();
-    let base = ring_handled(ring);
+    let arrived = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
+    let want = (total as usize).div_ceil(USERS) as u64 * USERS as u64;
+    let counters = count_at_ring(receivers, tag, want, deadline, arrived.clone());
     let cpu = Cpu::start(vec![
         ("clients".into(), vec![my_pid()]),
         ("sending_prosody".into(), w.a.pid().into_iter().collect()),
@@ -304,77 +403,29 @@ pub async fn prosody_to_ring(
     ]);
     let start = Instant::now();
     let (senders, sent) = send_all(senders, targets, tag, total, payload).await;
-    let mut handled = 0;
-    let mut done_at = start.elapsed();
-    while start.elapsed() < RUN_LIMIT {
-        handled = ring_handled(ring) - base;
-        done_at = start.elapsed();
-        if handled >= sent {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut receivers = Vec::new();
+    let mut distinct = 0;
+    let mut dups = 0;
+    for c in counters {
+        let (seen, d, client) = c.await.expect("receiver task");
+        distinct += seen.len() as u64;
+        dups += d;
+        receivers.push(client);
     }
-    let cpu_json = cpu.per(handled.min(sent));
-    // Late duplicates would show up after the count was reached.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = ring_handled(ring) - base;
-    let (errors_back, senders) = errors_back(senders, tag, sent / USERS as u64).await;
+    let elapsed_s = start.elapsed().as_secs_f64();
     let run = Run {
         sent,
-        arrived: handled.min(sent),
-        duplicates: after.saturating_sub(sent),
-        elapsed_s: done_at.as_secs_f64(),
-        cpu_us_per_msg: cpu_json,
-        errors_back: Some(errors_back),
+        arrived: distinct,
+        duplicates: dups,
+        elapsed_s,
+        cpu_us_per_msg: cpu.per(distinct),
     };
-    (run, senders)
+    (run, senders, receivers)
 }
 
-/// Counts the error replies to messages tagged `tag` at each sender (up to
-/// `per_sender` each, waiting at most 30 s).
-async fn errors_back(
-    senders: Vec<XmppClient>,
-    tag: &str,
-    per_sender: u64,
-) -> (u64, Vec<XmppClient>) {
-    let prefix = format!("{tag}-");
-    let tasks: Vec<_> = senders
-        .into_iter()
-        .map(|mut c| {
-            let prefix = prefix.clone();
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                let mut n = 0;
-                while n < per_sender {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let got = c
-                        .recv(left, |e| {
-                            e.attr("type") == Some("error")
-                                && e.attr("id").is_some_and(|id| id.starts_with(&prefix))
-                        })
-                        .await;
-                    if got.is_none() {
-                        break;
-                    }
-                    n += 1;
-                }
-                (n, c)
-            })
-        })
-        .collect();
-    let mut total = 0;
-    let mut out = Vec::new();
-    for t in tasks {
-        let (n, c) = t.await.expect("sender task");
-        total += n;
-        out.push(c);
-    }
-    (total, out)
-}
-
-/// Warms both paths up (TLS, dialback, s2s streams in both directions) so
-/// that the measured runs see established streams, as a long-running
-/// federation does.
+/// Warms Prosody → Prosody up (TLS, dialback, s2s streams in both
+/// directions) so that the measured runs see established streams, as a
+/// long-running federation does.
 async fn warm_up(
     w: &World,
     senders: Vec<XmppClient>,
@@ -385,12 +436,17 @@ async fn warm_up(
         r.arrived, r.sent,
         "warm-up: Prosody to Prosody lost messages"
     );
-    let mut s = s;
-    if w.ring.is_some() {
-        let (r, s2) = prosody_to_ring(w, s, "warmring", 100, 10).await;
-        assert_eq!(r.arrived, r.sent, "warm-up: Prosody to ring lost messages");
-        s = s2;
-    }
+    (s, rc)
+}
+
+/// Warms Prosody → ring users up the same way.
+pub async fn warm_up_ring(
+    w: &World,
+    senders: Vec<XmppClient>,
+    receivers: Vec<C2sClient>,
+) -> (Vec<XmppClient>, Vec<C2sClient>) {
+    let (r, s, rc) = prosody_to_ring(w, senders, receivers, "warmring", 100, 10).await;
+    assert_eq!(r.arrived, r.sent, "warm-up: Prosody to ring lost messages");
     (s, rc)
 }
 

@@ -235,7 +235,14 @@ impl C2sClient {
                 .children()
                 .any(|c| c.name() == "mechanisms" && c.children().any(|x| x.text().trim() == m))
         };
-        let creds = || Credentials::default().with_username(user);
+        // Without binding this client says `n` (it does not bind): `y`
+        // (the `sasl` crate's default) would claim it could, which a server
+        // offering -PLUS must refuse as a downgrade.
+        let creds = || {
+            Credentials::default()
+                .with_username(user)
+                .with_channel_binding(ChannelBinding::None)
+        };
         let mut mech: Box<dyn Mechanism + Send> = if l.channel_binding {
             if !offers("SCRAM-SHA-256-PLUS") {
                 return Err(format!("no SCRAM-SHA-256-PLUS offered: {features:?}"));

@@ -16,7 +16,9 @@
 //!   delivered messages per second and the send-to-receive latency
 //!   (p50/p99), then a burst (`--burst` messages per sender at once).
 //!
-//! Prints one JSON object. Everything listens on 127.0.0.0/8 only.
+//! `--targets ring,prosody` and `--phases logins,idle,chat` choose what
+//! runs (all by default). Prints one JSON object. Everything listens on
+//! 127.0.0.0/8 only.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -46,6 +48,10 @@ struct Args {
     idle: usize,
     rate: f64,
     burst: usize,
+    /// Which servers (`ring`, `prosody`).
+    targets: Vec<String>,
+    /// Which measurements (`logins`, `idle`, `chat`).
+    phases: Vec<String>,
 }
 
 fn args() -> Args {
@@ -56,6 +62,8 @@ fn args() -> Args {
         idle: 2000,
         rate: 2000.0,
         burst: 50,
+        targets: vec!["ring".into(), "prosody".into()],
+        phases: vec!["logins".into(), "idle".into(), "chat".into()],
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize| -> f64 {
@@ -72,6 +80,17 @@ fn args() -> Args {
             "--idle" => a.idle = num(i + 1) as usize,
             "--rate" => a.rate = num(i + 1),
             "--burst" => a.burst = num(i + 1) as usize,
+            "--targets" | "--phases" => {
+                let list: Vec<String> = argv
+                    .get(i + 1)
+                    .map(|v| v.split(',').map(str::to_string).collect())
+                    .unwrap_or_default();
+                if argv[i] == "--targets" {
+                    a.targets = list;
+                } else {
+                    a.phases = list;
+                }
+            }
             "--bench" => {
                 i += 1;
                 continue;
@@ -471,26 +490,42 @@ fn main() {
         .build()
         .expect("runtime");
     let mut out = serde_json::Map::new();
+    let wanted = |list: &[String], name: &str| list.iter().any(|x| x == name);
     for t in [&ring_target, &prosody_target] {
+        if !wanted(&a.targets, t.name) {
+            continue;
+        }
         let r = rt.block_on(async {
-            let logins = logins_per_s(t, &a).await;
-            eprintln!("{}: logins {logins}", t.name);
-            let idle = idle_sessions(t, &a).await;
-            eprintln!("{}: idle {idle}", t.name);
-            let chat = chat(t, &a).await;
-            eprintln!("{}: chat {chat}", t.name);
-            json!({ "logins": logins, "idle": idle, "chat": chat })
+            let mut r = serde_json::Map::new();
+            if wanted(&a.phases, "logins") {
+                let logins = logins_per_s(t, &a).await;
+                eprintln!("{}: logins {logins}", t.name);
+                r.insert("logins".into(), logins);
+            }
+            if wanted(&a.phases, "idle") {
+                let idle = idle_sessions(t, &a).await;
+                eprintln!("{}: idle {idle}", t.name);
+                r.insert("idle".into(), idle);
+            }
+            if wanted(&a.phases, "chat") {
+                let chat = chat(t, &a).await;
+                eprintln!("{}: chat {chat}", t.name);
+                r.insert("chat".into(), chat);
+            }
+            Value::Object(r)
         });
         out.insert(t.name.to_string(), r);
     }
     let ratio = |path: &[&str]| {
         let get = |name: &str| {
-            path.iter()
-                .fold(&out[name], |v, k| &v[*k])
-                .as_f64()
-                .unwrap_or(0.0)
+            out.get(name)
+                .map(|o| path.iter().fold(o, |v, k| &v[*k]))
+                .and_then(Value::as_f64)
         };
-        get("ring") / get("prosody").max(1e-9)
+        match (get("ring"), get("prosody")) {
+            (Some(r), Some(p)) => json!(r / p.max(1e-9)),
+            _ => Value::Null,
+        }
     };
     let ratios = json!({
         "logins_per_s": ratio(&["logins", "logins_per_s"]),

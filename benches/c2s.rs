@@ -16,8 +16,16 @@
 //!   delivered messages per second and the send-to-receive latency
 //!   (p50/p99), then a burst (`--burst` messages per sender at once).
 //!
-//! `--targets ring,prosody` and `--phases logins,idle,chat` choose what
-//! runs (all by default). Prints one JSON object. Everything listens on
+//! * **Many sessions** (phase `sessions`, ring only, not run by default):
+//!   `--sessions` users (50,000) logged in at once, spread over the four
+//!   access nodes: the fill rate, the nodes' memory per session, their CPU
+//!   while the sessions sit idle (lease renewals), and whether messages
+//!   still arrive. The sessions are held by child processes of this bench
+//!   (12,500 each, so that none needs more file descriptors than an
+//!   unprivileged process gets).
+//!
+//! `--targets ring,prosody` and `--phases logins,idle,chat[,sessions]`
+//! choose what runs (all but `sessions` by default). Prints one JSON object. Everything listens on
 //! 127.0.0.0/8 only.
 
 #[path = "../tests/support/mod.rs"]
@@ -48,6 +56,8 @@ struct Args {
     idle: usize,
     rate: f64,
     burst: usize,
+    /// Sessions held at once for the `sessions` phase (ring only).
+    sessions: usize,
     /// Which servers (`ring`, `prosody`).
     targets: Vec<String>,
     /// Which measurements (`logins`, `idle`, `chat`).
@@ -62,6 +72,7 @@ fn args() -> Args {
         idle: 2000,
         rate: 2000.0,
         burst: 50,
+        sessions: 50_000,
         targets: vec!["ring".into(), "prosody".into()],
         phases: vec!["logins".into(), "idle".into(), "chat".into()],
     };
@@ -80,6 +91,7 @@ fn args() -> Args {
             "--idle" => a.idle = num(i + 1) as usize,
             "--rate" => a.rate = num(i + 1),
             "--burst" => a.burst = num(i + 1) as usize,
+            "--sessions" => a.sessions = num(i + 1) as usize,
             "--targets" | "--phases" => {
                 let list: Vec<String> = argv
                     .get(i + 1)
@@ -208,6 +220,231 @@ async fn idle_sessions(t: &Target, a: &Args) -> Value {
     })
 }
 
+/// Sessions one holder process keeps (each needs a file descriptor, and
+/// an unprivileged process may have 20,000 here).
+const PER_HOLDER: usize = 12_500;
+
+/// A holder process: `--hold-child FROM TO ADDRS PASSWORD SALT ITER SALTED`
+/// logs users FROM..TO in (user `i` at `ADDRS[(i/2 + i%2) % len]`, SCRAM
+/// with the cached salted password, base64), prints
+/// `{"held", "failed", "fill_s"}`, then on each `sample` line from stdin
+/// sends a chat message from each of its first 50 sessions to the bare JID
+/// of the session half-way along and prints `{"sample", "arrived"}`; it
+/// closes every session and exits when stdin ends.
+fn hold_child(argv: &[String]) {
+    use base64::Engine;
+    use std::io::BufRead;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let from: usize = argv[0].parse().expect("from");
+    let to: usize = argv[1].parse().expect("to");
+    let addrs: Vec<&str> = argv[2].split(',').collect();
+    let cached: Salted = (
+        b64.decode(&argv[4]).expect("salt"),
+        argv[5].parse().expect("iterations"),
+        b64.decode(&argv[6]).expect("salted"),
+    );
+    let logins: Vec<Login> = (from..to)
+        .map(|i| Login {
+            salted_sha256: Some(cached.clone()),
+            presence: true,
+            ..Login::new(
+                addrs[(i / 2 + i % 2) % addrs.len()],
+                &format!("u{i}@ring.test"),
+                &argv[3],
+            )
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tls = tls_config();
+        let n = logins.len();
+        let next = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+        let start = Instant::now();
+        let logins = Arc::new(logins);
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (logins, tls) = (logins.clone(), tls.clone());
+                let (next, failed, held) = (next.clone(), failed.clone(), held.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if i >= n {
+                            return;
+                        }
+                        match C2sClient::login(&logins[i], tls.clone()).await {
+                            Ok(c) => {
+                                if let Ok(mut h) = held.lock() {
+                                    h.push((i, c));
+                                }
+                            }
+                            Err(e) => {
+                                if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                                    eprintln!("login {} failed: {e}", logins[i].jid);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let mut held = std::mem::take(&mut *held.lock().expect("held"));
+        held.sort_by_key(|(i, _)| *i);
+        println!(
+            "{}",
+            json!({"held": held.len(), "failed": failed.load(Ordering::Relaxed),
+                   "fill_s": start.elapsed().as_secs_f64()})
+        );
+        // The parent's requests, as they come (stdin is read on a blocking
+        // thread).
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+        tokio::task::spawn_blocking(move || {
+            for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                if tx.blocking_send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(line) = rx.recv().await {
+            if line.trim() != "sample" {
+                continue;
+            }
+            let half = held.len() / 2;
+            let sample = 50.min(half);
+            for k in 0..sample {
+                let to = logins[held[half + k].0].jid.clone();
+                let _ = held[k]
+                    .1
+                    .send_raw(&format!(
+                        "<message to='{to}' type='chat' id='s{k}'><body>sample</body></message>"
+                    ))
+                    .await;
+            }
+            let mut arrived = 0;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for k in 0..sample {
+                let id = format!("s{k}");
+                let rx = &mut held[half + k].1.incoming;
+                loop {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, rx.recv()).await {
+                        Ok(Some(m)) if m.name() == "message" && m.attr("id") == Some(&id) => {
+                            arrived += 1;
+                            break;
+                        }
+                        Ok(Some(_)) => continue,
+                        _ => break,
+                    }
+                }
+            }
+            println!("{}", json!({"sample": sample, "arrived": arrived}));
+        }
+        for (_, c) in held {
+            c.close().await;
+        }
+    });
+}
+
+/// `a.sessions` sessions at once over the ring's access nodes, held by
+/// child processes of this bench ([`hold_child`]); then 30 s of idleness,
+/// a sample of messages, and out.
+fn held_sessions(t: &Target, a: &Args, addrs: &[String], password: &str, cached: &Salted) -> Value {
+    use base64::Engine;
+    use std::io::{BufRead, Write};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let exe = std::env::current_exe().expect("own path");
+    let rss = |pids: &[u32]| -> u64 { pids.iter().map(|&p| support::raw::rss_bytes(p)).sum() };
+    let before = rss(&t.pids);
+    let cpu = Cpu::start(vec![(t.name.to_string(), t.pids.clone())]);
+    let start = Instant::now();
+    let mut holders = Vec::new();
+    for from in (0..a.sessions).step_by(PER_HOLDER) {
+        let to = (from + PER_HOLDER).min(a.sessions);
+        let mut child = std::process::Command::new(&exe)
+            .arg("--hold-child")
+            .args([
+                from.to_string(),
+                to.to_string(),
+                addrs.join(","),
+                password.to_string(),
+                b64.encode(&cached.0),
+                cached.1.to_string(),
+                b64.encode(&cached.2),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("holder process");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        holders.push((child, out.lines()));
+    }
+    let mut count = 0u64;
+    let mut failed = 0u64;
+    for (_, lines) in holders.iter_mut() {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        count += v["held"].as_u64().unwrap_or(0);
+        failed += v["failed"].as_u64().unwrap_or(0);
+    }
+    let fill_s = start.elapsed().as_secs_f64();
+    let fill_cpu = cpu.per(1)[t.name].as_f64().unwrap_or(0.0);
+    let holder_pids: Vec<u32> = holders.iter().map(|(c, _)| c.id()).collect();
+    let holder_rss = rss(&holder_pids);
+    eprintln!("{count} sessions in {fill_s:.1} s; idling");
+    std::thread::sleep(Duration::from_secs(5));
+    let idle = Duration::from_secs(30);
+    let cpu = Cpu::start(vec![
+        (t.name.to_string(), t.pids.clone()),
+        ("holders".into(), holder_pids),
+    ]);
+    std::thread::sleep(idle);
+    let idle_cpu = cpu.per(1);
+    let after = rss(&t.pids);
+    let (mut sample, mut arrived) = (0, 0);
+    for (child, _) in holders.iter_mut() {
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = writeln!(stdin, "sample");
+        }
+    }
+    for (_, lines) in holders.iter_mut() {
+        let line = lines.next().and_then(Result::ok).unwrap_or_default();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        sample += v["sample"].as_u64().unwrap_or(0);
+        arrived += v["arrived"].as_u64().unwrap_or(0);
+    }
+    for (mut child, _) in holders {
+        drop(child.stdin.take());
+        let _ = child.wait();
+    }
+    let pct = |name: &str| idle_cpu[name].as_f64().unwrap_or(0.0) / idle.as_secs_f64() / 1e4;
+    json!({
+        "sessions": count,
+        "failed": failed,
+        "holder_processes": a.sessions.div_ceil(PER_HOLDER),
+        "fill_seconds": fill_s,
+        "logins_per_s_while_filling": count as f64 / fill_s,
+        "server_cpu_us_per_login_while_filling": fill_cpu / count.max(1) as f64,
+        "access_nodes": t.pids.len(),
+        "server_rss_before_kib": before / 1024,
+        "server_rss_after_kib": after / 1024,
+        "server_kib_per_session": after.saturating_sub(before) as f64 / 1024.0 / count.max(1) as f64,
+        "idle_seconds": idle.as_secs(),
+        "idle_server_cpu_percent_of_one_core": pct(t.name),
+        "idle_load_generator_cpu_percent_of_one_core": pct("holders"),
+        "load_generator_kib_per_session": holder_rss as f64 / 1024.0 / count.max(1) as f64,
+        "sample_messages": sample,
+        "sample_arrived": arrived,
+    })
+}
+
 /// The figures of one chat run: (sent, received, seconds), latencies in
 /// µs, the servers' CPU meter and the load generator's CPU at the start.
 fn chat_report(
@@ -329,55 +566,66 @@ async fn chat(t: &Target, a: &Args) -> Value {
     json!({ "paced": paced, "burst": burst })
 }
 
+/// Creates the ring's accounts (every user has the bench's one password):
+/// the keys are derived once and shared, as deriving them 50,000 times
+/// would cost the load generator minutes and changes nothing the servers
+/// do. Returns SCRAM-SHA-256's cached salted password for each.
 fn ring_accounts(ring: &Cluster, users: &[(String, String)]) -> Vec<Option<Salted>> {
+    let Some((first, pw)) = users.first() else {
+        return Vec::new();
+    };
+    let bare = ring_c2s::account::user_jid(first).expect("jid");
+    let model = ring_c2s::Account::new(&bare, pw, ITERATIONS, &mut rand::rng()).expect("account");
+    let salted =
+        ring_c2s::ScramHash::Sha256.salted_password(pw.as_bytes(), &model.sha256.salt, ITERATIONS);
+    let cached: Salted = (model.sha256.salt.clone(), ITERATIONS, salted);
     let admin = ring.admin(0).to_string();
-    users
+    let threads: Vec<_> = users
         .chunks(users.len().div_ceil(8).max(1))
         .map(|chunk| {
-            let admin = admin.clone();
-            let chunk = chunk.to_vec();
+            let (admin, model) = (admin.clone(), model.clone());
+            let jids: Vec<String> = chunk.iter().map(|(j, _)| j.clone()).collect();
             std::thread::spawn(move || {
-                let mut rng = rand::rng();
-                chunk
-                    .iter()
-                    .map(|(jid, pw)| {
-                        let bare = ring_c2s::account::user_jid(jid).expect("jid");
-                        let acct = ring_c2s::Account::new(&bare, pw, ITERATIONS, &mut rng)
-                            .expect("account");
-                        let path = format!(
-                            "/record?op=put&name={}",
-                            xmpp_ring::client::url_encode(&ring_c2s::Account::record_name(&bare))
-                        );
-                        let r: node::api::RecordReport = xmpp_ring::client::post_json(
-                            &admin,
-                            &path,
-                            &acct.encode(),
-                            Duration::from_secs(20),
-                        )
-                        .expect("put account");
-                        assert!(r.error.is_none(), "{r:?}");
-                        let salted = ring_c2s::ScramHash::Sha256.salted_password(
-                            pw.as_bytes(),
-                            &acct.sha256.salt,
-                            ITERATIONS,
-                        );
-                        Some((acct.sha256.salt.clone(), ITERATIONS, salted))
-                    })
-                    .collect::<Vec<_>>()
+                for jid in jids {
+                    let bare = ring_c2s::account::user_jid(&jid).expect("jid");
+                    let acct = ring_c2s::Account {
+                        jid: bare.to_string(),
+                        ..model.clone()
+                    };
+                    let path = format!(
+                        "/record?op=put&name={}",
+                        xmpp_ring::client::url_encode(&ring_c2s::Account::record_name(&bare))
+                    );
+                    let r: node::api::RecordReport = xmpp_ring::client::post_json(
+                        &admin,
+                        &path,
+                        &acct.encode(),
+                        Duration::from_secs(20),
+                    )
+                    .expect("put account");
+                    assert!(r.error.is_none(), "{r:?}");
+                }
             })
         })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .flat_map(|h| h.join().expect("account thread"))
-        .collect()
+        .collect();
+    for t in threads {
+        t.join().expect("account thread");
+    }
+    vec![Some(cached); users.len()]
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("--hold-child") {
+        return hold_child(&argv[1..]);
+    }
     let a = args();
     support::require_prosody();
     let dir = tempfile::tempdir().expect("tmp");
     let dns = support::dns::DnsServer::start();
     let n = 2 * a.pairs;
+    let sessions = a.phases.iter().any(|p| p == "sessions");
+    let ring_n = if sessions { n.max(a.sessions) } else { n };
     let pw: String = {
         let mut r = rand::rng();
         (0..12)
@@ -434,11 +682,11 @@ fn main() {
     }
     // Let the first refreshes settle, so every account lands on its home.
     std::thread::sleep(Duration::from_secs(2));
-    let ring_users: Vec<(String, String)> = names
-        .iter()
-        .map(|u| (format!("{u}@ring.test"), pw.clone()))
+    let ring_users: Vec<(String, String)> = (0..ring_n)
+        .map(|i| (format!("u{i}@ring.test"), pw.clone()))
         .collect();
     let salted = ring_accounts(&ring, &ring_users);
+    let cached = salted.first().cloned().flatten();
     if std::env::var("C2S_BENCH_DEBUG").is_ok() {
         for i in 0..ring.nodes.len() {
             let r: node::api::RecordReport = xmpp_ring::client::get_json(
@@ -514,6 +762,15 @@ fn main() {
             }
             Value::Object(r)
         });
+        let mut r = r;
+        if wanted(&a.phases, "sessions")
+            && t.name == "ring"
+            && let (Some(o), Some(cached)) = (r.as_object_mut(), cached.as_ref())
+        {
+            let s = held_sessions(t, &a, &c2s, &pw, cached);
+            eprintln!("{}: sessions {s}", t.name);
+            o.insert("sessions".into(), s);
+        }
         out.insert(t.name.to_string(), r);
     }
     let ratio = |path: &[&str]| {

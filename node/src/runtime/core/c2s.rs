@@ -48,7 +48,7 @@ pub(crate) struct Clients {
     next_renewal: Instant,
     /// As home node: the last available presence of each session of its
     /// users (answers to probes; its end tells the contacts).
-    pub(super) last_presence: HashMap<FullJid, Element>,
+    pub(super) last_presence: ring_c2s::online::LastPresences,
     /// As home node: users whose records (account, roster, offline queue)
     /// this node has made sure to hold (see [`Core::user_ready`]).
     pub(super) loaded: std::collections::HashSet<BareJid>,
@@ -95,7 +95,7 @@ impl Clients {
             handles: HashMap::new(),
             stats,
             next_renewal: now + LEASE_RENEW,
-            last_presence: HashMap::new(),
+            last_presence: Default::default(),
             loaded: Default::default(),
             waiting: HashMap::new(),
             waiting_by_user: HashMap::new(),

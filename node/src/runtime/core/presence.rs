@@ -166,8 +166,7 @@ impl Core {
         let mine: Vec<Element> = self
             .clients
             .last_presence
-            .iter()
-            .filter(|(f, _)| f.to_bare() == *user)
+            .of(user)
             .map(|(_, p)| p.clone())
             .collect();
         let any = !mine.is_empty();
@@ -271,8 +270,7 @@ impl Core {
         let sessions: Vec<Online> = self
             .clients
             .last_presence
-            .iter()
-            .filter(|(f, _)| f.to_bare() == *user)
+            .of(user)
             .map(|(f, p)| Online {
                 jid: f.to_string(),
                 xml: ring_services::stanza::to_string(p),
@@ -329,7 +327,7 @@ impl Core {
                     continue;
                 };
                 seen.insert(full.clone());
-                if self.clients.last_presence.contains_key(&full) {
+                if self.clients.last_presence.contains(&full) {
                     continue;
                 }
                 if self.clients.table.session(&full).is_some() {

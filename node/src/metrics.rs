@@ -203,3 +203,8 @@ pub fn export_c2s(s: &ring_c2s::server::C2sStats, sessions: usize, known: usize)
     counter!("xmpp_ring_c2s_binds_total").absolute(s.bound.load(Relaxed));
     counter!("xmpp_ring_c2s_stanzas_in_total").absolute(s.stanzas_in.load(Relaxed));
 }
+
+/// A failed commit of record writes (disk trouble).
+pub fn record_commit_failed() {
+    counter!("xmpp_ring_record_commit_failures_total").increment(1);
+}

@@ -319,6 +319,12 @@ impl<B: Backend> Replicator<B> {
         &self.store
     }
 
+    /// Makes this node's writes so far durable; call it before routing the
+    /// outputs that report them (see [`Backend::commit`]).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.store.commit()
+    }
+
     /// The parameters.
     pub fn config(&self) -> &Config {
         &self.cfg

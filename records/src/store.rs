@@ -66,8 +66,15 @@ pub trait Backend {
     fn scan(&self) -> Result<Vec<(String, Record)>, StoreError>;
     /// The copy of `name`, if any.
     fn get(&self, name: &str) -> Result<Option<Record>, StoreError>;
-    /// Stores `rec` as the copy of `name` (durably, before returning).
+    /// Stores `rec` as the copy of `name`: readable at once, durable at the
+    /// next [`Backend::commit`] (a backend may also make it durable now).
     fn put(&mut self, name: &str, rec: &Record) -> Result<(), StoreError>;
+    /// Makes every put so far durable. The replicator's owner calls it
+    /// before any message about those writes (copies, acknowledgements,
+    /// answers) leaves the node, so that a turn's writes cost one sync.
+    fn commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// How many times this backend has been opened, this time included.
     fn boot(&self) -> u64;
 }
@@ -152,6 +159,11 @@ impl<B: Backend> Store<B> {
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// Makes the writes so far durable (see [`Backend::commit`]).
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        self.backend.commit()
     }
 
     /// Gives the backend back (a restart in tests and the simulator).

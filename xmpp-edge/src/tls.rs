@@ -290,6 +290,19 @@ pub fn server_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
     Ok(Arc::new(cfg))
 }
 
+/// TLS config for client (c2s) connections: our certificate, and no
+/// client certificate asked for (nothing here authenticates clients by
+/// certificate, and asking makes some clients prompt their user for one).
+pub fn client_facing_config(id: &Identity) -> Result<Arc<ServerConfig>, TlsError> {
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
 /// TLS config for streams we initiate: any server certificate (dialback or
 /// [`cert_valid_for`] authenticates), our certificate as client certificate.
 pub fn client_config(id: &Identity) -> Result<Arc<ClientConfig>, TlsError> {
@@ -313,6 +326,7 @@ mod tests {
         let (id, cert_pem, key_pem) = self_signed(&["ring.test".into()]).unwrap();
         assert!(cert_pem.contains("BEGIN CERTIFICATE") && key_pem.contains("PRIVATE KEY"));
         server_config(&id).unwrap();
+        client_facing_config(&id).unwrap();
         client_config(&id).unwrap();
         // Self-signed: not valid against an empty root store.
         let roots = Arc::new(RootCertStore::empty());

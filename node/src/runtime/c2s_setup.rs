@@ -50,7 +50,7 @@ pub(crate) async fn start(
 ) -> Result<C2sRunning, NodeError> {
     let c = &settings.c2s;
     let identity = super::edge_setup::identity(settings)?;
-    let tls = xmpp_edge::tls::server_config(&identity)?;
+    let tls = xmpp_edge::tls::client_facing_config(&identity)?;
     let mut machine = C2sConfig::new(settings.served.clone(), decoy_secret(settings)?);
     machine.require_tls = c.require_tls;
     machine.auth_timeout = c.auth_timeout;

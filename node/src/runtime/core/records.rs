@@ -122,6 +122,15 @@ impl Core {
     /// Carries out what the replicator asks; returns whether it asked
     /// anything.
     pub(super) fn drain_records(&mut self, now: Instant) -> bool {
+        // The turn's writes become durable, in one sync, before anything
+        // about them (copies, acknowledgements, answers) is sent.
+        if let Err(e) = self.records.commit() {
+            // The writes are kept and tried again next turn; until then
+            // nothing about them leaves the node.
+            tracing::error!("cannot make record writes durable: {e}");
+            crate::metrics::record_commit_failed();
+            return false;
+        }
         let mut any = false;
         while let Some(out) = self.records.poll_output() {
             any = true;

@@ -111,7 +111,9 @@ impl Backend for RedbBackend {
         {
             let mut table = tx.open_table(RECORDS).map_err(storage)?;
             for (name, bytes) in &self.pending {
-                table.insert(name.as_str(), bytes.as_slice()).map_err(storage)?;
+                table
+                    .insert(name.as_str(), bytes.as_slice())
+                    .map_err(storage)?;
             }
         }
         tx.commit().map_err(storage)?;

@@ -87,6 +87,13 @@ impl Core {
         let mut any = self
             .host
             .end_turn(now, unix_now(), &mut self.records, &self.node);
+        // What the host releases now (on a ring without other replicas, at
+        // once) is answered only once its state is durable here.
+        if let Err(e) = self.records.commit() {
+            tracing::error!("cannot make service state durable: {e}");
+            crate::metrics::record_commit_failed();
+            return any;
+        }
         while let Some(a) = self.host.poll_action() {
             any = true;
             match a {

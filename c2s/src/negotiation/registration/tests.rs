@@ -214,3 +214,15 @@ fn a_bound_user_changes_their_password_and_removes_their_account() {
     assert!(w.contains("<not-authorized"), "{w}");
     assert_eq!(closed_with(&o), Some(Some(Condition::NotAuthorized)));
 }
+
+#[test]
+fn no_sign_up_in_the_clear_even_where_tls_is_optional() {
+    let mut c = C2sConfig::clone(&open());
+    c.require_tls = false;
+    let mut c = Client::new(Arc::new(c));
+    let (w, _) = c.header();
+    assert!(!w.contains("iq-register"), "{w}");
+    let (w, o) = c.send(&set("carol", "pw"));
+    assert_eq!(error_of(&w), Some("policy-violation"), "{w}");
+    assert!(o.is_empty(), "{o:?}");
+}

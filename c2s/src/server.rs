@@ -68,8 +68,8 @@ pub struct ServerConfig {
     /// every later failure from that address closes its connection at once,
     /// until the bucket refills.
     pub failed_logins: SourceLimits,
-    /// In-band registrations per source address (a token bucket; past it
-    /// a registration is answered `resource-constraint`).
+    /// In-band registrations and password changes per source address (a
+    /// token bucket; past it they are answered `resource-constraint`).
     pub registrations: SourceLimits,
     /// Connections at once.
     pub max_connections: usize,
@@ -541,6 +541,20 @@ impl Connection {
                         machine.handle_registration_allowed(allowed);
                     }
                     C2sOutput::WriteAccount { user, change } => {
+                        // A new password costs a key derivation (PBKDF2,
+                        // on purpose slow): password changes share the
+                        // address's registration budget.
+                        if matches!(change, AccountChange::SetPassword { .. })
+                            && self
+                                .registrations
+                                .acquire(self.peer.ip(), Instant::now())
+                                .is_err()
+                        {
+                            bump(&self.stats.registrations_throttled);
+                            machine
+                                .handle_account_written(Err(DefinedCondition::ResourceConstraint));
+                            continue;
+                        }
                         let create = matches!(change, AccountChange::Create { .. });
                         let (events, stats) = (self.events.clone(), self.stats.clone());
                         waiting.write = Some(Box::pin(async move {

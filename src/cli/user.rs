@@ -218,6 +218,21 @@ pub fn run(cmd: &UserCommand) -> Result<String, CliError> {
     if matches!(op, Op::Add) && report.replicas.is_none() {
         return Err(CliError::Failed(format!("{jid} already exists")));
     }
+    if matches!(op, Op::Delete) {
+        // The user's roster and offline messages go with the account.
+        for name in [
+            ring_c2s::roster::Roster::record_name(jid.as_str()),
+            ring_c2s::offline::OfflineQueue::record_name(jid.as_str()),
+        ] {
+            let path = format!("/record?op=delete&name={}", url_encode(&name));
+            let r: RecordReport = client::post_json(&target.admin, &path, b"", timeout)?;
+            if let Some(e) = r.error {
+                return Err(CliError::Failed(format!(
+                    "{jid}: account deleted, but not {name}: {e}"
+                )));
+            }
+        }
+    }
     Ok(done(target.format, jid.as_str(), verb, report.version))
 }
 

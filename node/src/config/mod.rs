@@ -118,8 +118,8 @@ pub struct RawConfig {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_register: Option<bool>,
-    /// Clients: in-band registrations per hour from one address (as many
-    /// at once) [default: 5].
+    /// Clients: in-band registrations and password changes per hour from
+    /// one address (as many at once) [default: 5].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub c2s_registrations_per_ip: Option<u32>,

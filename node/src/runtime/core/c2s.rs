@@ -165,7 +165,19 @@ impl Core {
                         name,
                         value: a.encode(),
                     },
-                    None => RecordOp::Delete { name },
+                    None => {
+                        // XEP-0077 §3.2: the account's data goes with it
+                        // (nobody waits for these; the account's deletion
+                        // is what the client is answered about).
+                        for other in [
+                            roster::Roster::record_name(user.as_str()),
+                            ring_c2s::offline::OfflineQueue::record_name(user.as_str()),
+                        ] {
+                            let (tx, _) = oneshot::channel::<RecordReport>();
+                            self.record_request(now, RecordOp::Delete { name: other }, false, tx);
+                        }
+                        RecordOp::Delete { name }
+                    }
                 };
                 let (tx, rx) = oneshot::channel::<RecordReport>();
                 self.record_request(now, op, false, tx);

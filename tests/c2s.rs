@@ -285,6 +285,41 @@ fn in_band_registration_when_switched_on_and_users_manage_their_own_account() {
     assert_eq!(list(&c, &[]), (true, String::new()));
 }
 
+#[tokio::test]
+async fn the_direct_tls_port_shares_the_per_address_cap_and_drops_silent_handshakes() {
+    let ip = Ipv4Addr::LOCALHOST;
+    let tls_port = support::prosody::free_port(ip);
+    let tls_listen = format!("{ip}:{tls_port}");
+    let (_c, c2s) = server(&[
+        "--c2s-tls-listen",
+        &tls_listen,
+        "--c2s-max-connections-per-ip",
+        "2",
+    ]);
+    let port: u16 = c2s
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("port");
+    // Two idle connections on the STARTTLS port use this address's two.
+    let _a = Raw::connect((ip, port)).await;
+    let _b = Raw::connect((ip, port)).await;
+    // (Accepted before the next one arrives: the listener takes from both
+    // ports in no fixed order.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The direct-TLS port is not a second allowance: closed at once.
+    let mut third = Raw::connect((ip, tls_port)).await;
+    assert!(third.closed(Duration::from_secs(3)).await, "{}", third.got);
+    drop((_a, _b));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A connection that never sends its ClientHello is dropped when the
+    // handshake deadline (10 s) passes.
+    let mut silent = Raw::connect((ip, tls_port)).await;
+    let start = std::time::Instant::now();
+    assert!(silent.closed(Duration::from_secs(20)).await);
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(8), "closed after {took:?}");
+}
+
 #[test]
 fn clients_chat_to_bare_and_full_jids_by_priority() {
     let (c, c2s) = server(&[]);

@@ -18,6 +18,8 @@
 //! * [`register`]: XEP-0077 requests and the registration form.
 //! * [`lease`]: what an access node tells a user's home node about a
 //!   session.
+//! * [`loads`]: which users' records a home node holds, and what waits
+//!   for the others.
 //! * [`sessions`]: a node's sessions and where a stanza for a user goes
 //!   (RFC 6121 §8.5).
 //! * [`server`]: the tokio driver: listener, bounds, TLS, and the events
@@ -28,6 +30,7 @@
 
 pub mod account;
 pub mod lease;
+pub mod loads;
 pub mod negotiation;
 pub mod offline;
 pub mod online;

@@ -22,9 +22,10 @@ use crate::records::RecordOp;
 pub(super) use crate::xmpp::stanza::set as set_attr;
 use bytes::Bytes;
 use dht::{EnvelopeKind, Key, NodeId};
-use jid::{BareJid, FullJid, Jid};
+use jid::{FullJid, Jid};
 use ring_c2s::Account;
 use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
+use ring_c2s::loads::UserLoads;
 use ring_c2s::negotiation::Lookup;
 use ring_c2s::roster;
 use ring_c2s::server::{C2sEvent, C2sStats, Session};
@@ -50,12 +51,9 @@ pub(crate) struct Clients {
     /// users (answers to probes; its end tells the contacts).
     pub(super) last_presence: ring_c2s::online::LastPresences,
     /// As home node: users whose records (account, roster, offline queue)
-    /// this node has made sure to hold (see [`Core::user_ready`]).
-    pub(super) loaded: std::collections::HashSet<BareJid>,
-    /// Work waiting for a user's records, by load token.
-    pub(super) waiting: HashMap<u64, (BareJid, Vec<Pending>)>,
-    pub(super) waiting_by_user: HashMap<BareJid, u64>,
-    pub(super) next_load: u64,
+    /// this node has made sure to hold, and the work waiting for the
+    /// others (see [`Core::user_ready`]).
+    pub(super) loads: UserLoads<Pending>,
     /// The sweep over stored `presence:` records: where it is, and since
     /// when each listed session has had no lease here.
     pub(super) presence_cursor: Option<String>,
@@ -69,11 +67,6 @@ pub(crate) struct Clients {
 /// Directed-presence targets remembered per session.
 const MAX_DIRECTED: usize = 256;
 
-/// Users whose records are remembered as held; past it the set starts
-/// over (a user's next stanza loads again).
-pub(super) const MAX_LOADED_USERS: usize = 100_000;
-/// Stanzas waiting for one user's records.
-pub(super) const MAX_WAITING_PER_USER: usize = 256;
 /// Load tokens of the home node: far above the services host's, which
 /// count up from the store's counter base.
 pub(super) const LOAD_TOKEN_BASE: u64 = 1 << 63;
@@ -96,10 +89,7 @@ impl Clients {
             stats,
             next_renewal: now + LEASE_RENEW,
             last_presence: Default::default(),
-            loaded: Default::default(),
-            waiting: HashMap::new(),
-            waiting_by_user: HashMap::new(),
-            next_load: LOAD_TOKEN_BASE,
+            loads: UserLoads::new(LOAD_TOKEN_BASE),
             presence_cursor: None,
             orphans: HashMap::new(),
             directed: HashMap::new(),

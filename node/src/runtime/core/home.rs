@@ -6,75 +6,63 @@
 //! user, and keeps and hands out offline messages.
 
 use super::Core;
-use super::c2s::{LOAD_TOKEN_BASE, LOCAL_WRITE, MAX_LOADED_USERS, MAX_WAITING_PER_USER, Pending};
+use super::c2s::{LOCAL_WRITE, Pending};
 use crate::records::RecordOp;
 use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
+use ring_c2s::loads::Waiting;
 use ring_c2s::offline::{self, OfflineQueue};
 use ring_records::LocalWrite;
 use std::time::Instant;
 use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 impl Core {
     /// Whether `user`'s records (account, roster, offline queue) are held
     /// here, so that what this node reads of them is the ring's latest:
     /// a node that has just become a user's home node fetches them from
     /// the replicas first (the replicator's load, as the services host
-    /// does for rooms). When not, `pending` is kept until they are and
-    /// false is returned.
+    /// does for rooms; `ring_c2s::loads` keeps the books). When not, the
+    /// work `pending` makes waits for them (it runs when they are here,
+    /// at once when there was nothing to fetch) and false is returned.
     pub(super) fn user_ready(
         &mut self,
         now: Instant,
         user: &BareJid,
         pending: impl FnOnce() -> Pending,
     ) -> bool {
-        if self.clients.loaded.contains(user) {
+        if self.clients.loads.is_ready(user) {
             return true;
         }
-        if let Some(token) = self.clients.waiting_by_user.get(user) {
-            if let Some((_, list)) = self.clients.waiting.get_mut(token)
-                && list.len() < MAX_WAITING_PER_USER
-            {
-                list.push(pending());
+        match self.clients.loads.wait(user, pending()) {
+            Waiting::Queued => {}
+            Waiting::Full(item) => {
+                tracing::warn!(%user, "too much waits for a user's records");
+                // A stanza is answered; a session's presence or flush
+                // comes again with its next change or login.
+                if let Pending::Serve(st) = item {
+                    self.answer_error(&st, DefinedCondition::ResourceConstraint);
+                }
             }
-            return false;
+            Waiting::Load(req) => {
+                if !self.records.load(now, &self.node, &req.names, req.token) {
+                    // Nothing to fetch: held now.
+                    self.user_load_done(now, req.token);
+                }
+            }
         }
-        let names = vec![
-            Account::record_name(user),
-            ring_c2s::roster::Roster::record_name(user.as_str()),
-            OfflineQueue::record_name(user.as_str()),
-        ];
-        let token = self.clients.next_load;
-        self.clients.next_load += 1;
-        if !self.records.load(now, &self.node, &names, token) {
-            self.mark_loaded(user.clone());
-            return true;
-        }
-        self.clients
-            .waiting
-            .insert(token, (user.clone(), vec![pending()]));
-        self.clients.waiting_by_user.insert(user.clone(), token);
         false
-    }
-
-    fn mark_loaded(&mut self, user: BareJid) {
-        if self.clients.loaded.len() >= MAX_LOADED_USERS {
-            self.clients.loaded.clear();
-        }
-        self.clients.loaded.insert(user);
     }
 
     /// The replicator finished load `token`; false when it was not the
     /// home node's.
     pub(super) fn user_load_done(&mut self, now: Instant, token: u64) -> bool {
-        if token < LOAD_TOKEN_BASE {
+        if !self.clients.loads.owns(token) {
             return false;
         }
-        let Some((user, pending)) = self.clients.waiting.remove(&token) else {
+        let Some((_, pending)) = self.clients.loads.done(token) else {
             return true;
         };
-        self.clients.waiting_by_user.remove(&user);
-        self.mark_loaded(user);
         for p in pending {
             match p {
                 Pending::Serve(st) => self.serve_user_stanza(now, st),

@@ -101,6 +101,80 @@ impl LastPresences {
     }
 }
 
+/// What the home node's sweep over stored `presence:` records makes of one
+/// session a record lists.
+#[derive(Debug, PartialEq)]
+pub enum Listed {
+    /// Its presence is held here already: nothing to do.
+    Known,
+    /// A lease names it: it lives on; keep this presence for probes.
+    Adopt(Element),
+    /// Neither yet: its access node's next renewal may still come.
+    Waiting,
+    /// No lease came within two renewal periods: it died with the previous
+    /// home node, which was also its access node. Its contacts are to be
+    /// told it went offline (this was its last presence).
+    Gone(Element),
+}
+
+/// The sessions a new home node finds listed in its users' `presence:`
+/// records but knows nothing of, and since when (see [`Listed`]).
+#[derive(Debug, Default)]
+pub struct OrphanSweep {
+    since: HashMap<FullJid, std::time::Instant>,
+}
+
+impl OrphanSweep {
+    /// A session listed at `now` with its last `presence`; `known`: its
+    /// presence is held; `leased`: a lease names it.
+    pub fn listed(
+        &mut self,
+        now: std::time::Instant,
+        full: &FullJid,
+        presence: Element,
+        known: bool,
+        leased: bool,
+    ) -> Listed {
+        if known {
+            return Listed::Known;
+        }
+        if leased {
+            self.since.remove(full);
+            return Listed::Adopt(presence);
+        }
+        // A live session's next renewal reaches the new home node within a
+        // renewal period of it becoming the home node.
+        let since = *self.since.entry(full.clone()).or_insert(now);
+        if now.duration_since(since) >= 2 * crate::lease::LEASE_RENEW {
+            self.since.remove(full);
+            return Listed::Gone(presence);
+        }
+        Listed::Waiting
+    }
+
+    /// After a batch: forgets sessions not `seen` again for long (their
+    /// records changed).
+    pub fn end_batch(
+        &mut self,
+        now: std::time::Instant,
+        seen: &std::collections::HashSet<FullJid>,
+    ) {
+        self.since.retain(|f, t| {
+            seen.contains(f) || now.duration_since(*t) < 10 * crate::lease::LEASE_TTL
+        });
+    }
+
+    /// Sessions waiting.
+    pub fn len(&self) -> usize {
+        self.since.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +215,48 @@ mod tests {
         assert_eq!(l.of(&a).count(), 0);
         assert!(l.remove(&f("b@r/1")).is_some());
         assert!(l.is_empty());
+    }
+
+    #[test]
+    fn orphans_are_declared_gone_after_two_renewal_periods_unless_a_lease_comes() {
+        use crate::lease::{LEASE_RENEW, LEASE_TTL};
+        let t0 = std::time::Instant::now();
+        let p: Element = "<presence xmlns='jabber:client'/>"
+            .parse()
+            .expect("presence");
+        let a = FullJid::new("a@r/1").expect("jid");
+        let b = FullJid::new("b@r/1").expect("jid");
+        let mut s = OrphanSweep::default();
+        // Held already, or leased: no waiting.
+        assert_eq!(s.listed(t0, &a, p.clone(), true, false), Listed::Known);
+        assert_eq!(
+            s.listed(t0, &a, p.clone(), false, true),
+            Listed::Adopt(p.clone())
+        );
+        // Unknown: waits, then is gone two renewal periods after first seen.
+        assert_eq!(s.listed(t0, &b, p.clone(), false, false), Listed::Waiting);
+        assert_eq!(
+            s.listed(t0 + LEASE_RENEW, &b, p.clone(), false, false),
+            Listed::Waiting
+        );
+        assert_eq!(
+            s.listed(t0 + 2 * LEASE_RENEW, &b, p.clone(), false, false),
+            Listed::Gone(p.clone())
+        );
+        assert!(s.is_empty());
+        // A lease in time saves it.
+        assert_eq!(s.listed(t0, &b, p.clone(), false, false), Listed::Waiting);
+        assert_eq!(
+            s.listed(t0 + LEASE_RENEW, &b, p.clone(), false, true),
+            Listed::Adopt(p.clone())
+        );
+        assert!(s.is_empty());
+        // One not listed again is forgotten after a while.
+        assert_eq!(s.listed(t0, &a, p.clone(), false, false), Listed::Waiting);
+        let none = std::collections::HashSet::new();
+        s.end_batch(t0 + LEASE_TTL, &none);
+        assert_eq!(s.len(), 1);
+        s.end_batch(t0 + 10 * LEASE_TTL, &none);
+        assert!(s.is_empty());
     }
 }

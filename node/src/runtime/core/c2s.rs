@@ -57,7 +57,7 @@ pub(crate) struct Clients {
     /// The sweep over stored `presence:` records: where it is, and since
     /// when each listed session has had no lease here.
     pub(super) presence_cursor: Option<String>,
-    pub(super) orphans: HashMap<FullJid, Instant>,
+    pub(super) orphans: ring_c2s::online::OrphanSweep,
     /// As access node: where each session sent directed presence (RFC
     /// 6121 §4.6), told when the session goes unavailable or ends (a MUC
     /// room, typically: a client that drops is not left as an occupant).
@@ -91,7 +91,7 @@ impl Clients {
             last_presence: Default::default(),
             loads: UserLoads::new(LOAD_TOKEN_BASE),
             presence_cursor: None,
-            orphans: HashMap::new(),
+            orphans: Default::default(),
             directed: HashMap::new(),
         }
     }

@@ -19,7 +19,8 @@ use super::c2s::{LOCAL_WRITE, Pending, set_attr};
 use crate::records::RecordOp;
 use jid::{BareJid, FullJid, Jid};
 use ring_c2s::Account;
-use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Outbound};
+use ring_c2s::lease::Outbound;
+use ring_c2s::online::Listed;
 use ring_c2s::online::{Online, OnlineSessions, PRESENCE_PREFIX};
 use ring_c2s::roster::{self, Effects, Roster};
 use ring_records::LocalWrite;
@@ -327,28 +328,22 @@ impl Core {
                     continue;
                 };
                 seen.insert(full.clone());
-                if self.clients.last_presence.contains(&full) {
-                    continue;
-                }
-                if self.clients.table.session(&full).is_some() {
-                    // Its lease came: the session lives on; keep its
-                    // presence for probes.
-                    self.clients.last_presence.insert(full, presence);
-                    continue;
-                }
-                // A live session's next renewal reaches this node within a
-                // renewal period of it becoming the home node.
-                let since = *self.clients.orphans.entry(full.clone()).or_insert(now);
-                if now.duration_since(since) >= 2 * LEASE_RENEW {
-                    self.clients.orphans.remove(&full);
-                    self.clients.last_presence.insert(full.clone(), presence);
-                    self.session_gone(now, &full);
+                let known = self.clients.last_presence.contains(&full);
+                let leased = self.clients.table.session(&full).is_some();
+                match self
+                    .clients
+                    .orphans
+                    .listed(now, &full, presence, known, leased)
+                {
+                    Listed::Known | Listed::Waiting => {}
+                    Listed::Adopt(presence) => self.clients.last_presence.insert(full, presence),
+                    Listed::Gone(presence) => {
+                        self.clients.last_presence.insert(full.clone(), presence);
+                        self.session_gone(now, &full);
+                    }
                 }
             }
         }
-        // Forget orphans not seen again for long (their records changed).
-        self.clients
-            .orphans
-            .retain(|f, t| seen.contains(f) || now.duration_since(*t) < 10 * LEASE_TTL);
+        self.clients.orphans.end_batch(now, &seen);
     }
 }

@@ -10,6 +10,8 @@
 //!   server side, from stored keys (never passwords).
 //! * [`account`]: what the home node keeps of a user's credentials.
 //! * [`offline`]: messages kept for users with no available session.
+//! * [`directed`]: whom a session sent directed presence to (told when it
+//!   goes).
 //! * [`online`]: a user's available sessions as the home node stores them.
 //! * [`roster`]: rosters and presence subscriptions (RFC 6121 §2–3).
 //! * [`negotiation`]: one client stream, from its header to a bound
@@ -29,6 +31,7 @@
 #![warn(missing_docs)]
 
 pub mod account;
+pub mod directed;
 pub mod lease;
 pub mod loads;
 pub mod negotiation;

@@ -24,6 +24,7 @@ use bytes::Bytes;
 use dht::{EnvelopeKind, Key, NodeId};
 use jid::{FullJid, Jid};
 use ring_c2s::Account;
+use ring_c2s::directed::DirectedPresence;
 use ring_c2s::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
 use ring_c2s::loads::UserLoads;
 use ring_c2s::negotiation::Lookup;
@@ -61,11 +62,8 @@ pub(crate) struct Clients {
     /// As access node: where each session sent directed presence (RFC
     /// 6121 §4.6), told when the session goes unavailable or ends (a MUC
     /// room, typically: a client that drops is not left as an occupant).
-    directed: HashMap<FullJid, std::collections::BTreeSet<String>>,
+    directed: DirectedPresence,
 }
-
-/// Directed-presence targets remembered per session.
-const MAX_DIRECTED: usize = 256;
 
 /// Load tokens of the home node: far above the services host's, which
 /// count up from the store's counter base.
@@ -92,7 +90,7 @@ impl Clients {
             loads: UserLoads::new(LOAD_TOKEN_BASE),
             presence_cursor: None,
             orphans: Default::default(),
-            directed: HashMap::new(),
+            directed: DirectedPresence::default(),
         }
     }
 
@@ -329,19 +327,8 @@ impl Core {
         if roster::is_subscription(&st) {
             return self.send_to_home(now, &from, &st, false);
         }
-        if st.name() == "presence"
-            && let Some(to) = st.attr("to")
-        {
-            let targets = self.clients.directed.entry(from.clone()).or_default();
-            match st.attr("type") {
-                None if targets.len() < MAX_DIRECTED => {
-                    targets.insert(to.to_string());
-                }
-                Some("unavailable") => {
-                    targets.remove(to);
-                }
-                _ => {}
-            }
+        if st.name() == "presence" {
+            self.clients.directed.handle_sent(&from, &st);
         }
         self.send_from_ring(st);
     }
@@ -349,11 +336,7 @@ impl Core {
     /// `full` went unavailable or ended: whoever got its directed presence
     /// gets unavailable presence.
     fn undirect(&mut self, full: &FullJid) {
-        for to in self.clients.directed.remove(full).unwrap_or_default() {
-            let mut p = Element::bare("presence", stanza::NS_CLIENT);
-            set_attr(&mut p, "type", "unavailable");
-            set_attr(&mut p, "from", full.as_str());
-            set_attr(&mut p, "to", &to);
+        for p in self.clients.directed.take(full) {
             self.send_from_ring(p);
         }
     }

@@ -213,7 +213,7 @@ enum Sasl {
     /// Waiting for the account (SCRAM).
     LookupScram(ScramHash, ClientFirst, BareJid),
     /// Waiting for the account (PLAIN).
-    LookupPlain(String, BareJid),
+    LookupPlain(Password, BareJid),
     /// The challenge went out; the proof is awaited.
     Scram {
         exchange: Box<ScramExchange>,
@@ -248,16 +248,26 @@ enum Phase {
 }
 
 /// Where an in-band registration is. The IQ is kept as its addressing
-/// only ([`registration::skeleton`]), never with the password.
+/// only ([`registration::skeleton`]); the password until it is handed to
+/// the driver, and never shown by `Debug`.
 #[derive(Debug)]
 enum Registering {
     /// Whether the source may register now (the IQ, the user, the
     /// password).
-    Allowing(Element, BareJid, String),
+    Allowing(Element, BareJid, Password),
     /// Whether the name is free (the IQ, the user, the password).
-    Lookup(Element, BareJid, String),
+    Lookup(Element, BareJid, Password),
     /// The new account is being stored.
     Writing(Element),
+}
+
+/// A password on its way to the driver; `Debug` does not show it.
+struct Password(String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Password(..)")
+    }
 }
 
 /// One client connection's negotiation and session state.
@@ -410,8 +420,7 @@ impl C2sStream {
         self.close(None);
     }
 
-    /// TLS is up (after [`C2sOutput::StartTls`]).
-    /// TLS is up (after STARTTLS, or from the start on a direct-TLS port);
+    /// TLS is up (after [`C2sOutput::StartTls`], or from the start on a direct-TLS port);
     /// `binding`: the connection's `tls-exporter` channel binding data,
     /// when it has one (TLS 1.3), which makes `-PLUS` mechanisms available.
     pub fn handle_tls(&mut self, now: Instant, binding: Option<ChannelBinding>) {
@@ -636,7 +645,7 @@ impl C2sStream {
             return self.sasl_failure("invalid-authzid", true);
         }
         self.out.push_back(C2sOutput::LookupAccount(user.clone()));
-        self.phase = Phase::Sasl(Sasl::LookupPlain(passwd.to_string(), user));
+        self.phase = Phase::Sasl(Sasl::LookupPlain(Password(passwd.to_string()), user));
     }
 
     /// The account asked for with [`C2sOutput::LookupAccount`].
@@ -669,7 +678,7 @@ impl C2sStream {
         }
         match sasl {
             Sasl::LookupPlain(password, user) => {
-                if account.is_some_and(|a| a.check_password(&password)) {
+                if account.is_some_and(|a| a.check_password(&password.0)) {
                     self.succeed(user, None);
                 } else {
                     self.sasl_failure("not-authorized", true);

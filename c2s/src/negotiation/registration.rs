@@ -6,8 +6,8 @@
 //! (PBKDF2 is the driver's to run off the connection's task).
 
 use super::{
-    AccountChange, C2sOutput, C2sStream, Lookup, NS_CLIENT, Phase, Registering, error_reply,
-    set_attr,
+    AccountChange, C2sOutput, C2sStream, Lookup, NS_CLIENT, Password, Phase, Registering,
+    error_reply, set_attr,
 };
 use crate::account::prepare_password;
 use crate::register::{self, Request};
@@ -62,7 +62,11 @@ impl C2sStream {
                 }
                 self.out
                     .push_back(C2sOutput::RegistrationAttempt(user.clone()));
-                self.phase = Phase::Register(Registering::Allowing(skeleton(&iq), user, password));
+                self.phase = Phase::Register(Registering::Allowing(
+                    skeleton(&iq),
+                    user,
+                    Password(password),
+                ));
             }
             // Nothing to remove before logging in.
             Ok(Request::Remove) => self.reply_error(&iq, DefinedCondition::NotAuthorized),
@@ -99,7 +103,9 @@ impl C2sStream {
             Lookup::NotFound => {
                 self.out.push_back(C2sOutput::WriteAccount {
                     user,
-                    change: AccountChange::Create { password },
+                    change: AccountChange::Create {
+                        password: password.0,
+                    },
                 });
                 self.phase = Phase::Register(Registering::Writing(iq));
             }

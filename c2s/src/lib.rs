@@ -41,6 +41,7 @@ pub mod register;
 pub mod roster;
 pub mod scram;
 pub mod server;
+pub mod session_host;
 pub mod sessions;
 
 pub use account::{Account, AccountError};

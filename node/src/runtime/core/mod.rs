@@ -8,8 +8,6 @@
 //! to its writer as a single write.
 
 mod c2s;
-mod home;
-mod presence;
 mod records;
 mod services;
 mod stanzas;
@@ -126,7 +124,7 @@ impl Core {
         let base = records.store().counter_base();
         let host = services::new_host(&settings, me.id.to_hex(), seed, base, now);
         let (writers_running, writers_done) = mpsc::channel(1);
-        let max_resources = settings.c2s.max_resources;
+        let session_host = Core::new_session_host(&settings, me.id, now);
         let path = stanzas::new_path(&settings, me.id, edge.is_some());
         let node = RingNode::new(settings.dht.clone(), me, seed, now, unix_us);
         let mut core = Core {
@@ -158,7 +156,7 @@ impl Core {
             path,
             host,
             fanout: Default::default(),
-            clients: c2s::Clients::new(max_resources, c2s_stats, now),
+            clients: c2s::Clients::new(session_host, c2s_stats),
         };
         core.rebuild_hello();
         core

@@ -67,7 +67,7 @@ impl Core {
                 return self.on_lease(now, env.origin, &env.payload);
             }
             EnvelopeKind::Service(SERVICE_C2S_DELIVER) => {
-                return self.on_forwarded(env.key, &env.payload);
+                return self.on_forwarded(now, env.key, &env.payload);
             }
             EnvelopeKind::Service(SERVICE_C2S_OUTBOUND) => {
                 return self.on_outbound(now, &env.payload);
@@ -92,7 +92,7 @@ impl Core {
         match ev {
             EdgeEvent::Inbound(st) => match self.local_target(&st) {
                 // A full JID of a session on this very node.
-                Some(_) => self.send_from_ring(st),
+                Some(id) => self.hand_to_local(id, st),
                 None => self.path.route(st, &edges),
             },
             EdgeEvent::Undeliverable(u) => {

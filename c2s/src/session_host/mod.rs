@@ -23,6 +23,8 @@
 
 mod home;
 mod presence;
+#[cfg(test)]
+mod tests;
 
 use crate::directed::DirectedPresence;
 use crate::lease::{LEASE_RENEW, LEASE_TTL, Lease, Outbound};
@@ -369,8 +371,12 @@ impl SessionHost {
             now + LEASE_TTL,
         ) {
             Ok(()) if lease.available => {
-                if self.user_ready(now, &full.to_bare(), || Pending::Flush(full.clone()), records)
-                {
+                if self.user_ready(
+                    now,
+                    &full.to_bare(),
+                    || Pending::Flush(full.clone()),
+                    records,
+                ) {
                     self.flush_offline(now, &full, records);
                 }
             }
@@ -403,14 +409,15 @@ impl SessionHost {
                 for (full, place) in targets {
                     let mut copy = st.clone();
                     match place {
-                        Place::Here(id) => {
-                            self.out.push_back(HostOutput::ToSession { id, stanza: copy })
-                        }
+                        Place::Here(id) => self
+                            .out
+                            .push_back(HostOutput::ToSession { id, stanza: copy }),
                         Place::There(node) => {
                             // The copy names its session, so the access
                             // node knows which one it is for.
                             set_attr(&mut copy, "to", full.as_str());
-                            self.out.push_back(HostOutput::ToAccessNode { node, stanza: copy });
+                            self.out
+                                .push_back(HostOutput::ToAccessNode { node, stanza: copy });
                         }
                     }
                 }

@@ -32,7 +32,11 @@ const PRESENCE_SWEEP_BATCH: usize = 256;
 
 impl SessionHost {
     fn load_roster(&self, user: &BareJid, records: &impl HomeRecords) -> Roster {
-        Roster::decode(records.local(&Roster::record_name(user.as_str())).as_deref())
+        Roster::decode(
+            records
+                .local(&Roster::record_name(user.as_str()))
+                .as_deref(),
+        )
     }
 
     /// Whether `user` has an account (the home node holds a copy).
@@ -178,7 +182,12 @@ impl SessionHost {
 
     /// A presence one of this node's users sent, for the home node to
     /// process first.
-    pub fn handle_outbound(&mut self, now: Instant, payload: &[u8], records: &mut impl HomeRecords) {
+    pub fn handle_outbound(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        records: &mut impl HomeRecords,
+    ) {
         let Some(msg) = Outbound::decode(payload) else {
             tracing::warn!("undecodable outbound presence");
             return;
@@ -322,10 +331,7 @@ impl SessionHost {
                 seen.insert(full.clone());
                 let known = self.last_presence.contains(&full);
                 let leased = self.table.session(&full).is_some();
-                match self
-                    .orphans
-                    .listed(now, &full, presence, known, leased)
-                {
+                match self.orphans.listed(now, &full, presence, known, leased) {
                     Listed::Known | Listed::Waiting => {}
                     Listed::Adopt(presence) => self.last_presence.insert(full, presence),
                     Listed::Gone(presence) => {

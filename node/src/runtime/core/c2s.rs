@@ -255,15 +255,22 @@ impl Core {
 
     /// A lease from access node `from`.
     pub(super) fn on_lease(&mut self, now: Instant, from: dht::NodeId, payload: &[u8]) {
-        with_records!(self, now, |host, records| host
-            .handle_lease(now, from, payload, &mut records));
+        with_records!(self, now, |host, records| host.handle_lease(
+            now,
+            from,
+            payload,
+            &mut records
+        ));
     }
 
     /// A presence one of this node's users sent, for the home node to
     /// process first.
     pub(super) fn on_outbound(&mut self, now: Instant, payload: &[u8]) {
-        with_records!(self, now, |host, records| host
-            .handle_outbound(now, payload, &mut records));
+        with_records!(self, now, |host, records| host.handle_outbound(
+            now,
+            payload,
+            &mut records
+        ));
     }
 
     /// A stanza a home node forwarded to one of this node's sessions.
@@ -275,8 +282,11 @@ impl Core {
     /// A stanza for a ring JID this node is responsible for: a user's, or
     /// (the host says so) the services'.
     pub(super) fn serve(&mut self, now: Instant, st: Element) {
-        with_records!(self, now, |host, records| host
-            .handle_stanza(now, st, &mut records));
+        with_records!(self, now, |host, records| host.handle_stanza(
+            now,
+            st,
+            &mut records
+        ));
     }
 
     /// The replicator finished load `token`; false when it was not the
@@ -287,10 +297,7 @@ impl Core {
             node: &self.node,
             replicas: self.settings.records.replicas,
         };
-        let ours = self
-            .clients
-            .host
-            .handle_load_done(now, token, &mut records);
+        let ours = self.clients.host.handle_load_done(now, token, &mut records);
         self.drain_clients(now);
         ours
     }

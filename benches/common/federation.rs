@@ -24,6 +24,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+use xmpp_parsers::minidom::Element;
 use xmpp_ring::client::{post_json, url_encode};
 use xmpp_ring::cluster::Cluster;
 
@@ -218,15 +220,33 @@ async fn send_all(
     (out, (per_sender * USERS) as u64)
 }
 
+/// A logged-in client whose stanzas arrive on a channel.
+pub trait Inbox: Send + 'static {
+    /// Its incoming stanzas.
+    fn inbox(&mut self) -> &mut UnboundedReceiver<Element>;
+}
+
+impl Inbox for XmppClient {
+    fn inbox(&mut self) -> &mut UnboundedReceiver<Element> {
+        &mut self.incoming
+    }
+}
+
+impl Inbox for C2sClient {
+    fn inbox(&mut self) -> &mut UnboundedReceiver<Element> {
+        &mut self.incoming
+    }
+}
+
 /// Counts messages tagged `tag` at the receivers until `want` arrived or
 /// `deadline`; returns (distinct ids, duplicates, receivers).
-fn count_at(
-    receivers: Vec<XmppClient>,
+fn count_at<C: Inbox>(
+    receivers: Vec<C>,
     tag: &str,
     want: u64,
     deadline: tokio::time::Instant,
     arrived: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<(HashSet<String>, u64, XmppClient)>> {
+) -> Vec<tokio::task::JoinHandle<(HashSet<String>, u64, C)>> {
     receivers
         .into_iter()
         .map(|mut c| {
@@ -235,22 +255,20 @@ fn count_at(
             tokio::spawn(async move {
                 let mut seen = HashSet::new();
                 let mut dups = 0;
-                while arrived.load(Relaxed) < want {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let Some(m) = c
-                        .recv(left.min(Duration::from_millis(200)), |e| {
-                            e.name() == "message"
-                                && e.attr("id").is_some_and(|id| id.starts_with(&tag))
-                        })
-                        .await
+                while arrived.load(Relaxed) < want && tokio::time::Instant::now() < deadline {
+                    let wait = tokio::time::timeout(Duration::from_millis(200), c.inbox().recv());
+                    let m = match wait.await {
+                        Ok(Some(m)) => m,
+                        Ok(None) => break,
+                        Err(_) => continue,
+                    };
+                    let Some(id) = m
+                        .attr("id")
+                        .filter(|id| m.name() == "message" && id.starts_with(&tag))
                     else {
-                        if tokio::time::Instant::now() >= deadline {
-                            break;
-                        }
                         continue;
                     };
-                    let id = m.attr("id").unwrap_or_default().to_string();
-                    if seen.insert(id) {
+                    if seen.insert(id.to_string()) {
                         arrived.fetch_add(1, Relaxed);
                     } else {
                         dups += 1;
@@ -289,6 +307,42 @@ impl Run {
     }
 }
 
+/// One measured run: `total` messages from the senders to `targets`,
+/// counted at `receivers`, with the CPU of `groups`.
+async fn measured<C: Inbox>(
+    senders: Vec<XmppClient>,
+    receivers: Vec<C>,
+    targets: Vec<String>,
+    groups: Vec<(String, Vec<u32>)>,
+    (tag, total, payload): (&str, u64, usize),
+) -> (Run, Vec<XmppClient>, Vec<C>) {
+    let arrived = Arc::new(AtomicU64::new(0));
+    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
+    // What `send_all` will send: `total` rounded up to a multiple of USERS.
+    let want = (total as usize).div_ceil(USERS) as u64 * USERS as u64;
+    let counters = count_at(receivers, tag, want, deadline, arrived.clone());
+    let cpu = Cpu::start(groups);
+    let start = Instant::now();
+    let (senders, sent) = send_all(senders, Arc::new(targets), tag, total, payload).await;
+    let mut receivers = Vec::new();
+    let mut distinct = 0;
+    let mut dups = 0;
+    for c in counters {
+        let (seen, d, client) = c.await.expect("receiver task");
+        distinct += seen.len() as u64;
+        dups += d;
+        receivers.push(client);
+    }
+    let run = Run {
+        sent,
+        arrived: distinct,
+        duplicates: dups,
+        elapsed_s: start.elapsed().as_secs_f64(),
+        cpu_us_per_msg: cpu.per(distinct),
+    };
+    (run, senders, receivers)
+}
+
 /// Prosody → Prosody: `total` messages from the senders to r0..r9@b.test,
 /// counted at the receiving clients.
 pub async fn prosody_to_prosody(
@@ -299,79 +353,13 @@ pub async fn prosody_to_prosody(
     total: u64,
     payload: usize,
 ) -> (Run, Vec<XmppClient>, Vec<XmppClient>) {
-    let targets: Arc<Vec<String>> = Arc::new((0..USERS).map(|i| format!("r{i}@b.test")).collect());
-    let arrived = Arc::new(AtomicU64::new(0));
-    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
-    // What `send_all` will send: `total` rounded up to a multiple of USERS.
-    let want = (total as usize).div_ceil(USERS) as u64 * USERS as u64;
-    let counters = count_at(receivers, tag, want, deadline, arrived.clone());
-    let cpu = Cpu::start(vec![
+    let targets = (0..USERS).map(|i| format!("r{i}@b.test")).collect();
+    let groups = vec![
         ("clients".into(), vec![my_pid()]),
         ("sending_prosody".into(), w.a.pid().into_iter().collect()),
         ("receiving_prosody".into(), w.b.pid().into_iter().collect()),
-    ]);
-    let start = Instant::now();
-    let (senders, sent) = send_all(senders, targets, tag, total, payload).await;
-    let mut receivers = Vec::new();
-    let mut distinct = 0;
-    let mut dups = 0;
-    for c in counters {
-        let (seen, d, client) = c.await.expect("receiver task");
-        distinct += seen.len() as u64;
-        dups += d;
-        receivers.push(client);
-    }
-    let elapsed_s = start.elapsed().as_secs_f64();
-    let run = Run {
-        sent,
-        arrived: distinct,
-        duplicates: dups,
-        elapsed_s,
-        cpu_us_per_msg: cpu.per(distinct),
-    };
-    (run, senders, receivers)
-}
-
-/// Counts messages tagged `tag` at the ring's clients until `want`
-/// arrived or `deadline`; returns (distinct ids, duplicates, clients).
-fn count_at_ring(
-    receivers: Vec<C2sClient>,
-    tag: &str,
-    want: u64,
-    deadline: tokio::time::Instant,
-    arrived: Arc<AtomicU64>,
-) -> Vec<tokio::task::JoinHandle<(HashSet<String>, u64, C2sClient)>> {
-    receivers
-        .into_iter()
-        .map(|mut c| {
-            let tag = format!("{tag}-");
-            let arrived = arrived.clone();
-            tokio::spawn(async move {
-                let mut seen = HashSet::new();
-                let mut dups = 0;
-                while arrived.load(Relaxed) < want && tokio::time::Instant::now() < deadline {
-                    let wait = tokio::time::timeout(Duration::from_millis(200), c.incoming.recv());
-                    let m = match wait.await {
-                        Ok(Some(m)) => m,
-                        Ok(None) => break,
-                        Err(_) => continue,
-                    };
-                    let Some(id) = m
-                        .attr("id")
-                        .filter(|id| m.name() == "message" && id.starts_with(&tag))
-                    else {
-                        continue;
-                    };
-                    if seen.insert(id.to_string()) {
-                        arrived.fetch_add(1, Relaxed);
-                    } else {
-                        dups += 1;
-                    }
-                }
-                (seen, dups, c)
-            })
-        })
-        .collect()
+    ];
+    measured(senders, receivers, targets, groups, (tag, total, payload)).await
 }
 
 /// Prosody → ring users: `total` messages from the senders to
@@ -385,42 +373,18 @@ pub async fn prosody_to_ring(
     payload: usize,
 ) -> (Run, Vec<XmppClient>, Vec<C2sClient>) {
     let ring = w.ring.as_ref().expect("a world with a ring");
-    let targets: Arc<Vec<String>> =
-        Arc::new((0..USERS).map(|i| format!("u{i}@ring.test")).collect());
+    let targets = (0..USERS).map(|i| format!("u{i}@ring.test")).collect();
     let pids: Vec<u32> = ring
         .nodes
         .iter()
         .filter_map(|n| n.child.as_ref().map(|c| c.id()))
         .collect();
-    let arrived = Arc::new(AtomicU64::new(0));
-    let deadline = tokio::time::Instant::now() + RUN_LIMIT;
-    let want = (total as usize).div_ceil(USERS) as u64 * USERS as u64;
-    let counters = count_at_ring(receivers, tag, want, deadline, arrived.clone());
-    let cpu = Cpu::start(vec![
+    let groups = vec![
         ("clients".into(), vec![my_pid()]),
         ("sending_prosody".into(), w.a.pid().into_iter().collect()),
         ("ring_nodes".into(), pids),
-    ]);
-    let start = Instant::now();
-    let (senders, sent) = send_all(senders, targets, tag, total, payload).await;
-    let mut receivers = Vec::new();
-    let mut distinct = 0;
-    let mut dups = 0;
-    for c in counters {
-        let (seen, d, client) = c.await.expect("receiver task");
-        distinct += seen.len() as u64;
-        dups += d;
-        receivers.push(client);
-    }
-    let elapsed_s = start.elapsed().as_secs_f64();
-    let run = Run {
-        sent,
-        arrived: distinct,
-        duplicates: dups,
-        elapsed_s,
-        cpu_us_per_msg: cpu.per(distinct),
-    };
-    (run, senders, receivers)
+    ];
+    measured(senders, receivers, targets, groups, (tag, total, payload)).await
 }
 
 /// Warms Prosody → Prosody up (TLS, dialback, s2s streams in both

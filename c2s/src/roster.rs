@@ -380,28 +380,11 @@ impl Roster {
                 fx.send.push(forward);
             }
             Some("unsubscribe") => {
-                if let Some(i) = self.item_mut(&c)
-                    && (i.to || i.ask)
-                {
-                    i.to = false;
-                    i.ask = false;
-                    fx.pushes.push(Roster::push(i, false));
-                    fx.changed = true;
-                }
+                self.end_to(&c, &mut fx);
                 fx.send.push(forward);
             }
             Some("unsubscribed") => {
-                if let Some(pos) = self.pending_in.iter().position(|p| *p == c) {
-                    self.pending_in.remove(pos);
-                    fx.changed = true;
-                }
-                if let Some(i) = self.item_mut(&c)
-                    && i.from
-                {
-                    i.from = false;
-                    fx.pushes.push(Roster::push(i, false));
-                    fx.changed = true;
-                }
+                self.end_from(&c, &mut fx);
                 fx.send.push(forward);
             }
             _ => {}
@@ -456,34 +439,40 @@ impl Roster {
                     fx.deliver = true;
                 }
             }
-            Some("unsubscribe") => {
-                if let Some(pos) = self.pending_in.iter().position(|p| *p == c) {
-                    self.pending_in.remove(pos);
-                    fx.changed = true;
-                }
-                if let Some(i) = self.item_mut(&c)
-                    && i.from
-                {
-                    i.from = false;
-                    fx.pushes.push(Roster::push(i, false));
-                    fx.changed = true;
-                    fx.deliver = true;
-                }
-            }
-            Some("unsubscribed") => {
-                if let Some(i) = self.item_mut(&c)
-                    && (i.to || i.ask)
-                {
-                    i.to = false;
-                    i.ask = false;
-                    fx.pushes.push(Roster::push(i, false));
-                    fx.changed = true;
-                    fx.deliver = true;
-                }
-            }
+            Some("unsubscribe") => fx.deliver = self.end_from(&c, &mut fx),
+            Some("unsubscribed") => fx.deliver = self.end_to(&c, &mut fx),
             _ => {}
         }
         fx
+    }
+
+    /// The contact `c` no longer gets the user's presence: its waiting
+    /// request and the item's `from` go. Whether the item changed.
+    fn end_from(&mut self, c: &str, fx: &mut Effects) -> bool {
+        if let Some(pos) = self.pending_in.iter().position(|p| p == c) {
+            self.pending_in.remove(pos);
+            fx.changed = true;
+        }
+        let Some(i) = self.item_mut(c).filter(|i| i.from) else {
+            return false;
+        };
+        i.from = false;
+        fx.pushes.push(Roster::push(i, false));
+        fx.changed = true;
+        true
+    }
+
+    /// The user no longer gets (or asks for) `c`'s presence: the item's
+    /// `to` and `ask` go. Whether the item changed.
+    fn end_to(&mut self, c: &str, fx: &mut Effects) -> bool {
+        let Some(i) = self.item_mut(c).filter(|i| i.to || i.ask) else {
+            return false;
+        };
+        i.to = false;
+        i.ask = false;
+        fx.pushes.push(Roster::push(i, false));
+        fx.changed = true;
+        true
     }
 }
 

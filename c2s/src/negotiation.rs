@@ -172,8 +172,9 @@ pub enum C2sOutput {
     /// Fetch the account of this user and answer with
     /// [`C2sStream::handle_account`].
     LookupAccount(BareJid),
-    /// An in-band registration for this user is asked for: check the
-    /// source's registration rate and answer with
+    /// An in-band registration for this user, or a new password for the
+    /// bound user (each costs a key derivation), is asked for: check the
+    /// source's rate and answer with
     /// [`C2sStream::handle_registration_allowed`] (before anything is
     /// looked up, so that the rate also bounds probing for taken names).
     RegistrationAttempt(BareJid),
@@ -261,6 +262,18 @@ enum Registering {
     Writing(Element),
 }
 
+/// A bound session's change to its own account.
+#[derive(Debug)]
+struct BoundChange {
+    /// The IQ's addressing ([`registration::skeleton`]).
+    iq: Element,
+    /// It removes the account.
+    remove: bool,
+    /// A new password waiting for the source's rate (see
+    /// [`C2sOutput::RegistrationAttempt`]); `None` once it went out.
+    waiting: Option<Password>,
+}
+
 /// A password on its way to the driver; `Debug` does not show it.
 struct Password(String);
 
@@ -290,9 +303,8 @@ pub struct C2sStream {
     failures: u32,
     /// An account was registered on this stream (one per stream).
     registered: bool,
-    /// A bound session's change to its account in flight: the IQ (its
-    /// addressing) and whether it removes the account.
-    account_write: Option<(Element, bool)>,
+    /// A bound session's change to its account in flight.
+    account_write: Option<BoundChange>,
     /// Until the first header; then until bound.
     deadline: Option<Instant>,
     idle_deadline: Instant,

@@ -541,20 +541,6 @@ impl Connection {
                         machine.handle_registration_allowed(allowed);
                     }
                     C2sOutput::WriteAccount { user, change } => {
-                        // A new password costs a key derivation (PBKDF2,
-                        // on purpose slow): password changes share the
-                        // address's registration budget.
-                        if matches!(change, AccountChange::SetPassword { .. })
-                            && self
-                                .registrations
-                                .acquire(self.peer.ip(), Instant::now())
-                                .is_err()
-                        {
-                            bump(&self.stats.registrations_throttled);
-                            machine
-                                .handle_account_written(Err(DefinedCondition::ResourceConstraint));
-                            continue;
-                        }
                         let create = matches!(change, AccountChange::Create { .. });
                         let (events, stats) = (self.events.clone(), self.stats.clone());
                         waiting.write = Some(Box::pin(async move {

@@ -6,8 +6,8 @@
 //! (PBKDF2 is the driver's to run off the connection's task).
 
 use super::{
-    AccountChange, C2sOutput, C2sStream, Lookup, NS_CLIENT, Password, Phase, Registering,
-    error_reply, set_attr,
+    AccountChange, BoundChange, C2sOutput, C2sStream, Lookup, NS_CLIENT, Password, Phase,
+    Registering, error_reply, set_attr,
 };
 use crate::account::prepare_password;
 use crate::register::{self, Request};
@@ -77,6 +77,22 @@ impl C2sStream {
     /// The driver's answer to [`C2sOutput::RegistrationAttempt`]: whether
     /// the source is within its registration rate.
     pub fn handle_registration_allowed(&mut self, allowed: bool) {
+        if let (Phase::Bound(full), Some(change)) = (&self.phase, self.account_write.as_mut())
+            && let Some(password) = change.waiting.take()
+        {
+            let user = full.to_bare();
+            if !allowed {
+                let iq = change.iq.clone();
+                self.account_write = None;
+                return self.reply_error(&iq, DefinedCondition::ResourceConstraint);
+            }
+            return self.out.push_back(C2sOutput::WriteAccount {
+                user,
+                change: AccountChange::SetPassword {
+                    password: password.0,
+                },
+            });
+        }
         let Phase::Register(Registering::Allowing(iq, user, password)) =
             std::mem::replace(&mut self.phase, Phase::PreAuth)
         else {
@@ -129,7 +145,12 @@ impl C2sStream {
                 Err(cond) => self.reply_error(&iq, cond),
             };
         }
-        let Some((iq, removed)) = self.account_write.take() else {
+        let Some(BoundChange {
+            iq,
+            remove: removed,
+            waiting: None,
+        }) = self.account_write.take()
+        else {
             return;
         };
         if !matches!(self.phase, Phase::Bound(_)) {
@@ -183,7 +204,7 @@ impl C2sStream {
         if self.account_write.is_some() {
             return self.reply_error(&iq, DefinedCondition::ResourceConstraint);
         }
-        let change = match request {
+        match request {
             Request::Set { username, password } => {
                 // Only one's own password (§3.3).
                 if self.user_of(username.trim()).as_ref() != Some(&user) {
@@ -192,13 +213,28 @@ impl C2sStream {
                 if prepare_password(&password).is_err() {
                     return self.reply_error(&iq, DefinedCondition::NotAcceptable);
                 }
-                AccountChange::SetPassword { password }
+                // A new password costs a key derivation: the source's
+                // rate is asked first.
+                self.account_write = Some(BoundChange {
+                    iq: skeleton(&iq),
+                    remove: false,
+                    waiting: Some(Password(password)),
+                });
+                self.out.push_back(C2sOutput::RegistrationAttempt(user));
             }
-            Request::Remove => AccountChange::Remove,
-            Request::Form => return,
-        };
-        self.account_write = Some((skeleton(&iq), change == AccountChange::Remove));
-        self.out.push_back(C2sOutput::WriteAccount { user, change });
+            Request::Remove => {
+                self.account_write = Some(BoundChange {
+                    iq: skeleton(&iq),
+                    remove: true,
+                    waiting: None,
+                });
+                self.out.push_back(C2sOutput::WriteAccount {
+                    user,
+                    change: AccountChange::Remove,
+                });
+            }
+            Request::Form => {}
+        }
     }
 }
 

@@ -176,8 +176,18 @@ fn a_bound_user_changes_their_password_and_removes_their_account() {
     let (w, o) = c.send(&set("bob", "new"));
     assert_eq!(error_of(&w), Some("not-allowed"), "{w}");
     assert!(o.is_empty());
-    // One's own: written, then answered.
+    // One's own, past the source's rate: refused before any derivation.
     let (_, o) = c.send(&set("alice", "new one"));
+    assert_eq!(o, vec![C2sOutput::RegistrationAttempt(alice_jid.clone())]);
+    c.m.handle_registration_allowed(false);
+    let (w, o) = c.take();
+    assert_eq!(error_of(&w), Some("resource-constraint"), "{w}");
+    assert!(o.is_empty(), "{o:?}");
+    // Within it: the rate, then the write, then the answer.
+    let (_, o) = c.send(&set("alice", "new one"));
+    assert_eq!(o, vec![C2sOutput::RegistrationAttempt(alice_jid.clone())]);
+    c.m.handle_registration_allowed(true);
+    let (_, o) = c.take();
     assert_eq!(
         o,
         vec![C2sOutput::WriteAccount {

@@ -110,22 +110,18 @@ impl HomeRecords for CoreRecords<'_> {
     }
 }
 
-/// Lends the record store to the session host for one call, then carries
-/// out what it asked for.
-macro_rules! with_records {
-    ($core:expr, $now:expr, |$host:ident, $records:ident| $body:expr) => {{
-        let mut $records = CoreRecords {
-            records: &mut $core.records,
-            node: &$core.node,
-            replicas: $core.settings.records.replicas,
-        };
-        let $host = &mut $core.clients.host;
-        $body;
-        $core.drain_clients($now);
-    }};
-}
-
 impl Core {
+    /// The session host and the record store lent to it (disjoint parts
+    /// of the core).
+    fn host_and_records(&mut self) -> (&mut SessionHost, CoreRecords<'_>) {
+        let records = CoreRecords {
+            records: &mut self.records,
+            node: &self.node,
+            replicas: self.settings.records.replicas,
+        };
+        (&mut self.clients.host, records)
+    }
+
     /// The session host of a node with these settings.
     pub(super) fn new_session_host(
         settings: &crate::config::NodeSettings,
@@ -249,28 +245,24 @@ impl Core {
 
     /// Renews leases, expires others', sweeps stored presence.
     pub(super) fn on_c2s_timers(&mut self, now: Instant) {
-        with_records!(self, now, |host, records| host
-            .handle_timeout(now, &mut records));
+        let (host, mut records) = self.host_and_records();
+        host.handle_timeout(now, &mut records);
+        self.drain_clients(now);
     }
 
     /// A lease from access node `from`.
     pub(super) fn on_lease(&mut self, now: Instant, from: dht::NodeId, payload: &[u8]) {
-        with_records!(self, now, |host, records| host.handle_lease(
-            now,
-            from,
-            payload,
-            &mut records
-        ));
+        let (host, mut records) = self.host_and_records();
+        host.handle_lease(now, from, payload, &mut records);
+        self.drain_clients(now);
     }
 
     /// A presence one of this node's users sent, for the home node to
     /// process first.
     pub(super) fn on_outbound(&mut self, now: Instant, payload: &[u8]) {
-        with_records!(self, now, |host, records| host.handle_outbound(
-            now,
-            payload,
-            &mut records
-        ));
+        let (host, mut records) = self.host_and_records();
+        host.handle_outbound(now, payload, &mut records);
+        self.drain_clients(now);
     }
 
     /// A stanza a home node forwarded to one of this node's sessions.
@@ -282,22 +274,16 @@ impl Core {
     /// A stanza for a ring JID this node is responsible for: a user's, or
     /// (the host says so) the services'.
     pub(super) fn serve(&mut self, now: Instant, st: Element) {
-        with_records!(self, now, |host, records| host.handle_stanza(
-            now,
-            st,
-            &mut records
-        ));
+        let (host, mut records) = self.host_and_records();
+        host.handle_stanza(now, st, &mut records);
+        self.drain_clients(now);
     }
 
     /// The replicator finished load `token`; false when it was not the
     /// session host's.
     pub(super) fn user_load_done(&mut self, now: Instant, token: u64) -> bool {
-        let mut records = CoreRecords {
-            records: &mut self.records,
-            node: &self.node,
-            replicas: self.settings.records.replicas,
-        };
-        let ours = self.clients.host.handle_load_done(now, token, &mut records);
+        let (host, mut records) = self.host_and_records();
+        let ours = host.handle_load_done(now, token, &mut records);
         self.drain_clients(now);
         ours
     }
